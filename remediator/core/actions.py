@@ -1,0 +1,72 @@
+"""What the decision core asks the executor to do.
+
+Actions are requests, not facts: the executor (the only writer) re-reads
+before writing, records originals before the first write, honours dry-run,
+and reports the outcome as a record. ``cause`` is the record the executor
+completes (with result, before/after, errno) so that enforcing and dry-run
+produce the same record, differing only in REMEDIATOR_DRY_RUN and "would".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from remediator.core.records import Record
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """Write ``<bytes>`` to the cgroup's memory.reclaim within ``timeout_sec``."""
+
+    cgroup: str
+    bytes: int
+    timeout_sec: float
+    cause: Record
+
+
+@dataclass(frozen=True)
+class SetMemoryHigh:
+    """Write memory.high (None = "max").
+
+    ``expected`` is the value the core believes is there now (None = "max");
+    the executor re-reads and stands back if it differs, because then another
+    writer (systemd, kubelet) owns the value.
+    """
+
+    cgroup: str
+    value: Optional[int]
+    expected: Optional[int]
+    cause: Record
+
+
+@dataclass(frozen=True)
+class RestoreMemoryHigh:
+    """Put back the original memory.high recorded before our first write,
+    unless someone else changed it since our last write (``ours``)."""
+
+    cgroup: str
+    ours: Optional[int]
+    cause: Record
+
+
+@dataclass(frozen=True)
+class SetSysctl:
+    """Write a node-wide vm sysctl (``vfs_cache_pressure`` or ``drop_caches``)."""
+
+    name: str
+    value: int
+    expected: Optional[int]  # re-read check; None for drop_caches (write-only trigger)
+    cause: Record
+
+
+@dataclass(frozen=True)
+class RestoreSysctl:
+    """Put back the original value of a vm sysctl we changed, unless someone else changed it since."""
+
+    name: str
+    ours: int
+    cause: Record
+
+
+Action = Union[Reclaim, SetMemoryHigh, RestoreMemoryHigh, SetSysctl, RestoreSysctl]

@@ -1,0 +1,1 @@
+"""The policy language: YAML (loader) -> pydantic models (models) -> runtime objects (compiled)."""
