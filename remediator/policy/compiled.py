@@ -180,6 +180,8 @@ class Policy:
     # Node-wide rungs in a cgroup policy only when the operator says so.
     allow_node_wide: bool = False
     description: str = ""
+    # Disabled policies are loaded and checked but not run.
+    enabled: bool = True
 
     @property
     def is_node(self) -> bool:
