@@ -1,0 +1,645 @@
+"""Strict YAML with positions: every key and list item keeps its line and column.
+
+PyYAML's composer (``SafeLoader``) gives nodes with marks; this module turns
+them into plain Python values itself instead of using PyYAML's constructor,
+because the constructor (a) forgets positions, so a pydantic error could not
+be pointed at a line, and (b) implements YAML 1.1, where ``on``, ``no`` and
+``y`` are booleans and ``0755`` is octal: silent surprises in a file that
+decides what the daemon does to production memory.
+
+Resolution of scalars (the whole language):
+
+- quoted and block scalars (``'...'``, ``"..."``, ``|``, ``>``) are strings;
+- plain ``true`` / ``false`` are booleans; plain ``null``, ``~`` and the empty
+  value are None;
+- plain decimal integers (no leading zero except ``0`` itself) and decimal
+  floats (``0.5``, ``1e3``, ``.5``) are numbers;
+- every other plain scalar is a string, except the ones YAML 1.1 would read
+  as something else (``yes``/``no``/``on``/``off``/``y``/``n`` in any case,
+  ``True``, ``0755``, ``0x1f``, ``1_000``, ``1:30``, ``.inf``): those are
+  errors that ask for an explicit spelling.
+
+Also refused, to keep files simple and explicit: duplicate keys, anchors,
+aliases and merge keys (``<<``), tags (``!!str``), keys that are not strings,
+and more than one document per file. All problems are collected (not only
+the first) as ``PolicyIssue`` values; the YAML parser's own syntax errors stop
+the parse, so there is at most one of those.
+
+The second half of the module maps pydantic ``ValidationError`` locations
+back to these positions and rewrites pydantic's messages into short ones that
+show the bad value (``must be <= 1 (got 1.5)``).
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass
+from typing import (
+    Any,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Type,
+    Union,
+)
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from yaml.events import AliasEvent, StreamEndEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from remediator.policy.issues import (
+    DOCUMENT_KEY,
+    FILE_KEY,
+    SYNTAX_KEY,
+    PathElement,
+    PolicyIssue,
+    format_key_path,
+)
+
+KeyPath = Tuple[PathElement, ...]
+
+# Deeper than any policy or settings file needs; stops pathological input
+# (``[[[[...``) before Python's recursion limit does.
+MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Position:
+    """1-based line and column."""
+
+    line: int
+    column: int
+
+
+START = Position(1, 1)
+
+
+# --------------------------------------------------------------------------
+# Scalars
+
+
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\Z")
+_FLOAT = re.compile(r"[-+]?(?:(?:0|[1-9][0-9]*)(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
+_LEADING_ZERO_INT = re.compile(r"[-+]?0[0-9]+\Z")
+_LEADING_ZERO_FLOAT = re.compile(r"[-+]?0[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?\Z")
+_YAML11_TRUE = frozenset({"y", "yes", "on", "true"})
+_YAML11_FALSE = frozenset({"n", "no", "off", "false"})
+_NON_DECIMAL = re.compile(r"[-+]?0(?:x[0-9a-fA-F_]+|o[0-7_]+|b[01_]+)\Z")
+_DIGIT_SEPARATORS = re.compile(r"[-+]?[0-9][0-9_]*_[0-9_]*(?:\.[0-9_]*)?\Z|[-+]?[0-9]*\.[0-9_]*_[0-9_]*\Z")
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?\Z")
+_SPECIAL_FLOAT = re.compile(r"[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)\Z")
+
+
+class _AmbiguousScalar(Exception):
+    """A plain scalar that YAML 1.1 and this language would read differently."""
+
+
+def resolve_plain_scalar(text: str) -> Union[bool, int, float, str, None]:
+    """The value of a plain (unquoted) scalar; raises _AmbiguousScalar with the reason."""
+    if text in ("", "~", "null"):
+        return None
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text) and any(c in text for c in ".eE"):
+        return float(text)
+    lowered = text.lower()
+    if lowered in _YAML11_TRUE or lowered in _YAML11_FALSE:
+        meaning = "true" if lowered in _YAML11_TRUE else "false"
+        raise _AmbiguousScalar(
+            f"{text!r} is ambiguous in YAML 1.1 (read as {meaning}): write {meaning}, "
+            "or quote it if a string is meant"
+        )
+    if lowered == "null":
+        raise _AmbiguousScalar(f"{text!r}: write null (lower case), or quote it if a string is meant")
+    if _LEADING_ZERO_INT.match(text):
+        digits = text.lstrip("+-")
+        sign = "-" if text.startswith("-") else ""
+        # YAML 1.1 reads 0755 as octal; say what it would have become.
+        value = int(digits, 8) if set(digits) <= set("01234567") else int(digits, 10)
+        raise _AmbiguousScalar(f"leading zero: write {sign}{value} or '{text}'")
+    if _LEADING_ZERO_FLOAT.match(text):
+        raise _AmbiguousScalar(f"leading zero: write {float(text)} or '{text}'")
+    if _NON_DECIMAL.match(text):
+        raise _AmbiguousScalar(f"only decimal numbers are allowed: write {text!r} in decimal, or quote it")
+    if _DIGIT_SEPARATORS.match(text):
+        raise _AmbiguousScalar(
+            f"digit separators are not allowed: write {text.replace('_', '')}, "
+            "or quote it if a string is meant"
+        )
+    if _SEXAGESIMAL.match(text):
+        raise _AmbiguousScalar(
+            f"{text!r} is a base-60 number in YAML 1.1: quote it if a string is meant"
+        )
+    if _SPECIAL_FLOAT.match(text):
+        raise _AmbiguousScalar(f"{text!r}: infinities and NaN are not allowed; write a decimal number")
+    return text
+
+
+# --------------------------------------------------------------------------
+# Composing
+
+
+class _StrictComposingLoader(yaml.SafeLoader):
+    """PyYAML's safe composer that refuses aliases, anchors and tags.
+
+    The refusals are remembered per node (``flagged``) and reported by the
+    converter, which knows the key path. An alias becomes a fresh null node so
+    that a recursive alias (``&a [*a]``) cannot create a cycle.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.flagged: Dict[int, str] = {}
+        # Keeps flagged nodes alive so that their id() stays unique.
+        self._flagged_nodes: List[Node] = []
+
+    # PyYAML's parser methods are untyped in its stubs.
+    def _next_event(self) -> Any:
+        return self.get_event()  # type: ignore[no-untyped-call]
+
+    def _peek_event(self) -> Any:
+        return self.peek_event()  # type: ignore[no-untyped-call]
+
+    def _flag(self, node: Node, message: str) -> None:
+        self.flagged.setdefault(id(node), message)
+        self._flagged_nodes.append(node)
+
+    def compose_node(self, parent: Optional[Node], index: Any) -> Node:
+        if self.check_event(AliasEvent):
+            event = self._next_event()
+            placeholder = ScalarNode("tag:yaml.org,2002:null", "", event.start_mark, event.end_mark)
+            self._flag(placeholder, f"aliases (*{event.anchor}) are not supported: write the value out")
+            return placeholder
+        event = self._peek_event()
+        anchor = getattr(event, "anchor", None)
+        tag = getattr(event, "tag", None)
+        # Dropping the anchor keeps the composer from complaining about
+        # duplicates; the node is reported instead.
+        if anchor is not None:
+            event.anchor = None
+        node: Node = super().compose_node(parent, index)  # type: ignore[assignment]
+        if anchor is not None:
+            self._flag(node, f"anchors (&{anchor}) are not supported: write the value out")
+        elif tag is not None:
+            shown = tag.replace("tag:yaml.org,2002:", "!!")
+            self._flag(node, f"tags ({shown}) are not supported: write a plain value")
+        return node
+
+    def compose_single_document(self) -> Tuple[Optional[Node], Optional[Position]]:
+        """Like ``get_single_node`` but returns the position of a second document instead of raising."""
+        self._next_event()  # STREAM-START
+        document: Optional[Node] = None
+        if not self.check_event(StreamEndEvent):
+            document = self.compose_document()
+        if not self.check_event(StreamEndEvent):
+            event = self._next_event()
+            return document, _position(event.start_mark)
+        self._next_event()  # STREAM-END
+        return document, None
+
+
+def _position(mark: Any) -> Position:
+    return Position(mark.line + 1, mark.column + 1)
+
+
+def _position_at_index(text: str, index: int) -> Position:
+    before = text[:index]
+    line = before.count("\n") + 1
+    column = index - (before.rfind("\n") + 1) + 1
+    return Position(line, column)
+
+
+@dataclass(frozen=True)
+class LocatedDocument:
+    """A YAML document as plain values, with the position of every key and item.
+
+    ``positions`` maps a key path (``("actions", 1, "fraction")``) to the
+    position of that key (for a mapping entry) or item (for a list entry);
+    ``()`` is the document itself. ``tainted`` holds the paths whose values
+    already have a YAML-level issue: schema errors there would only repeat it.
+    """
+
+    file: str
+    value: Any
+    positions: Mapping[KeyPath, Position]
+    tainted: FrozenSet[KeyPath]
+
+    def position_of(self, path: Sequence[PathElement]) -> Position:
+        """The position of ``path``, or of its nearest existing parent.
+
+        A missing key is thereby reported at the mapping that should hold it.
+        """
+        key = tuple(path)
+        while key:
+            found = self.positions.get(key)
+            if found is not None:
+                return found
+            key = key[:-1]
+        return self.positions.get((), START)
+
+    def is_tainted(self, path: Sequence[PathElement]) -> bool:
+        key = tuple(path)
+        return any(key[: i + 1] in self.tainted for i in range(len(key))) or () in self.tainted
+
+    def issue(self, path: Sequence[PathElement], message: str) -> PolicyIssue:
+        where = self.position_of(path)
+        return PolicyIssue(self.file, where.line, where.column, format_key_path(path), message)
+
+
+class _Converter:
+    def __init__(self, file: str, flagged: Mapping[int, str]) -> None:
+        self.file = file
+        self.flagged = flagged
+        self.issues: List[PolicyIssue] = []
+        self.positions: Dict[KeyPath, Position] = {}
+        self.tainted: Set[KeyPath] = set()
+
+    def _report(self, path: KeyPath, where: Position, message: str) -> None:
+        self.issues.append(PolicyIssue(self.file, where.line, where.column, format_key_path(path), message))
+        self.tainted.add(path)
+
+    def convert(self, node: Node, path: KeyPath) -> Any:
+        flag = self.flagged.get(id(node))
+        if flag is not None:
+            self._report(path, _position(node.start_mark), flag)
+        if len(path) > MAX_DEPTH:
+            self._report(path, _position(node.start_mark), f"nested deeper than {MAX_DEPTH} levels")
+            return None
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path)
+        if isinstance(node, SequenceNode):
+            items = []
+            for index, item in enumerate(node.value):
+                item_path = (*path, index)
+                self.positions[item_path] = _position(item.start_mark)
+                items.append(self.convert(item, item_path))
+            return items
+        if isinstance(node, MappingNode):
+            return self._mapping(node, path)
+        raise TypeError(f"unexpected YAML node {node!r}")  # pragma: no cover - PyYAML has no other kind
+
+    def _scalar(self, node: ScalarNode, path: KeyPath) -> Any:
+        text: str = node.value
+        if node.style is not None:  # quoted or block scalar
+            return text
+        try:
+            return resolve_plain_scalar(text)
+        except _AmbiguousScalar as problem:
+            self._report(path, _position(node.start_mark), str(problem))
+            return text
+
+    def _key(self, node: Node, parent: KeyPath) -> Optional[str]:
+        """The key as a string, or None (reported) when it is not a usable key."""
+        where = _position(node.start_mark)
+        if not isinstance(node, ScalarNode):
+            kind = "a list" if isinstance(node, SequenceNode) else "a mapping"
+            self._report(parent, where, f"keys must be strings (got {kind})")
+            return None
+        text: str = node.value
+        flag = self.flagged.get(id(node))
+        if flag is not None:
+            self._report((*parent, text), where, flag)
+            return None
+        if node.style is not None:
+            return text
+        if text == "<<":
+            self._report((*parent, text), where, "merge keys (<<) are not supported: write the keys out")
+            return None
+        try:
+            value = resolve_plain_scalar(text)
+        except _AmbiguousScalar as problem:
+            self._report((*parent, text), where, str(problem))
+            return None
+        if not isinstance(value, str):
+            self._report((*parent, text), where, f"keys must be strings: quote it ('{text}')")
+            return None
+        return value
+
+    def _mapping(self, node: MappingNode, path: KeyPath) -> Dict[str, Any]:
+        result: Dict[str, Any] = {}
+        first_seen: Dict[str, Position] = {}
+        for key_node, value_node in node.value:
+            key = self._key(key_node, path)
+            if key is None:
+                continue
+            key_path = (*path, key)
+            where = _position(key_node.start_mark)
+            if key in first_seen:
+                # Reported on the second occurrence; the first one stays in force
+                # so that its own problems are still checked.
+                self.issues.append(
+                    PolicyIssue(
+                        self.file,
+                        where.line,
+                        where.column,
+                        format_key_path(key_path),
+                        f"duplicate key (first at line {first_seen[key].line})",
+                    )
+                )
+                continue
+            first_seen[key] = where
+            self.positions[key_path] = where
+            result[key] = self.convert(value_node, key_path)
+        return result
+
+
+def _syntax_issue(file: str, text: str, error: yaml.YAMLError) -> PolicyIssue:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        where = _position(error.problem_mark)
+        message = error.problem or "invalid YAML"
+        if error.context:
+            message = f"{message} ({error.context})"
+        if "'\\t'" in message:
+            message += "; YAML indents with spaces, not tabs"
+        return PolicyIssue(file, where.line, where.column, SYNTAX_KEY, message)
+    if isinstance(error, yaml.reader.ReaderError):
+        where = _position_at_index(text, error.position)
+        message = f"character #x{error.character:04x} is not allowed in YAML ({error.reason})"
+        return PolicyIssue(file, where.line, where.column, SYNTAX_KEY, message)
+    return PolicyIssue(file, 1, 1, SYNTAX_KEY, str(error))
+
+
+def decode_utf8(data: bytes, file: str) -> Tuple[Optional[str], List[PolicyIssue]]:
+    """Decode a file's bytes, locating the first invalid byte (line, byte column)."""
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as error:
+        before = data[: error.start]
+        line = before.count(b"\n") + 1
+        column = error.start - (before.rfind(b"\n") + 1) + 1
+        bad = data[error.start : error.end]
+        return None, [PolicyIssue(file, line, column, FILE_KEY, f"not valid UTF-8 (byte {bad[:1].hex()})")]
+
+
+def parse_located_yaml(text: str, file: str) -> Tuple[LocatedDocument, List[PolicyIssue]]:
+    """Parse one YAML document strictly. Never raises on bad input.
+
+    The document's value is None when the text holds no document (empty or
+    only comments) or when the YAML could not be parsed (then the issues say why).
+    """
+    nothing = LocatedDocument(file, None, {}, frozenset())
+    try:
+        # The reader checks the characters in its constructor: keep it inside the try.
+        loader = _StrictComposingLoader(text)
+        try:
+            root, second_document = loader.compose_single_document()
+            flagged = dict(loader.flagged)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as error:
+        return nothing, [_syntax_issue(file, text, error)]
+    except RecursionError:
+        return nothing, [PolicyIssue(file, 1, 1, SYNTAX_KEY, "nested too deeply")]
+
+    converter = _Converter(file, flagged)
+    issues: List[PolicyIssue] = []
+    if second_document is not None:
+        issues.append(
+            PolicyIssue(
+                file,
+                second_document.line,
+                second_document.column,
+                DOCUMENT_KEY,
+                "only one YAML document per file (remove the second '---')",
+            )
+        )
+    if root is None:
+        return nothing, issues
+    converter.positions[()] = _position(root.start_mark)
+    value = converter.convert(root, ())
+    document = LocatedDocument(file, value, dict(converter.positions), frozenset(converter.tainted))
+    return document, issues + converter.issues
+
+
+# --------------------------------------------------------------------------
+# pydantic errors -> located issues
+
+
+class KeyedValueError(ValueError):
+    """Raised by model validators for cross-field rules.
+
+    Each problem names the key it is about, relative to the model that raises
+    it, so the issue points at ``trigger.stall_ms`` rather than ``trigger``.
+    """
+
+    def __init__(self, problems: Sequence[Tuple[KeyPath, str]]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(f"{format_key_path(path)}: {message}" for path, message in self.problems))
+
+
+def describe_value(value: Any) -> str:
+    """A short, YAML-flavoured rendering of a bad value for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return repr(shown)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+def _strip_annotations(annotation: Any) -> Any:
+    """Annotated[X, ...] -> X and Optional[X] -> X, repeatedly."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+            continue
+        if origin is Union:
+            members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            if len(members) == 1:
+                annotation = members[0]
+                continue
+        return annotation
+
+
+def _model_class(annotation: Any) -> Optional[Type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+# Every tagged union in these files is discriminated on this key.
+DISCRIMINATOR = "kind"
+
+
+def _tag_members(annotation: Any) -> Dict[str, Type[BaseModel]]:
+    """For a union of models tagged on ``kind``: tag value -> model."""
+    members: Dict[str, Type[BaseModel]] = {}
+    if typing.get_origin(annotation) is not Union:
+        return members
+    for member in typing.get_args(annotation):
+        model = _model_class(member)
+        field = model.model_fields.get(DISCRIMINATOR) if model is not None else None
+        if model is None or field is None or typing.get_origin(field.annotation) is not typing.Literal:
+            continue
+        for tag in typing.get_args(field.annotation):
+            members.setdefault(str(tag), model)
+    return members
+
+
+@dataclass(frozen=True)
+class _ResolvedLoc:
+    path: KeyPath  # the loc with union tags dropped: a path in the data
+    owner: Optional[Type[BaseModel]]  # the model that owns the last key, when known
+    annotation: Any  # the (stripped) type at the path, when known
+
+
+def _resolve_loc(model: Type[BaseModel], loc: Sequence[Union[str, int]]) -> _ResolvedLoc:
+    """Follow pydantic's ``loc`` through the model's types.
+
+    pydantic inserts the tag of a discriminated union into ``loc``
+    (``actions.1.reclaim.fraction``); the data has no such key, so it is dropped.
+    """
+    current: Any = model
+    owner: Optional[Type[BaseModel]] = None
+    path: List[PathElement] = []
+    for element in loc:
+        current = _strip_annotations(current)
+        members = _tag_members(current)
+        if isinstance(element, str) and element in members:
+            current = members[element]
+            continue
+        model_here = _model_class(current)
+        if isinstance(element, str) and model_here is not None:
+            owner = model_here
+            field = model_here.model_fields.get(element)
+            current = field.annotation if field is not None else None
+        elif isinstance(element, int) and typing.get_origin(current) in (list, tuple):
+            owner = None
+            args = typing.get_args(current)
+            current = args[0] if args else None
+        else:
+            owner = None
+            current = None
+        path.append(element)
+    return _ResolvedLoc(tuple(path), owner, _strip_annotations(current))
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "dataclass_type": "a mapping",
+    "path_type": "a path",
+}
+
+_COMPARISONS = {
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+}
+
+
+def _known(names: Sequence[str]) -> str:
+    return ", ".join(repr(name) for name in names)
+
+
+def translate_validation_error(
+    error: ValidationError, model: Type[BaseModel], data: Any
+) -> List[Tuple[KeyPath, str]]:
+    """pydantic's errors as (data path, short message) pairs.
+
+    ``data`` is what was validated; it supplies the bad values that pydantic
+    does not keep in every error (a union tag, for example).
+    """
+    problems: List[Tuple[KeyPath, str]] = []
+    for detail in error.errors(include_url=False):
+        problems.extend(_translate_one(detail, model, data))
+    return problems
+
+
+def _value_at(data: Any, path: KeyPath) -> Any:
+    current = data
+    for element in path:
+        in_mapping = isinstance(element, str) and isinstance(current, dict) and element in current
+        in_list = isinstance(element, int) and isinstance(current, list) and 0 <= element < len(current)
+        if not (in_mapping or in_list):
+            return None
+        current = current[element]
+    return current
+
+
+def _translate_one(detail: ErrorDetails, model: Type[BaseModel], data: Any) -> List[Tuple[KeyPath, str]]:
+    kind = detail["type"]
+    resolved = _resolve_loc(model, detail["loc"])
+    path = resolved.path
+    context: Dict[str, Any] = dict(detail.get("ctx") or {})
+    got = describe_value(detail.get("input"))
+
+    if kind == "missing":
+        return [(path, "required")]
+    if kind == "extra_forbidden":
+        if resolved.owner is not None:
+            return [(path, f"unknown key (expected one of: {', '.join(resolved.owner.model_fields)})")]
+        return [(path, "unknown key")]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        members = _tag_members(resolved.annotation)
+        tag_path = (*path, DISCRIMINATOR)
+        if kind == "union_tag_not_found":
+            return [(tag_path, f"required (one of {_known(list(members))})")]
+        bad = _value_at(data, tag_path)
+        return [(tag_path, f"unknown {DISCRIMINATOR} {describe_value(bad)} (known: {_known(list(members))})")]
+    if kind in _COMPARISONS:
+        bound_name, symbol = _COMPARISONS[kind]
+        return [(path, f"must be {symbol} {context.get(bound_name)} (got {got})")]
+    if kind == "literal_error":
+        return [(path, f"must be {context.get('expected')} (got {got})")]
+    if kind == "too_short":
+        return [(path, f"must not be empty (got {got})" if context.get("min_length") == 1 else detail["msg"])]
+    if kind in ("string_too_short",) and context.get("min_length") == 1:
+        return [(path, "must not be empty")]
+    if kind in _TYPE_WORDS:
+        return [(path, f"must be {_TYPE_WORDS[kind]} (got {got})")]
+    if kind in ("value_error", "assertion_error"):
+        cause = context.get("error")
+        if isinstance(cause, KeyedValueError):
+            return [((*path, *relative), message) for relative, message in cause.problems]
+        return [(path, str(cause) if cause is not None else detail["msg"])]
+    return [(path, detail["msg"])]
+
+
+def validation_issues(
+    document: LocatedDocument, error: ValidationError, model: Type[BaseModel]
+) -> List[PolicyIssue]:
+    """Located issues for a validation error of ``document.value`` against ``model``.
+
+    Errors under a path that already has a YAML-level issue are dropped: the
+    YAML issue is the real cause (``on`` where ``some`` was meant).
+    """
+    return [
+        document.issue(path, message)
+        for path, message in translate_validation_error(error, model, document.value)
+        if not document.is_tainted(path)
+    ]
