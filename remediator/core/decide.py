@@ -1,0 +1,761 @@
+"""The decision core: policy + previous state + one observation + ``now`` -> a Decision.
+
+Sans-I/O in the h11 style: no reads, no writes, no clock, no logging. The
+watcher calls ``decide`` for every observation of a target, hands the actions
+to the executor, reports each outcome back through ``note_outcome``, and
+observes the target again (``fired=False``) no later than ``wakeup_at``.
+
+Records and actions
+    ``Decision.records`` are complete records to journal as they are
+    (PRESSURE_CONFIRMED, ACTION_DECLINED, ESCALATED). Every action carries its
+    own ``cause`` record (ACTION_APPLIED, STOOD_BACK, BACKED_OFF, ROLLED_BACK):
+    the executor fills in result/before/after (and "would" in dry-run) and
+    journals it, so it is NOT repeated in ``records``.
+
+The behaviour, step by step (this is the product's behaviour; tests pin it):
+
+1. Measure. The stall is the ``trigger.kind`` line of the snapshot's pressure
+   (no ``full`` line: no stall). The first observation of a target only sets
+   the baseline: an event right after arming a trigger can be spurious. A
+   fired observation is pressured if ``total`` grew by >= stall_us since the
+   previous observation; if not it is unconfirmed: no record and no effect
+   except moving the baseline. A timed observation is pressured if the stall
+   rate ``delta_us / (dt * 1e6)`` is >= stall_us / window_us, else calm.
+2. Sustained. An episode opens (pressured_since) at the first pressured
+   observation and closes at the first calm one (calm_since starts). The core
+   acts once it lasted sustained_sec, emitting one PRESSURE_CONFIRMED per
+   episode at that moment.
+3. Conditions (policy.conditions, on the fresh snapshot) must hold, else one
+   ACTION_DECLINED record saying which one failed (storm limit below).
+4. Ladder. With no rung pending, the first rung from the bottom whose
+   preconditions hold (``remediator.core.ladder``) and which is not in its
+   cooldown, over its max_per_hour (per target per rung, sliding hour) or, for
+   node-wide rungs, over ``CoreConfig.node_actions_max_per_hour`` (all
+   policies together) is taken. Each rung passed over gets an ACTION_DECLINED
+   record. A taken rung is pending until taken_at + verify_sec.
+5. Verify and escalate. The first observation at or after the verify time
+   judges the rung: still pressured -> ESCALATED and the rungs above are tried
+   (none left -> "ladder exhausted", and the next pressure starts at rung 0
+   again, subject to cooldowns); calm -> the rung helped, back to rung 0.
+   Observations before the verify time never escalate.
+6. Other writers. On every observation of a target whose memory.high (or, for
+   the owner, vm.vfs_cache_pressure) we own, a value different from ours (from
+   the value before our write, in dry-run) means another writer took over:
+   STOOD_BACK + ReleaseOwnership, and it is never restored.
+7. Back-off. memory.high throttling is itself memory stall: when memory.events
+   ``high`` grew since our write and the stall rate is above the rate we wrote
+   it at, BACKED_OFF + RestoreMemoryHigh, and memory_high is barred for the
+   target until a full calm period (rollback.calm_sec) has passed.
+8. Rollback. Calm for rollback.calm_sec -> ROLLED_BACK + restore of every value
+   the target owns. Reclaim and drop_caches have nothing to undo.
+9. wakeup_at is the earliest of: the pending rung's verify time, the sustained
+   deadline, the rollback deadline (calm_since + calm_sec while owning), the
+   end of a cooldown/hourly limit while an acting episode waits for it, and,
+   while an episode is open (or we own something and calm has not started),
+   a re-check after verify_sec: pressure that ends produces no kernel event,
+   so only a timed look can see the episode close and the rollback start.
+   None when nothing is pending: an idle target costs nothing.
+
+ACTION_DECLINED records are limited to one per target per reason per
+``DECLINE_RECORD_INTERVAL_SEC``, so a pressured cgroup does not flood the journal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import List, Mapping, Optional, Tuple
+
+from remediator.core.actions import (
+    Action,
+    ReleaseOwnership,
+    RestoreMemoryHigh,
+    RestoreSysctl,
+    SetMemoryHigh,
+    SetSysctl,
+)
+from remediator.core.ladder import (
+    VFS_CACHE_PRESSURE,
+    RungContext,
+    RungDecline,
+    describe_target,
+    evaluate_rung,
+    failed_condition,
+    format_share,
+)
+from remediator.core.records import Record, RecordType, evidence_from
+from remediator.core.state import (
+    CoreConfig,
+    CoreState,
+    NodeState,
+    Observation,
+    OwnedValue,
+    PendingRung,
+    ProposedSysctl,
+    ProposedWrite,
+    TargetKey,
+    TargetState,
+    initial_state,
+)
+from remediator.diagnosis.composition import compose
+from remediator.policy.compiled import NODE_WIDE_KINDS, ActionSpec, Policy, TriggerSpec
+from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.sizes import format_bytes
+
+__all__ = [
+    "DECLINE_RECORD_INTERVAL_SEC",
+    "CoreConfig",
+    "CoreState",
+    "Decision",
+    "Measurement",
+    "Observation",
+    "TargetKey",
+    "decide",
+    "forget",
+    "initial_state",
+    "measure",
+    "note_outcome",
+    "on_exit",
+]
+
+HOUR_SEC = 3600.0
+DECLINE_RECORD_INTERVAL_SEC = 60.0
+# Floor for the re-check interval of an open episode, so a policy with a
+# tiny verify_sec cannot make the watcher spin.
+MIN_RECHECK_SEC = 1.0
+MEMORY_HIGH_FILE = "memory.high"
+
+# Executor outcomes that mean the value is now (or, in dry-run, would be) in the kernel.
+_WRITTEN = frozenset({"applied", "partial"})
+_SIMULATED = "would"
+# A failed restore leaves the value ours: asked again at the next calm observation.
+_RESTORE_RETRY = "failed"
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: CoreState
+    actions: Tuple[Action, ...]
+    records: Tuple[Record, ...]
+    # When the caller must observe this target again (fired=False); None = only on kernel events.
+    wakeup_at: Optional[float]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one observation says about stall, relative to the previous one."""
+
+    total_us: int
+    delta_us: Optional[int]  # None: no usable baseline (first observation, counter reset)
+    interval_sec: float
+    stall_rate: Optional[float]  # share of wall time stalled over the interval; None if interval <= 0
+    pressured: Optional[bool]  # None: no information (baseline, unconfirmed event, zero interval)
+
+
+def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: float) -> Measurement:
+    """Step 1 of the module docstring."""
+    line = obs.snapshot.pressure.line(trigger.kind)
+    total = line.total_us if line is not None else 0
+    if target.last_total_us is None or target.last_at is None or total < target.last_total_us:
+        # No baseline yet, or the counter went backwards (the cgroup was recreated).
+        return Measurement(total, None, 0.0, None, None)
+    delta = total - target.last_total_us
+    interval = now - target.last_at
+    rate = delta / (interval * 1e6) if interval > 0 else None
+    pressured: Optional[bool]
+    if obs.fired:
+        pressured = True if delta >= trigger.stall_us else None
+    elif rate is None:
+        pressured = None
+    else:
+        pressured = rate >= trigger.threshold_fraction
+    return Measurement(total, delta, interval, rate, pressured)
+
+
+def stall_text(trigger: TriggerSpec, m: Measurement) -> str:
+    """The measured stall vs the policy's threshold, for messages."""
+    threshold = format_share(trigger.threshold_fraction)
+    if m.delta_us is None or m.stall_rate is None:
+        return f"{trigger.kind} stall unknown (threshold {threshold})"
+    return (
+        f"{trigger.kind} stall {m.delta_us / 1000:.0f} ms in the last {m.interval_sec:.1f} s = "
+        f"{format_share(m.stall_rate)} (threshold {threshold} = {trigger.stall_us} us per "
+        f"{trigger.window_us} us)"
+    )
+
+
+class _Turn:
+    """One decision in progress. Rebinds (never mutates) immutable state values."""
+
+    def __init__(
+        self, policy: Policy, state: CoreState, obs: Observation, now: float, config: CoreConfig
+    ) -> None:
+        self.policy = policy
+        self.state = state
+        self.obs = obs
+        self.key = obs.key
+        self.now = now
+        self.config = config
+        previous = state.target(obs.key)
+        self.m = measure(policy.trigger, previous, obs, now)
+        self.target = replace(
+            previous, last_total_us=self.m.total_us, last_at=now, last_snapshot=obs.snapshot
+        )
+        self.node: NodeState = state.node
+        self.evidence = evidence_from(obs.snapshot, self.m.delta_us)
+        self.actions: List[Action] = []
+        self.records: List[Record] = []
+        self._context: Optional[RungContext] = None
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def node_readings(self) -> Optional[NodeSnapshot]:
+        if self.obs.node is not None:
+            return self.obs.node
+        return self.obs.snapshot if isinstance(self.obs.snapshot, NodeSnapshot) else None
+
+    @property
+    def where(self) -> str:
+        return describe_target(self.key.cgroup)
+
+    def _record(self, record_type: RecordType, message: str, action: str = "") -> Record:
+        return Record(
+            type=record_type,
+            message=message,
+            policy=self.policy.name,
+            cgroup=self.key.cgroup,
+            action=action,
+            evidence=self.evidence,
+        )
+
+    def _decline(self, reason: str, message: str, action: str = "", rung: Optional[int] = None) -> None:
+        last = self.target.declined_at.get(reason)
+        if last is not None and self.now - last < DECLINE_RECORD_INTERVAL_SEC:
+            return
+        self.target = self.target.with_declined(reason, self.now, DECLINE_RECORD_INTERVAL_SEC)
+        extra = {"RUNG": str(rung)} if rung is not None else {}
+        self.records.append(
+            Record(
+                type=RecordType.ACTION_DECLINED,
+                message=message,
+                policy=self.policy.name,
+                cgroup=self.key.cgroup,
+                action=action,
+                result="declined",
+                evidence=self.evidence,
+                extra=extra,
+            )
+        )
+
+    def _owns_vfs(self) -> bool:
+        return self.node.vfs_owner == self.key and self.node.vfs_cache_pressure is not None
+
+    def _rung_context(self) -> RungContext:
+        if self._context is None:
+            snapshot = self.obs.snapshot
+            composition = compose(snapshot, self.obs.node) if isinstance(snapshot, CgroupSnapshot) else None
+            owner = self.node.vfs_owner
+            self._context = RungContext(
+                policy=self.policy,
+                key=self.key,
+                snapshot=snapshot,
+                node=self.node_readings,
+                composition=composition,
+                reclaim_supported=self.obs.reclaim_supported,
+                evidence=self.evidence,
+                stall_text=stall_text(self.policy.trigger, self.m),
+                owned_memory_high=self.target.memory_high,
+                memory_high_barred=self.target.memory_high_barred,
+                owned_vfs=self.node.vfs_cache_pressure if self._owns_vfs() else None,
+                vfs_owned_elsewhere=owner if owner is not None and owner != self.key else None,
+            )
+        return self._context
+
+    # ------------------------------------------------------------ the turn
+
+    def run(self) -> None:
+        self._restore_orphaned_vfs()
+        if self.m.delta_us is None:
+            return  # baseline only
+        self._check_other_writers()
+        self._check_self_throttling()
+        if self.m.pressured is True:
+            self._on_pressure()
+        elif self.m.pressured is False:
+            self._on_calm()
+
+    def _restore_orphaned_vfs(self) -> None:
+        """vm.vfs_cache_pressure raised for a cgroup that is gone (forgotten) has nobody
+        left to roll it back when calm returns: restore it now rather than leave the node changed."""
+        owner = self.node.vfs_owner
+        owned = self.node.vfs_cache_pressure
+        if owner is None or owned is None or owned.restore_requested:
+            return
+        if owner == self.key or owner in self.state.targets:
+            return
+        node = self.node_readings
+        cause = Record(
+            type=RecordType.ROLLED_BACK,
+            message=(
+                f"restore vm.vfs_cache_pressure to {owned.before} (ours: {owned.ours}): "
+                f"{describe_target(owner.cgroup)}, whose pressure raised it, is gone"
+            ),
+            policy=owner.policy,
+            cgroup=owner.cgroup,
+            action=VFS_CACHE_PRESSURE,
+            evidence=evidence_from(node) if node is not None else {},
+        )
+        self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=owned.ours, cause=cause))
+        self.node = replace(self.node, vfs_cache_pressure=replace(owned, restore_requested=True))
+
+    def _check_other_writers(self) -> None:
+        snapshot = self.obs.snapshot
+        owned = self.target.memory_high
+        if (
+            owned is not None
+            and not owned.restore_requested
+            and isinstance(snapshot, CgroupSnapshot)
+            and snapshot.high_bytes != owned.expected
+        ):
+            cause = self._record(
+                RecordType.STOOD_BACK,
+                f"memory.high of {self.where} changed from {format_bytes(owned.expected)} to "
+                f"{format_bytes(snapshot.high_bytes)} by another writer; releasing it, not restoring",
+                "memory_high",
+            )
+            self.actions.append(ReleaseOwnership(cgroup=snapshot.cgroup, file=MEMORY_HIGH_FILE, cause=cause))
+            self.target = replace(self.target, memory_high=None, proposed_memory_high=None)
+        vfs = self.node.vfs_cache_pressure
+        node = self.node_readings
+        if (
+            self._owns_vfs()
+            and vfs is not None
+            and not vfs.restore_requested
+            and node is not None
+            and node.vfs_cache_pressure is not None
+            and node.vfs_cache_pressure != vfs.expected
+        ):
+            cause = self._record(
+                RecordType.STOOD_BACK,
+                f"vm.vfs_cache_pressure changed from {vfs.expected} to {node.vfs_cache_pressure} "
+                "by another writer; releasing it, not restoring",
+                VFS_CACHE_PRESSURE,
+            )
+            self.actions.append(ReleaseOwnership(cgroup=None, file=VFS_CACHE_PRESSURE, cause=cause))
+            self.node = replace(self.node, vfs_owner=None, vfs_cache_pressure=None, proposed_vfs=None)
+
+    def _check_self_throttling(self) -> None:
+        snapshot = self.obs.snapshot
+        owned = self.target.memory_high
+        rate = self.m.stall_rate
+        if owned is None or owned.restore_requested or owned.events_high_at_write is None or rate is None:
+            return
+        if not isinstance(snapshot, CgroupSnapshot):
+            return
+        if snapshot.events.high <= owned.events_high_at_write or rate <= owned.stall_rate_at_write:
+            return
+        cause = self._record(
+            RecordType.BACKED_OFF,
+            f"memory.high {format_bytes(owned.ours)} is throttling {self.where}: memory.events high rose "
+            f"from {owned.events_high_at_write} to {snapshot.events.high} and the stall rate from "
+            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set; restoring "
+            f"{format_bytes(owned.before)} and not lowering memory.high again before "
+            f"{self.policy.rollback.calm_sec:g} s of calm",
+            "memory_high",
+        )
+        self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
+        self.target = replace(
+            self.target, memory_high=replace(owned, restore_requested=True), memory_high_barred=True
+        )
+
+    def _calm_lasted(self) -> bool:
+        calm_since = self.target.calm_since
+        return calm_since is not None and self.now - calm_since >= self.policy.rollback.calm_sec
+
+    def _on_pressure(self) -> None:
+        # A trigger fires only under pressure: when calm began long enough ago and
+        # this is the first pressure since, the calm period was complete.
+        if self.target.memory_high_barred and self._calm_lasted():
+            self.target = replace(self.target, memory_high_barred=False)
+        pressured_since = self.target.pressured_since if self.target.pressured_since is not None else self.now
+        self.target = replace(self.target, pressured_since=pressured_since, calm_since=None)
+        rung = self.target.rung
+        if rung is not None:
+            if self.now >= rung.taken_at + self.policy.verify_sec:
+                self._escalate(rung)
+            return
+        if not self.policy.enabled:
+            return
+        if self.now - pressured_since < self.policy.trigger.sustained_sec:
+            return
+        self._confirm()
+        if self._conditions_hold():
+            self._climb(0)
+
+    def _on_calm(self) -> None:
+        calm_since = self.target.calm_since if self.target.calm_since is not None else self.now
+        self.target = replace(
+            self.target, pressured_since=None, confirmed_recorded=False, calm_since=calm_since
+        )
+        rung = self.target.rung
+        if rung is not None and self.now >= rung.taken_at + self.policy.verify_sec:
+            # The rung helped: the next pressure starts again at the bottom.
+            self.target = replace(self.target, rung=None)
+        if self._calm_lasted():
+            self.target = replace(self.target, memory_high_barred=False)
+            self._roll_back()
+
+    def _confirm(self) -> None:
+        if self.target.confirmed_recorded:
+            return
+        since = self.target.pressured_since if self.target.pressured_since is not None else self.now
+        self.records.append(
+            self._record(
+                RecordType.PRESSURE_CONFIRMED,
+                f"memory pressure on {self.where} for {self.now - since:.0f} s "
+                f"(sustained_sec {self.policy.trigger.sustained_sec:g}): "
+                f"{stall_text(self.policy.trigger, self.m)}",
+            )
+        )
+        self.target = replace(self.target, confirmed_recorded=True)
+
+    def _conditions_hold(self) -> bool:
+        ctx = self._rung_context()
+        failed = failed_condition(
+            self.policy.conditions, self.obs.snapshot, ctx.composition, ctx.owned_memory_high
+        )
+        if failed is None:
+            return True
+        reason, message = failed
+        self._decline(f"condition:{reason}", message)
+        return False
+
+    def _escalate(self, rung: PendingRung) -> None:
+        self.target = replace(self.target, rung=None)
+        if not self.policy.enabled:
+            return
+        self._confirm()
+        if not self._conditions_hold():
+            return
+        before = format_share(rung.stall_rate)
+        self.records.append(
+            self._record(
+                RecordType.ESCALATED,
+                f"pressure did not fall within verify_sec ({self.policy.verify_sec:g} s) after {rung.kind} "
+                f"(rung {rung.index}) on {self.where}: {stall_text(self.policy.trigger, self.m)}, "
+                f"{before} when it was taken",
+                rung.kind,
+            )
+        )
+        if not self._climb(rung.index + 1):
+            self._decline(
+                "ladder_exhausted",
+                f"ladder exhausted on {self.where}: no rung above {rung.kind} (rung {rung.index}) can be "
+                "taken; starting again from rung 0 at the next pressure",
+            )
+
+    def _climb(self, start: int) -> bool:
+        """Take the first eligible rung from ``start`` up; True if one was taken."""
+        ladder = self.policy.ladder
+        for index in range(start, len(ladder)):
+            spec = ladder[index]
+            outcome = evaluate_rung(spec, index, self._rung_context())
+            if isinstance(outcome, RungDecline):
+                self._decline(f"rung{index}:{outcome.reason}", outcome.message, spec.kind, index)
+                continue
+            blocked = self._limit_blocking(index, spec)
+            if blocked is not None:
+                reason, message = blocked
+                self._decline(f"rung{index}:{reason}", message, spec.kind, index)
+                continue
+            self._take(index, spec, outcome.action)
+            return True
+        return False
+
+    def _limit_blocking(self, index: int, spec: ActionSpec) -> Optional[Tuple[str, str]]:
+        limits = spec.limits
+        times = _recent(self.target.rung_taken_at.get(index, ()), self.now)
+        if times and self.now - times[-1] < limits.cooldown_sec:
+            left = times[-1] + limits.cooldown_sec - self.now
+            return (
+                "cooldown",
+                f"{spec.kind} on {self.where} is in its cooldown "
+                f"({limits.cooldown_sec:g} s, {left:.0f} s left)",
+            )
+        if len(times) >= limits.max_per_hour:
+            return (
+                "max_per_hour",
+                f"{spec.kind} on {self.where} was taken {len(times)} times in the last hour "
+                f"(max_per_hour {limits.max_per_hour})",
+            )
+        if spec.kind in NODE_WIDE_KINDS:
+            node_times = _recent(self.node.actions_at, self.now)
+            if len(node_times) >= self.config.node_actions_max_per_hour:
+                return (
+                    "node_rate_limit",
+                    f"node-wide action rate limit: {len(node_times)} node-wide actions in the last hour "
+                    f"across all policies (max {self.config.node_actions_max_per_hour})",
+                )
+        return None
+
+    def _take(self, index: int, spec: ActionSpec, action: Action) -> None:
+        rate = self.m.stall_rate if self.m.stall_rate is not None else 0.0
+        self.actions.append(action)
+        target = self.target.with_rung_taken(index, self.now, HOUR_SEC)
+        target = replace(
+            target, rung=PendingRung(index=index, kind=spec.kind, taken_at=self.now, stall_rate=rate)
+        )
+        if spec.kind in NODE_WIDE_KINDS:
+            self.node = replace(self.node, actions_at=(*_recent(self.node.actions_at, self.now), self.now))
+        if isinstance(action, SetMemoryHigh) and action.value is not None:
+            events_high = (
+                self.obs.snapshot.events.high if isinstance(self.obs.snapshot, CgroupSnapshot) else 0
+            )
+            target = replace(target, proposed_memory_high=ProposedWrite(action.value, rate, events_high))
+        if (
+            isinstance(action, SetSysctl)
+            and action.name == VFS_CACHE_PRESSURE
+            and action.expected is not None
+        ):
+            owned = self.node.vfs_cache_pressure if self._owns_vfs() else None
+            before = owned.before if owned is not None and owned.before is not None else action.expected
+            proposal = ProposedSysctl(
+                owner=self.key, write=ProposedWrite(action.value, rate, 0), before=before
+            )
+            self.node = replace(self.node, proposed_vfs=proposal)
+        self.target = target
+
+    def _roll_back(self) -> None:
+        calm = f"pressure stayed below the threshold for {self.policy.rollback.calm_sec:g} s"
+        owned = self.target.memory_high
+        snapshot = self.obs.snapshot
+        if owned is not None and not owned.restore_requested and isinstance(snapshot, CgroupSnapshot):
+            cause = self._record(
+                RecordType.ROLLED_BACK,
+                f"restore memory.high of {self.where} to {format_bytes(owned.before)} "
+                f"(ours: {format_bytes(owned.ours)}): {calm}",
+                "memory_high",
+            )
+            self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
+            self.target = replace(self.target, memory_high=replace(owned, restore_requested=True))
+        vfs = self.node.vfs_cache_pressure
+        if self._owns_vfs() and vfs is not None and not vfs.restore_requested:
+            cause = self._record(
+                RecordType.ROLLED_BACK,
+                f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}): {calm}",
+                VFS_CACHE_PRESSURE,
+            )
+            self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause))
+            self.node = replace(self.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
+
+    # ------------------------------------------------------------ result
+
+    def _owns_anything(self) -> bool:
+        owned = self.target.memory_high
+        vfs = self.node.vfs_cache_pressure
+        return (owned is not None and not owned.restore_requested) or (
+            self._owns_vfs() and vfs is not None and not vfs.restore_requested
+        )
+
+    def _wakeup(self) -> Optional[float]:
+        """Step 9 of the module docstring."""
+        target = self.target
+        policy = self.policy
+        recheck = self.now + max(policy.verify_sec, MIN_RECHECK_SEC)
+        candidates: List[float] = []
+        if target.rung is not None:
+            candidates.append(target.rung.taken_at + policy.verify_sec)
+        elif target.pressured_since is not None:
+            sustained_at = target.pressured_since + policy.trigger.sustained_sec
+            if self.now < sustained_at:
+                candidates.append(sustained_at)
+            else:
+                candidates.append(recheck)
+                candidates.extend(self._limit_expiries())
+        if self._owns_anything():
+            if target.calm_since is not None:
+                candidates.append(target.calm_since + policy.rollback.calm_sec)
+            else:
+                candidates.append(recheck)
+        return min(candidates) if candidates else None
+
+    def _limit_expiries(self) -> List[float]:
+        """When rate limits that currently hold back a rung run out (to retry right then)."""
+        expiries: List[float] = []
+        node_times = _recent(self.node.actions_at, self.now)
+        for index, spec in enumerate(self.policy.ladder):
+            times = _recent(self.target.rung_taken_at.get(index, ()), self.now)
+            limits = spec.limits
+            if times and self.now - times[-1] < limits.cooldown_sec:
+                expiries.append(times[-1] + limits.cooldown_sec)
+            if 0 < limits.max_per_hour <= len(times):
+                expiries.append(times[len(times) - limits.max_per_hour] + HOUR_SEC)
+            node_max = self.config.node_actions_max_per_hour
+            if spec.kind in NODE_WIDE_KINDS and 0 < node_max <= len(node_times):
+                expiries.append(node_times[len(node_times) - node_max] + HOUR_SEC)
+        return [t for t in expiries if t > self.now]
+
+    def decision(self) -> Decision:
+        state = self.state.with_target(self.key, self.target).with_node(self.node)
+        return Decision(
+            state=state, actions=tuple(self.actions), records=tuple(self.records), wakeup_at=self._wakeup()
+        )
+
+
+def _recent(times: Tuple[float, ...], now: float) -> Tuple[float, ...]:
+    """The times within the sliding hour before ``now``, oldest first."""
+    return tuple(t for t in times if t > now - HOUR_SEC)
+
+
+def decide(policy: Policy, state: CoreState, obs: Observation, now: float, config: CoreConfig) -> Decision:
+    """Decide what to do about one observation of ``obs.key`` (see the module docstring).
+
+    ``now`` is monotonic seconds from the injected clock. ``policy`` must be the
+    policy named by ``obs.key.policy``. A disabled policy still measures,
+    stands back and rolls back, but never takes a rung.
+    """
+    turn = _Turn(policy, state, obs, now, config)
+    turn.run()
+    return turn.decision()
+
+
+def note_outcome(state: CoreState, action: Action, result: str, now: float) -> CoreState:
+    """Executor feedback for one action of a Decision.
+
+    ``result`` is one of applied, would (dry-run), partial, declined, failed,
+    stood_back, gone, restored, not_restored.
+
+    - SetMemoryHigh / SetSysctl(vfs_cache_pressure): applied or partial (the
+      value was written) makes the target own the value; would does the same
+      but marks it simulated (the kernel still holds the old value, and the
+      other-writer check compares with that). Anything else takes no ownership.
+    - RestoreMemoryHigh / RestoreSysctl: drops ownership, except failed (the
+      value is still ours, so the restore is asked again at the next calm
+      observation that finds the calm period complete).
+    - Reclaim, drop_caches, ReleaseOwnership: nothing to remember.
+    """
+    if isinstance(action, SetMemoryHigh):
+        return _note_memory_high_write(state, action, result, now)
+    if isinstance(action, RestoreMemoryHigh):
+        key = TargetKey(action.cause.policy, action.cgroup)
+        target = state.targets.get(key)
+        if target is None or target.memory_high is None:
+            return state
+        owned = target.memory_high
+        memory_high = replace(owned, restore_requested=False) if result == _RESTORE_RETRY else None
+        return state.with_target(key, replace(target, memory_high=memory_high))
+    if isinstance(action, SetSysctl) and action.name == VFS_CACHE_PRESSURE:
+        return _note_vfs_write(state, action, result, now)
+    if isinstance(action, RestoreSysctl) and action.name == VFS_CACHE_PRESSURE:
+        vfs = state.node.vfs_cache_pressure
+        if vfs is None:
+            return state
+        if result == _RESTORE_RETRY:
+            return state.with_node(
+                replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=False))
+            )
+        return state.with_node(replace(state.node, vfs_owner=None, vfs_cache_pressure=None))
+    return state
+
+
+def _note_memory_high_write(state: CoreState, action: SetMemoryHigh, result: str, now: float) -> CoreState:
+    key = TargetKey(action.cause.policy, action.cgroup)
+    target = state.targets.get(key)
+    if target is None:
+        return state
+    proposal = target.proposed_memory_high
+    target = replace(target, proposed_memory_high=None)
+    if action.value is None or not (result in _WRITTEN or result == _SIMULATED):
+        return state.with_target(key, target)
+    previous = target.memory_high
+    owned = OwnedValue(
+        ours=action.value,
+        # A second, lower write keeps the original of the first one.
+        before=previous.before if previous is not None else action.expected,
+        simulated=result == _SIMULATED,
+        written_at=now,
+        stall_rate_at_write=proposal.stall_rate if proposal is not None else 0.0,
+        events_high_at_write=proposal.events_high if proposal is not None else None,
+    )
+    return state.with_target(key, replace(target, memory_high=owned))
+
+
+def _note_vfs_write(state: CoreState, action: SetSysctl, result: str, now: float) -> CoreState:
+    proposal = state.node.proposed_vfs
+    node = replace(state.node, proposed_vfs=None)
+    if proposal is None or not (result in _WRITTEN or result == _SIMULATED):
+        return state.with_node(node)
+    owned = OwnedValue(
+        ours=action.value,
+        before=proposal.before,
+        simulated=result == _SIMULATED,
+        written_at=now,
+        stall_rate_at_write=proposal.write.stall_rate,
+        events_high_at_write=None,
+    )
+    return state.with_node(replace(node, vfs_owner=proposal.owner, vfs_cache_pressure=owned))
+
+
+def forget(state: CoreState, key: TargetKey) -> CoreState:
+    """The cgroup is gone: drop everything about the target, with no actions.
+
+    A gone cgroup's memory.high needs no restore. A node-wide value it owns
+    (vm.vfs_cache_pressure) is still changed on the node: it stays recorded
+    and the next decision about any target restores it.
+    """
+    node = state.node
+    if node.proposed_vfs is not None and node.proposed_vfs.owner == key:
+        node = replace(node, proposed_vfs=None)
+    return state.without_target(key).with_node(node)
+
+
+def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Decision:
+    """Restores for every value we own whose policy has rollback.restore_on_exit.
+
+    A value owned under a policy that is no longer loaded is restored too:
+    nobody asked to keep it. Restores already in flight are not asked twice.
+    """
+    actions: List[Action] = []
+    new_state = state
+
+    def wants_restore(policy_name: str) -> bool:
+        policy = policies.get(policy_name)
+        return policy is None or policy.rollback.restore_on_exit
+
+    for key, target in state.targets.items():
+        owned = target.memory_high
+        if owned is None or owned.restore_requested or key.cgroup is None or not wants_restore(key.policy):
+            continue
+        evidence = evidence_from(target.last_snapshot) if target.last_snapshot is not None else {}
+        cause = Record(
+            type=RecordType.ROLLED_BACK,
+            message=(
+                f"restore memory.high of {describe_target(key.cgroup)} to {format_bytes(owned.before)} "
+                f"(ours: {format_bytes(owned.ours)}) on exit"
+            ),
+            policy=key.policy,
+            cgroup=key.cgroup,
+            action="memory_high",
+            evidence=evidence,
+        )
+        actions.append(RestoreMemoryHigh(cgroup=key.cgroup, ours=owned.ours, cause=cause))
+        new_state = new_state.with_target(
+            key, replace(target, memory_high=replace(owned, restore_requested=True))
+        )
+    owner = state.node.vfs_owner
+    vfs = state.node.vfs_cache_pressure
+    if owner is not None and vfs is not None and not vfs.restore_requested and wants_restore(owner.policy):
+        last = state.targets[owner].last_snapshot if owner in state.targets else None
+        cause = Record(
+            type=RecordType.ROLLED_BACK,
+            message=f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}) on exit",
+            policy=owner.policy,
+            cgroup=owner.cgroup,
+            action=VFS_CACHE_PRESSURE,
+            evidence=evidence_from(last) if last is not None else {},
+        )
+        actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause))
+        new_state = new_state.with_node(
+            replace(new_state.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
+        )
+    return Decision(state=new_state, actions=tuple(actions), records=(), wakeup_at=None)

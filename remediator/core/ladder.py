@@ -1,0 +1,403 @@
+"""The rungs of a policy's ladder: when each one may be taken, and how much it does.
+
+Pure functions of a fresh snapshot and what the core owns. Every "no" comes
+with a sentence that says what the memory is made of and why the rung would
+not help, because a declined action is only useful to an operator if it
+explains itself (kernel-facts.md):
+
+- memory.reclaim can only take clean, non-shmem page cache (without swap);
+  shmem/tmpfs, anon and kernel memory stay, dirty pages need I/O first.
+- memory.high below the unreclaimable part of a cgroup does not free memory,
+  it throttles the cgroup into an endless stall; so there is a floor.
+- vfs_cache_pressure and drop_caches hit every tenant on the node: only node
+  policies, or cgroup policies that explicitly allow it, may use them.
+
+Rate limits (cooldowns, hourly caps, the node-wide cap) are not decided here
+but in ``remediator.core.decide``, which owns the clock-derived state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple, Union
+
+from remediator.core.actions import Action, Reclaim, SetMemoryHigh, SetSysctl
+from remediator.core.records import Record, RecordType
+from remediator.core.state import OwnedValue, TargetKey
+from remediator.diagnosis.composition import (
+    PAGE_SIZE,
+    MemoryComposition,
+    memory_high_floor,
+    page_align_down,
+)
+from remediator.policy.compiled import (
+    NODE_WIDE_KINDS,
+    ActionSpec,
+    Conditions,
+    DropCachesAction,
+    MemoryHighAction,
+    Policy,
+    ReclaimAction,
+    VfsCachePressureAction,
+)
+from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.sizes import format_bytes
+
+VFS_CACHE_PRESSURE = "vfs_cache_pressure"
+DROP_CACHES = "drop_caches"
+
+_DROP_CACHES_WHAT = {
+    1: "clean page cache",
+    2: "reclaimable slab (dentries and inodes)",
+    3: "clean page cache and reclaimable slab",
+}
+
+
+def describe_target(cgroup: Optional[str]) -> str:
+    """How a target is named in messages."""
+    if cgroup is None:
+        return "the node"
+    if cgroup == "":
+        return "the root cgroup"
+    return cgroup
+
+
+def format_share(fraction: float) -> str:
+    """A stall share or a ratio as a percentage with one decimal (stall shares are often small)."""
+    return f"{fraction * 100:.1f} %"
+
+
+@dataclass(frozen=True)
+class RungContext:
+    """Everything a rung's preconditions look at, gathered once per decision."""
+
+    policy: Policy
+    key: TargetKey
+    snapshot: Union[CgroupSnapshot, NodeSnapshot]
+    node: Optional[NodeSnapshot]
+    composition: Optional[MemoryComposition]  # None for node targets
+    reclaim_supported: bool
+    evidence: Mapping[str, str]
+    stall_text: str  # the measured stall vs the threshold, for messages
+    owned_memory_high: Optional[OwnedValue]
+    memory_high_barred: bool
+    owned_vfs: Optional[OwnedValue]  # vfs_cache_pressure owned by this target
+    vfs_owned_elsewhere: Optional[TargetKey]  # another target owns vfs_cache_pressure
+
+    @property
+    def where(self) -> str:
+        return describe_target(self.key.cgroup)
+
+    def record(
+        self, record_type: RecordType, message: str, action: str = "", rung: Optional[int] = None
+    ) -> Record:
+        extra = {"RUNG": str(rung)} if rung is not None else {}
+        return Record(
+            type=record_type,
+            message=message,
+            policy=self.policy.name,
+            cgroup=self.key.cgroup,
+            action=action,
+            evidence=self.evidence,
+            extra=extra,
+        )
+
+
+@dataclass(frozen=True)
+class RungTake:
+    """The rung's preconditions hold: this is the action (its cause is ACTION_APPLIED)."""
+
+    action: Action
+
+
+@dataclass(frozen=True)
+class RungDecline:
+    """The rung cannot help now. ``reason`` is a stable key (storm limiting); ``message`` explains."""
+
+    reason: str
+    message: str
+
+
+RungOutcome = Union[RungTake, RungDecline]
+
+
+def describe_composition(comp: MemoryComposition) -> str:
+    """What a cgroup's memory is made of, in the terms that decide what reclaim can take."""
+    anon = f"anon {format_bytes(comp.anon_bytes)}" + ("" if comp.swap_usable else " (no swap)")
+    return (
+        f"{anon}, shmem/tmpfs {format_bytes(comp.shmem_bytes)}, "
+        f"dirty/writeback {format_bytes(comp.dirty_bytes)}, kernel {format_bytes(comp.kernel_bytes)}, "
+        f"clean page cache {format_bytes(comp.reclaimable_cache_bytes)}"
+    )
+
+
+def describe_unreclaimable(comp: MemoryComposition) -> str:
+    """The parts of the floor under memory.high (what no reclaim can take)."""
+    parts = []
+    if not comp.swap_usable:
+        parts.append(f"anon without swap {format_bytes(comp.anon_bytes)}")
+        parts.append(f"shmem/tmpfs {format_bytes(comp.shmem_bytes)}")
+        kernel = comp.unreclaimable_bytes - comp.anon_bytes - comp.shmem_bytes
+    else:
+        kernel = comp.unreclaimable_bytes
+    parts.append(f"kernel {format_bytes(max(0, kernel))}")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def failed_condition(
+    conditions: Conditions,
+    snapshot: Union[CgroupSnapshot, NodeSnapshot],
+    composition: Optional[MemoryComposition],
+    owned_memory_high: Optional[OwnedValue],
+) -> Optional[Tuple[str, str]]:
+    """The first policy condition that does not hold, as (reason key, message); None if all hold.
+
+    Conditions describe a cgroup's memory; on a node target they do not apply
+    (policy validation is expected to refuse them there). memory.high that we
+    set ourselves does not count as "set": the condition is about the value
+    the cgroup had before we touched it.
+    """
+    if not isinstance(snapshot, CgroupSnapshot) or composition is None:
+        return None
+    where = describe_target(snapshot.cgroup)
+    if conditions.min_reclaimable_fraction is not None:
+        share = composition.fraction_of_usage(composition.reclaimable_cache_bytes)
+        if share < conditions.min_reclaimable_fraction:
+            return (
+                "min_reclaimable_fraction",
+                f"condition min_reclaimable_fraction failed on {where}: clean page cache is "
+                f"{format_bytes(composition.reclaimable_cache_bytes)} = {format_share(share)} of "
+                f"{format_bytes(composition.usage_bytes)} used, below "
+                f"{format_share(conditions.min_reclaimable_fraction)} ({describe_composition(composition)})",
+            )
+    if conditions.memory_high_unset is not None:
+        original = owned_memory_high.before if owned_memory_high is not None else snapshot.high_bytes
+        is_unset = original is None
+        if is_unset != conditions.memory_high_unset:
+            wanted = "unset" if conditions.memory_high_unset else "set"
+            return (
+                "memory_high_unset",
+                f"condition memory_high_unset failed on {where}: memory.high is {format_bytes(original)}, "
+                f"the policy acts only where it is {wanted}",
+            )
+    if conditions.min_usage_fraction_of_max is not None:
+        if snapshot.max_bytes is None or snapshot.max_bytes <= 0:
+            return (
+                "min_usage_fraction_of_max",
+                f"condition min_usage_fraction_of_max failed on {where}: memory.max is not set "
+                f"(usage {format_bytes(snapshot.current_bytes)})",
+            )
+        usage_share = snapshot.current_bytes / snapshot.max_bytes
+        if usage_share < conditions.min_usage_fraction_of_max:
+            return (
+                "min_usage_fraction_of_max",
+                f"condition min_usage_fraction_of_max failed on {where}: usage "
+                f"{format_bytes(snapshot.current_bytes)} is {format_share(usage_share)} of memory.max "
+                f"{format_bytes(snapshot.max_bytes)}, below "
+                f"{format_share(conditions.min_usage_fraction_of_max)}",
+            )
+    return None
+
+
+# ---------------------------------------------------------------- amounts
+
+
+def reclaim_amount(composition: MemoryComposition, spec: ReclaimAction) -> int:
+    """Bytes to ask memory.reclaim for: a fraction of the clean-cache estimate, capped, page-aligned down.
+
+    Never more than the estimate (shmem, dirty and writeback pages are not in it).
+    May be 0: callers decline below one page.
+    """
+    wanted = int(composition.reclaimable_cache_bytes * spec.fraction)
+    if spec.max_bytes is not None:
+        wanted = min(wanted, spec.max_bytes)
+    return page_align_down(max(0, wanted))
+
+
+@dataclass(frozen=True)
+class MemoryHighPlan:
+    """Where memory.high would go, and why."""
+
+    base: int  # memory.max or memory.current
+    target: int
+    floor: int
+    raised_to_floor: bool
+
+
+def plan_memory_high(
+    snapshot: CgroupSnapshot, composition: MemoryComposition, spec: MemoryHighAction
+) -> Optional[MemoryHighPlan]:
+    """fraction x base, page-aligned down, never above memory.max, raised to the floor if below it.
+
+    None when there is no base (relative to memory.max, and memory.max is unset).
+    The result can be >= memory.max when the floor leaves no room: callers decline then.
+    """
+    if spec.relative_to == "max":
+        if snapshot.max_bytes is None:
+            return None
+        base = snapshot.max_bytes
+    else:
+        base = snapshot.current_bytes
+    target = page_align_down(int(base * spec.fraction))
+    if snapshot.max_bytes is not None:
+        target = min(target, snapshot.max_bytes)
+    floor = memory_high_floor(composition, spec.floor_margin_bytes, spec.min_bytes)
+    raised = target < floor
+    if raised:
+        target = floor
+    return MemoryHighPlan(base=base, target=target, floor=floor, raised_to_floor=raised)
+
+
+# ---------------------------------------------------------------- rungs
+
+
+def evaluate_rung(spec: ActionSpec, index: int, ctx: RungContext) -> RungOutcome:
+    """Whether rung ``index`` (of kind ``spec.kind``) can help now, and the action if so."""
+    if spec.kind in NODE_WIDE_KINDS and not (ctx.policy.is_node or ctx.policy.allow_node_wide):
+        return RungDecline(
+            "node_wide_not_allowed",
+            f"{spec.kind} is node-wide and affects every tenant; policy {ctx.policy.name} watches cgroups "
+            "and does not set allow_node_wide",
+        )
+    if isinstance(spec, ReclaimAction):
+        return _reclaim(spec, index, ctx)
+    if isinstance(spec, MemoryHighAction):
+        return _memory_high(spec, index, ctx)
+    if isinstance(spec, VfsCachePressureAction):
+        return _vfs_cache_pressure(spec, index, ctx)
+    return _drop_caches(spec, index, ctx)
+
+
+def _reclaim(spec: ReclaimAction, index: int, ctx: RungContext) -> RungOutcome:
+    snapshot = ctx.snapshot
+    comp = ctx.composition
+    if not isinstance(snapshot, CgroupSnapshot) or comp is None:
+        return RungDecline("needs_cgroup", "reclaim writes a cgroup's memory.reclaim; a node target has none")
+    if not ctx.reclaim_supported:
+        return RungDecline("no_memory_reclaim", "kernel has no memory.reclaim (needs 5.19 or later)")
+    reclaimable = comp.reclaimable_cache_bytes
+    amount = reclaim_amount(comp, spec)
+    if reclaimable < spec.min_bytes or amount < PAGE_SIZE:
+        return RungDecline(
+            "too_little_cache",
+            f"only {format_bytes(reclaimable)} of clean page cache in {ctx.where} "
+            f"(min_bytes {format_bytes(spec.min_bytes)}); its {format_bytes(comp.usage_bytes)} is "
+            f"{describe_composition(comp)}: reclaim cannot take anon without swap, shmem/tmpfs, "
+            "dirty pages or kernel memory",
+        )
+    capped = spec.max_bytes is not None and amount >= page_align_down(spec.max_bytes)
+    cap = ", capped by max_bytes" if capped else ""
+    message = (
+        f"reclaim {format_bytes(amount)} of clean page cache from {ctx.where}: "
+        f"{format_share(spec.fraction)} of {format_bytes(reclaimable)} reclaimable{cap}; {ctx.stall_text}"
+    )
+    cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
+    return RungTake(Reclaim(cgroup=snapshot.cgroup, bytes=amount, timeout_sec=spec.timeout_sec, cause=cause))
+
+
+def _memory_high(spec: MemoryHighAction, index: int, ctx: RungContext) -> RungOutcome:
+    snapshot = ctx.snapshot
+    comp = ctx.composition
+    if not isinstance(snapshot, CgroupSnapshot) or comp is None:
+        return RungDecline(
+            "needs_cgroup", "memory_high writes a cgroup's memory.high; a node target has none"
+        )
+    if ctx.memory_high_barred:
+        return RungDecline(
+            "backed_off",
+            f"memory.high on {ctx.where} was backed off because it throttled the cgroup; "
+            f"not lowering it again before {ctx.policy.rollback.calm_sec:g} s of calm",
+        )
+    owned = ctx.owned_memory_high
+    if owned is None and snapshot.high_bytes is not None:
+        return RungDecline(
+            "other_writer",
+            f"memory.high is set to {format_bytes(snapshot.high_bytes)} by another writer; not fighting it",
+        )
+    plan = plan_memory_high(snapshot, comp, spec)
+    if plan is None:
+        return RungDecline(
+            "no_memory_max",
+            f"memory.max of {ctx.where} is not set: memory.high relative to memory.max has no base",
+        )
+    # The floor can push the target up to the value it should stay under:
+    # then memory.high would not free anything, it would only throttle.
+    limit: Optional[Tuple[str, int]] = None
+    if snapshot.max_bytes is not None and plan.target >= snapshot.max_bytes:
+        limit = ("memory.max", snapshot.max_bytes)
+    elif spec.relative_to == "current" and plan.target >= snapshot.current_bytes:
+        limit = ("current usage", snapshot.current_bytes)
+    if limit is not None:
+        limit_name, limit_bytes = limit
+        if plan.raised_to_floor:
+            return RungDecline(
+                "no_room_above_floor",
+                f"unreclaimable memory ({describe_unreclaimable(comp)}) leaves no room for memory.high "
+                f"below {limit_name}: lowering it would only throttle (floor {format_bytes(plan.floor)}, "
+                f"{limit_name} {format_bytes(limit_bytes)})",
+            )
+        return RungDecline(
+            "not_below_limit",
+            f"memory.high target {format_bytes(plan.target)} ({format_share(spec.fraction)} of "
+            f"{format_bytes(plan.base)}) is not below {limit_name} of {ctx.where} "
+            f"({format_bytes(limit_bytes)})",
+        )
+    if owned is not None and owned.ours <= plan.target:
+        return RungDecline(
+            "already_low",
+            f"memory.high of {ctx.where} is already {format_bytes(owned.ours)} (ours), "
+            f"at or below the target {format_bytes(plan.target)}",
+        )
+    floor_note = (
+        f", raised to the floor over unreclaimable memory ({describe_unreclaimable(comp)})"
+        if plan.raised_to_floor
+        else ""
+    )
+    base_name = "memory.max" if spec.relative_to == "max" else "memory.current"
+    message = (
+        f"set memory.high of {ctx.where} to {format_bytes(plan.target)} "
+        f"({format_share(spec.fraction)} of {base_name} {format_bytes(plan.base)}{floor_note}); "
+        f"{ctx.stall_text}"
+    )
+    cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
+    return RungTake(
+        SetMemoryHigh(cgroup=snapshot.cgroup, value=plan.target, expected=snapshot.high_bytes, cause=cause)
+    )
+
+
+def _vfs_cache_pressure(spec: VfsCachePressureAction, index: int, ctx: RungContext) -> RungOutcome:
+    node = ctx.node
+    if node is None or node.vfs_cache_pressure is None:
+        return RungDecline("vfs_unreadable", "vm.vfs_cache_pressure could not be read")
+    if ctx.vfs_owned_elsewhere is not None:
+        other = ctx.vfs_owned_elsewhere
+        return RungDecline(
+            "vfs_owned_elsewhere",
+            f"vm.vfs_cache_pressure is being managed by policy {other.policy} for "
+            f"{describe_target(other.cgroup)}; one owner at a time",
+        )
+    # In dry-run the kernel still shows the old value: judge by what we (would have) set.
+    current = ctx.owned_vfs.ours if ctx.owned_vfs is not None else node.vfs_cache_pressure
+    if current >= spec.value:
+        return RungDecline(
+            "vfs_already_high",
+            f"vm.vfs_cache_pressure is already {current} (>= {spec.value})",
+        )
+    message = (
+        f"set vm.vfs_cache_pressure to {spec.value} (from {current}) so the kernel reclaims dentry and inode "
+        f"caches ({format_bytes(node.slab_reclaimable_bytes)} reclaimable slab on the node); {ctx.stall_text}"
+    )
+    cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
+    return RungTake(
+        SetSysctl(name=VFS_CACHE_PRESSURE, value=spec.value, expected=node.vfs_cache_pressure, cause=cause)
+    )
+
+
+def _drop_caches(spec: DropCachesAction, index: int, ctx: RungContext) -> RungOutcome:
+    what = _DROP_CACHES_WHAT.get(spec.mode, f"caches (mode {spec.mode})")
+    message = f"drop {what} node-wide (vm.drop_caches={spec.mode}) for every tenant; {ctx.stall_text}"
+    cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
+    return RungTake(SetSysctl(name=DROP_CACHES, value=spec.mode, expected=None, cause=cause))
