@@ -139,9 +139,7 @@ def resolve_plain_scalar(text: str) -> Union[bool, int, float, str, None]:
             "or quote it if a string is meant"
         )
     if _SEXAGESIMAL.match(text):
-        raise _AmbiguousScalar(
-            f"{text!r} is a base-60 number in YAML 1.1: quote it if a string is meant"
-        )
+        raise _AmbiguousScalar(f"{text!r} is a base-60 number in YAML 1.1: quote it if a string is meant")
     if _SPECIAL_FLOAT.match(text):
         raise _AmbiguousScalar(f"{text!r}: infinities and NaN are not allowed; write a decimal number")
     return text
