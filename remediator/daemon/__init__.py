@@ -1,1 +1,2 @@
-"""The daemon: watching, discovery, the main loop and its edges (journal, sd_notify, state)."""
+"""The daemon: the service loop, the executor (the only writer), the state store,
+the journal writer and sd_notify."""
