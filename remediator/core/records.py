@@ -87,7 +87,9 @@ def _limit(value: Optional[int]) -> str:
     return "max" if value is None else str(value)
 
 
-def evidence_from(snapshot: Union[CgroupSnapshot, NodeSnapshot], stall_delta_us: Optional[int] = None) -> Mapping[str, str]:
+def evidence_from(
+    snapshot: Union[CgroupSnapshot, NodeSnapshot], stall_delta_us: Optional[int] = None
+) -> Mapping[str, str]:
     """The evidence a decision was taken on, as journal field suffixes -> strings.
 
     Keys become ``REMEDIATOR_<KEY>`` fields; they are documented in the README.
