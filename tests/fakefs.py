@@ -108,6 +108,11 @@ class FakeKernel:
         with_reclaim: bool = True,
     ) -> Path:
         d = self.cgroup_root / name
+        # Controllers are enabled top-down: every ancestor of a memory cgroup has
+        # the memory files too (the walker skips subtrees without them).
+        parent = name.rsplit("/", 1)[0] if "/" in name else ""
+        if parent and not (self.cgroup_root / parent / "memory.current").exists():
+            self.add_cgroup(parent)
         d.mkdir(parents=True, exist_ok=True)
         (d / "cgroup.controllers").write_text("cpu io memory pids\n")
         (d / "cgroup.procs").write_text("")
