@@ -1,0 +1,460 @@
+"""The record of every value remediator owns, kept on disk before it is changed.
+
+Reversibility rests on this file: before the first write to a ``memory.high``
+or to ``vm.vfs_cache_pressure`` the original value is recorded here, so that a
+later rollback, a clean shutdown or the next start after a crash can put it
+back. Hence:
+
+- **Write-ahead.** An entry is on disk (temp file in the same directory,
+  fsync, rename, fsync of the directory) before the kernel value changes. If
+  the store cannot be written (read-only directory, ENOSPC) the caller gets
+  ``StateUnwritable`` and must refuse the change: what we cannot record, we
+  cannot undo.
+- **First original wins.** Recording an already-owned value again is a no-op,
+  so the value from before our *first* write survives any number of changes.
+- **Crash window.** Each write is announced (``begin_write``) before it is
+  made and confirmed (``update_ours``) after, so a crash between the two still
+  leaves a store that recognises the value in the kernel as ours.
+- **Distrust on load.** The file is validated strictly (schema version,
+  allowed kinds and names only, integers in range, canonical cgroup names,
+  owner and mode). Anything else is moved aside to ``<name>.quarantine.<n>``
+  and never acted upon: a tampered file must not make the daemon write
+  attacker-chosen values to attacker-chosen cgroups at start-up.
+
+JSON layout (schema_version 1)::
+
+    {"schema_version": 1,
+     "entries": [{"kind": "memory_high", "cgroup": "system.slice/a.service",
+                  "original": "max", "ours": 3221225472, "pending": null,
+                  "policy": "cache-heavy", "recorded_at": 1700000000.0},
+                 {"kind": "sysctl", "sysctl": "vfs_cache_pressure",
+                  "original": 100, "ours": 200, "pending": {"value": 200}, ...}]}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import json
+import os
+import stat
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from remediator.core.records import Record, RecordType
+from remediator.errors import RemediatorError
+from remediator.kernel.roots import InvalidCgroupName, normalize_cgroup
+
+SCHEMA_VERSION = 1
+
+KIND_MEMORY_HIGH = "memory_high"
+KIND_SYSCTL = "sysctl"
+# drop_caches is a write-only trigger: there is nothing to own or restore.
+OWNABLE_SYSCTLS = frozenset({"vfs_cache_pressure"})
+
+# The kernel's memory limits are page counters; in bytes they stay below 2**63.
+MAX_LIMIT_BYTES = 2**63 - 1
+# vm.vfs_cache_pressure is a C int.
+MAX_SYSCTL_VALUE = 2**31 - 1
+# A store with an entry per cgroup of a big node is a few hundred KiB; anything
+# much larger is not ours.
+MAX_STATE_FILE_BYTES = 4 * 1024 * 1024
+
+StoreKey = Tuple[str, str]  # (kind, cgroup name or sysctl name)
+
+
+class StateUnwritable(RemediatorError):
+    """The state file (or its directory) could not be written: refuse the change."""
+
+    def __init__(self, path: Path, message: str, errno: Optional[int] = None) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+        self.errno = errno
+
+    @property
+    def errno_name(self) -> str:
+        return errno_mod.errorcode.get(self.errno, str(self.errno)) if self.errno is not None else ""
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """A write announced but not yet confirmed; ``value`` None means "max"."""
+
+    value: Optional[int]
+
+
+@dataclass(frozen=True)
+class OwnedValue:
+    """One value we changed. Limits use None for "max", as in remediator.core.actions."""
+
+    kind: str  # KIND_MEMORY_HIGH | KIND_SYSCTL
+    name: str  # the cgroup (relative to the cgroup root) or the sysctl name
+    original: Optional[int]
+    ours: Optional[int]  # the value we last wrote (the original until our first write lands)
+    policy: str
+    recorded_at: float  # wall time of the first recording
+    pending: Optional[PendingWrite] = None
+
+    @property
+    def key(self) -> StoreKey:
+        return (self.kind, self.name)
+
+    def is_ours(self, current: Optional[int]) -> bool:
+        """Whether a value read from the kernel is one we wrote (or were writing at a crash)."""
+        if current == self.ours:
+            return True
+        return self.pending is not None and current == self.pending.value
+
+
+# ---- the on-disk schema -------------------------------------------------------
+
+_LimitBytes = Annotated[int, Field(ge=0, le=MAX_LIMIT_BYTES)]
+_SysctlValue = Annotated[int, Field(ge=0, le=MAX_SYSCTL_VALUE)]
+_Policy = Annotated[str, Field(max_length=256)]
+_WallTime = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _PendingLimit(_StrictModel):
+    value: Union[Literal["max"], _LimitBytes]
+
+
+class _PendingSysctl(_StrictModel):
+    value: _SysctlValue
+
+
+class _MemoryHighEntry(_StrictModel):
+    kind: Literal["memory_high"]
+    cgroup: Annotated[str, Field(min_length=1, max_length=4096)]
+    original: Union[Literal["max"], _LimitBytes]
+    ours: Union[Literal["max"], _LimitBytes]
+    pending: Optional[_PendingLimit] = None
+    policy: _Policy
+    recorded_at: _WallTime
+
+
+class _SysctlEntry(_StrictModel):
+    kind: Literal["sysctl"]
+    sysctl: Literal["vfs_cache_pressure"]
+    original: _SysctlValue
+    ours: _SysctlValue
+    pending: Optional[_PendingSysctl] = None
+    policy: _Policy
+    recorded_at: _WallTime
+
+
+class _StateFile(_StrictModel):
+    schema_version: Literal[1]
+    entries: List[Annotated[Union[_MemoryHighEntry, _SysctlEntry], Field(discriminator="kind")]]
+
+
+def _limit_from_json(value: Union[str, int]) -> Optional[int]:
+    return None if value == "max" else int(value)
+
+
+def _limit_to_json(value: Optional[int]) -> Union[str, int]:
+    return "max" if value is None else value
+
+
+def _owned_from_model(entry: Union[_MemoryHighEntry, _SysctlEntry]) -> OwnedValue:
+    if isinstance(entry, _MemoryHighEntry):
+        canonical = normalize_cgroup(entry.cgroup)  # raises InvalidCgroupName
+        if canonical != entry.cgroup or canonical == "":
+            raise InvalidCgroupName(f"cgroup name {entry.cgroup!r} is not in canonical form")
+        return OwnedValue(
+            kind=KIND_MEMORY_HIGH,
+            name=entry.cgroup,
+            original=_limit_from_json(entry.original),
+            ours=_limit_from_json(entry.ours),
+            policy=entry.policy,
+            recorded_at=entry.recorded_at,
+            pending=None if entry.pending is None else PendingWrite(_limit_from_json(entry.pending.value)),
+        )
+    return OwnedValue(
+        kind=KIND_SYSCTL,
+        name=entry.sysctl,
+        original=entry.original,
+        ours=entry.ours,
+        policy=entry.policy,
+        recorded_at=entry.recorded_at,
+        pending=None if entry.pending is None else PendingWrite(entry.pending.value),
+    )
+
+
+def _owned_to_json(value: OwnedValue) -> Dict[str, Any]:
+    name_field = "cgroup" if value.kind == KIND_MEMORY_HIGH else "sysctl"
+    return {
+        "kind": value.kind,
+        name_field: value.name,
+        "original": _limit_to_json(value.original),
+        "ours": _limit_to_json(value.ours),
+        "pending": None if value.pending is None else {"value": _limit_to_json(value.pending.value)},
+        "policy": value.policy,
+        "recorded_at": value.recorded_at,
+    }
+
+
+def validate_key(kind: str, name: str) -> StoreKey:
+    """The canonical key for an ownable value, or ValueError for anything we never own."""
+    if kind == KIND_MEMORY_HIGH:
+        canonical = normalize_cgroup(name)
+        if canonical == "":
+            raise ValueError("the root cgroup has no memory.high")
+        return (kind, canonical)
+    if kind == KIND_SYSCTL:
+        if name not in OWNABLE_SYSCTLS:
+            raise ValueError(f"sysctl {name!r} is not one remediator owns")
+        return (kind, name)
+    raise ValueError(f"unknown kind of owned value {kind!r}")
+
+
+class _InvalidStateFile(Exception):
+    """Why a state file is not trusted (internal: becomes a quarantine)."""
+
+
+# ---- the store -----------------------------------------------------------------
+
+
+class StateStore:
+    """Owned values, persisted atomically to ``path`` (or kept in memory only).
+
+    Every mutation is on disk when the method returns, or the method raises
+    ``StateUnwritable`` and the in-memory view is unchanged.
+    """
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self._path = path
+        self._entries: Dict[StoreKey, OwnedValue] = {}
+
+    @classmethod
+    def in_memory(cls) -> StateStore:
+        """A store that never touches the disk: the dry-run executor's "as if" ledger."""
+        return cls(None)
+
+    @property
+    def path(self) -> Optional[Path]:
+        return self._path
+
+    # ---- queries ------------------------------------------------------------
+    def entries(self) -> Tuple[OwnedValue, ...]:
+        return tuple(self._entries[k] for k in sorted(self._entries))
+
+    def get(self, kind: str, name: str) -> Optional[OwnedValue]:
+        return self._entries.get(validate_key(kind, name))
+
+    # ---- mutations ----------------------------------------------------------
+    def record_original(
+        self, kind: str, name: str, original: Optional[int], policy: str, wall_time: float
+    ) -> OwnedValue:
+        """Record ``original`` unless this value is already owned; returns the entry in force.
+
+        The FIRST original is kept: a second call (even with another value)
+        changes nothing, because only the value from before our first write is
+        the one to give back.
+        """
+        key = validate_key(kind, name)
+        existing = self._entries.get(key)
+        if existing is not None:
+            return existing
+        entry = OwnedValue(
+            kind=key[0], name=key[1], original=original, ours=original, policy=policy, recorded_at=wall_time
+        )
+        self._commit({**self._entries, key: entry})
+        return entry
+
+    def begin_write(self, kind: str, name: str, value: Optional[int]) -> None:
+        """Announce that ``value`` is about to be written (persisted before the write)."""
+        key = validate_key(kind, name)
+        entry = self._require(key)
+        self._commit({**self._entries, key: replace(entry, pending=PendingWrite(value))})
+
+    def update_ours(self, kind: str, name: str, value: Optional[int]) -> None:
+        """``value`` is now in the kernel because we wrote it."""
+        key = validate_key(kind, name)
+        entry = self._require(key)
+        self._commit({**self._entries, key: replace(entry, ours=value, pending=None)})
+
+    def abandon_write(self, kind: str, name: str) -> None:
+        """The announced write did not happen: forget the pending value."""
+        key = validate_key(kind, name)
+        entry = self._entries.get(key)
+        if entry is not None and entry.pending is not None:
+            self._commit({**self._entries, key: replace(entry, pending=None)})
+
+    def drop(self, kind: str, name: str) -> None:
+        """Forget an owned value (restored, released, or taken over by another writer)."""
+        key = validate_key(kind, name)
+        if key in self._entries:
+            remaining = dict(self._entries)
+            del remaining[key]
+            self._commit(remaining)
+
+    # ---- loading ------------------------------------------------------------
+    def load(self, quarantine: bool = True) -> Tuple[Record, ...]:
+        """Read the file, replacing the in-memory view. A missing file is an empty store.
+
+        An invalid, corrupt or suspicious file is moved aside (``quarantine``
+        False: only reported, for dry-run) and a STATE_QUARANTINED record is
+        returned; nothing in it is trusted.
+        """
+        self._entries = {}
+        if self._path is None:
+            return ()
+        try:
+            text = self._read_checked(self._path)
+        except FileNotFoundError:
+            return ()
+        except _InvalidStateFile as exc:
+            return (self._quarantine(str(exc), quarantine),)
+        try:
+            self._entries = self._parse(text)
+        except _InvalidStateFile as exc:
+            return (self._quarantine(str(exc), quarantine),)
+        return ()
+
+    @staticmethod
+    def _read_checked(path: Path) -> str:
+        # O_NONBLOCK: a FIFO planted in place of the file must not hang the start-up.
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno_mod.ELOOP:
+                raise _InvalidStateFile("the state file is a symlink") from exc
+            raise _InvalidStateFile(f"cannot be opened: {exc.strerror}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _InvalidStateFile("not a regular file")
+            if st.st_uid != os.geteuid():
+                raise _InvalidStateFile(f"owned by uid {st.st_uid}, not by us")
+            if st.st_mode & 0o022:
+                raise _InvalidStateFile(f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+            if st.st_size > MAX_STATE_FILE_BYTES:
+                raise _InvalidStateFile(f"too large ({st.st_size} bytes)")
+            data = os.read(fd, MAX_STATE_FILE_BYTES + 1)
+        except OSError as exc:
+            raise _InvalidStateFile(f"cannot be read: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        if len(data) > MAX_STATE_FILE_BYTES:
+            raise _InvalidStateFile("too large")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _InvalidStateFile("not UTF-8") from exc
+
+    @staticmethod
+    def _parse(text: str) -> Dict[StoreKey, OwnedValue]:
+        try:
+            model = _StateFile.model_validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise _InvalidStateFile(f"invalid at {where or 'top level'}: {first['msg']}") from exc
+        entries: Dict[StoreKey, OwnedValue] = {}
+        for index, raw in enumerate(model.entries):
+            try:
+                owned = _owned_from_model(raw)
+            except InvalidCgroupName as exc:
+                raise _InvalidStateFile(f"entries.{index}: {exc}") from exc
+            if owned.key in entries:
+                raise _InvalidStateFile(f"entries.{index}: {owned.kind} {owned.name!r} recorded twice")
+            entries[owned.key] = owned
+        return entries
+
+    def _quarantine(self, reason: str, move: bool) -> Record:
+        assert self._path is not None
+        path = self._path
+        aside = self._quarantine_path(path)
+        extra = {"STATE_FILE": str(path), "QUARANTINE_FILE": str(aside)}
+        if not move:
+            return Record(
+                RecordType.STATE_QUARANTINED,
+                f"state file {path} is not trusted ({reason}); it would be moved aside to {aside}, "
+                "and the values it records will not be restored",
+                result="quarantined",
+                dry_run=True,
+                extra=extra,
+            )
+        try:
+            os.rename(path, aside)
+        except OSError as exc:
+            return Record(
+                RecordType.STATE_QUARANTINED,
+                f"state file {path} is not trusted ({reason}) and could not be moved aside "
+                f"({exc.strerror}); the values it records will not be restored",
+                result="quarantined",
+                errno=errno_mod.errorcode.get(exc.errno or 0, ""),
+                extra={"STATE_FILE": str(path)},
+            )
+        return Record(
+            RecordType.STATE_QUARANTINED,
+            f"state file {path} is not trusted ({reason}); moved aside to {aside}; "
+            "the values it records will not be restored",
+            result="quarantined",
+            extra=extra,
+        )
+
+    @staticmethod
+    def _quarantine_path(path: Path) -> Path:
+        n = 1
+        while True:
+            candidate = path.with_name(f"{path.name}.quarantine.{n}")
+            if not os.path.lexists(candidate):
+                return candidate
+            n += 1
+
+    # ---- persisting -----------------------------------------------------------
+    def _require(self, key: StoreKey) -> OwnedValue:
+        entry = self._entries.get(key)
+        if entry is None:
+            raise KeyError(f"{key[0]} {key[1]!r} is not recorded")
+        return entry
+
+    def _commit(self, entries: Dict[StoreKey, OwnedValue]) -> None:
+        """Persist ``entries``, then adopt them; on failure nothing changes."""
+        if self._path is not None:
+            self._persist(self._path, entries)
+        self._entries = entries
+
+    @staticmethod
+    def _persist(path: Path, entries: Dict[StoreKey, OwnedValue]) -> None:
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "entries": [_owned_to_json(entries[k]) for k in sorted(entries)],
+        }
+        data = (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        directory = path.parent
+        tmp = directory / f".{path.name}.tmp.{os.getpid()}"
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                # The rename is durable only once the directory is.
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StateUnwritable(path, exc.strerror or str(exc), exc.errno) from exc
