@@ -205,7 +205,6 @@ def test_selection_by_policy_lists_every_cgroup_policy(kernel: FakeKernel) -> No
 def test_default_walker_reads_the_cgroup_tree(kernel: FakeKernel) -> None:
     for name in ("system.slice/web.service", "system.slice/remediator.service", "init.scope"):
         kernel.add_cgroup(name)
-    (kernel.cgroup_root / "system.slice" / "memory.current").write_text("0\n")
 
     targets = desired_targets(kernel.roots, [policy("all", select("**"))])
 
