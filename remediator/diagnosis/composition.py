@@ -79,8 +79,16 @@ def compose(snapshot: CgroupSnapshot, node: Optional[NodeSnapshot] = None) -> Me
     usable = swap_usable(snapshot, node)
     shmem = stat.get("shmem")
     anon = stat.get("anon")
-    kernel_total = stat.get("kernel") if "kernel" in stat else (
-        stat.get("kernel_stack") + stat.get("pagetables") + stat.get("percpu") + stat.get("vmalloc") + stat.get("slab")
+    kernel_total = (
+        stat.get("kernel")
+        if "kernel" in stat
+        else (
+            stat.get("kernel_stack")
+            + stat.get("pagetables")
+            + stat.get("percpu")
+            + stat.get("vmalloc")
+            + stat.get("slab")
+        )
     )
     unreclaimable = (0 if usable else anon + shmem) + _unreclaimable_kernel(snapshot) + stat.get("sock")
     return MemoryComposition(
@@ -107,7 +115,9 @@ def page_align_down(value: int) -> int:
     return (value // PAGE_SIZE) * PAGE_SIZE
 
 
-def memory_high_floor(composition: MemoryComposition, margin_bytes: int, explicit_min_bytes: Optional[int]) -> int:
+def memory_high_floor(
+    composition: MemoryComposition, margin_bytes: int, explicit_min_bytes: Optional[int]
+) -> int:
     """The lowest memory.high we will ever write: unreclaimable + margin, or the
     operator's explicit floor if that is higher; page-aligned upwards."""
     floor = composition.unreclaimable_bytes + margin_bytes

@@ -42,9 +42,10 @@ def _cache_clause(comp: MemoryComposition) -> Optional[str]:
     if reclaimable_share >= 0.5:
         return f"{head}, most of it reclaimable"
     if comp.shmem_bytes >= comp.dirty_bytes and comp.shmem_bytes > 0:
-        return (
-            f"{head}, but {comp.shmem_bytes / comp.file_bytes * 100:.0f} % of that is shmem/tmpfs, "
-            + ("which reclaim can only swap out" if comp.swap_usable else "which reclaim cannot take without swap")
+        return f"{head}, but {comp.shmem_bytes / comp.file_bytes * 100:.0f} % of that is shmem/tmpfs, " + (
+            "which reclaim can only swap out"
+            if comp.swap_usable
+            else "which reclaim cannot take without swap"
         )
     if comp.dirty_bytes > 0:
         return f"{head}, much of it dirty or under writeback (needs I/O before it can be reclaimed)"

@@ -1,0 +1,118 @@
+"""`remediator status` on the seed: the diagnosis the seed's engineer needed, in both forms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from remediator.cli import main
+from tests.fakefs import FakeKernel
+
+SEED = "system.slice/seed.service"
+SEED_DIAGNOSIS = (
+    "at its limit; 56 % of usage is page cache, most of it reclaimable; memory.high is unset, "
+    "so the kernel goes straight from the limit to the OOM killer; full pressure 23.9 % in the last 10 s; "
+    "1 OOM kill, memory.max hit 12 times"
+)
+REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+@pytest.fixture
+def seed_kernel(tmp_path: Path) -> FakeKernel:
+    kernel = FakeKernel(tmp_path)
+    kernel.add_seed(SEED)
+    kernel.add_cgroup("init.scope", current=10 << 20)
+    return kernel
+
+
+def _argv(kernel: FakeKernel, *rest: str) -> list[str]:
+    return [
+        "--cgroup-root", str(kernel.cgroup_root), "--proc-root", str(kernel.proc_root),
+        "--policies", str(REPO_POLICIES), "--config", str(kernel.base / "none.yaml"), *rest,
+    ]  # fmt: skip
+
+
+def test_status_prints_the_seed_diagnosis_with_binary_units(
+    seed_kernel: FakeKernel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (seed_kernel.base / "none.yaml").write_text("{}\n")
+    assert main(_argv(seed_kernel, "status")) == 0
+    out = capsys.readouterr().out
+    assert f"{SEED}: {SEED_DIAGNOSIS}\n" in out
+    row = next(line for line in out.splitlines() if line.startswith(SEED + " "))
+    cells = row.split()
+    # current, max, high, anon, file ... as an SRE reads them.
+    assert row.split("  ")[0] == SEED
+    for figure in ("4.0 GiB", "max", "1.7 GiB", "2.2 GiB", "80.0 MiB", "42.2 MiB", "12.0 MiB", "0/12/1",
+                   "78.20/41.11/12.02", "23.90/11.03/3.01", "services-cache"):  # fmt: skip
+        assert figure in row, figure
+    assert cells[-1] == "services-cache"
+    # init.scope is excluded by the shipped policies, so the default selection leaves it out.
+    assert "init.scope" not in out
+
+
+def test_status_json_has_the_seed_figures_exactly(
+    seed_kernel: FakeKernel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (seed_kernel.base / "none.yaml").write_text("{}\n")
+    assert main(_argv(seed_kernel, "status", "--json", SEED)) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "remediator.status/v1"
+    (row,) = doc["cgroups"]
+    assert row["cgroup"] == SEED
+    assert row["memory"] == {"current": 4294836224, "max": 4294967296, "high": None, "min": 0, "low": 0}
+    comp = row["composition"]
+    assert comp["anon"] == 1824923648
+    assert comp["file"] == 2387432448
+    assert comp["shmem"] == 0
+    assert comp["file_mapped"] == 83886080
+    assert comp["file_dirty_writeback"] == 0
+    assert comp["reclaimable_cache"] == 2387432448
+    assert comp["slab"] == 44301312
+    assert comp["kernel_stack"] == 12582912
+    assert comp["sock"] == 1048576
+    assert row["events"] == {"low": 0, "high": 0, "max": 12, "oom": 1, "oom_kill": 1, "oom_group_kill": 0}
+    assert row["pressure"]["full"] == {"avg10": 23.9, "avg60": 11.03, "avg300": 3.01, "total_us": 45112887}
+    assert row["pressure"]["some"]["total_us"] == 183742991
+    assert row["policies"] == ["services-cache"]
+    assert row["diagnosis"] == SEED_DIAGNOSIS
+
+
+def test_status_all_lists_every_memory_cgroup(
+    seed_kernel: FakeKernel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (seed_kernel.base / "none.yaml").write_text("{}\n")
+    assert main(_argv(seed_kernel, "status", "--all", "--json")) == 0
+    names = [r["cgroup"] for r in json.loads(capsys.readouterr().out)["cgroups"]]
+    assert names == ["init.scope", "system.slice", SEED]
+
+
+def test_status_on_a_hybrid_layout_explains_it_and_shows_node_pressure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kernel = FakeKernel(tmp_path)
+    (kernel.proc_root / "self" / "mounts").write_text(
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n"
+    )
+    kernel.set_pressure(
+        None,
+        "some avg10=1.50 avg60=0.50 avg300=0.10 total=99\nfull avg10=0.25 avg60=0.00 avg300=0.00 total=7\n",
+    )
+    (tmp_path / "none.yaml").write_text("{}\n")
+    assert main(_argv(kernel, "status")) == 0
+    out = capsys.readouterr().out
+    assert "hybrid layout" in out
+    assert "only node-level pressure can be watched" in out
+    assert "some 1.50/0.50/0.10, full 0.25/0.00/0.00" in out
+
+
+def test_status_of_an_invalid_cgroup_name_is_a_usage_error(
+    seed_kernel: FakeKernel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (seed_kernel.base / "none.yaml").write_text("{}\n")
+    assert main(_argv(seed_kernel, "status", "../etc")) == 2
+    assert "invalid cgroup name" in capsys.readouterr().err
