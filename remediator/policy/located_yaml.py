@@ -443,6 +443,8 @@ def describe_value(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # a bound of 300 on a float field is shown as 300, not 300.0
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, str):
@@ -611,7 +613,7 @@ def _translate_one(detail: ErrorDetails, model: Type[BaseModel], data: Any) -> L
         return [(tag_path, f"unknown {DISCRIMINATOR} {describe_value(bad)} (known: {_known(list(members))})")]
     if kind in _COMPARISONS:
         bound_name, symbol = _COMPARISONS[kind]
-        return [(path, f"must be {symbol} {context.get(bound_name)} (got {got})")]
+        return [(path, f"must be {symbol} {describe_value(context.get(bound_name))} (got {got})")]
     if kind == "literal_error":
         return [(path, f"must be {context.get('expected')} (got {got})")]
     if kind == "too_short":
