@@ -1,0 +1,120 @@
+"""Snapshots: every field from its file, each file read exactly once per call."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from remediator.errors import CgroupGone, KernelParseError
+from remediator.kernel.snapshot import read_cgroup_snapshot, read_node_snapshot
+from remediator.readings import MemoryEvents, PressureLine
+from tests.fakefs import SEED_STAT, FakeKernel
+
+SEED = "system.slice/seed.service"
+CGROUP_FILES = {
+    "memory.pressure",
+    "memory.current",
+    "memory.max",
+    "memory.high",
+    "memory.min",
+    "memory.low",
+    "memory.swap.max",
+    "memory.stat",
+    "memory.events",
+}
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> FakeKernel:
+    return FakeKernel(tmp_path)
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Counts os.open calls by path."""
+    counts: Counter[str] = Counter()
+    real_open = os.open
+
+    def counting_open(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        counts[os.fspath(path)] += 1
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    yield counts
+
+
+def test_cgroup_snapshot_of_the_seed(kernel: FakeKernel) -> None:
+    kernel.add_seed(SEED)
+    snap = read_cgroup_snapshot(kernel.roots, SEED)
+    assert snap.cgroup == SEED
+    assert snap.current_bytes == 4294836224
+    assert snap.max_bytes == 4294967296
+    assert snap.high_bytes is None
+    assert (snap.min_bytes, snap.low_bytes) == (0, 0)
+    assert snap.swap_max_bytes is None
+    assert dict(snap.stat.values) == SEED_STAT
+    assert snap.events == MemoryEvents(max=12, oom=1, oom_kill=1)
+    assert snap.pressure.some == PressureLine(78.20, 41.11, 12.02, 183742991)
+
+
+def test_cgroup_snapshot_reads_each_file_exactly_once(kernel: FakeKernel, opened: Counter[str]) -> None:
+    directory = kernel.add_seed(SEED)
+    read_cgroup_snapshot(kernel.roots, SEED)
+    assert opened == Counter({str(directory / name): 1 for name in CGROUP_FILES})
+
+
+def test_cgroup_snapshot_takes_a_name_as_printed_in_proc_pid_cgroup(kernel: FakeKernel) -> None:
+    kernel.add_seed(SEED)
+    assert read_cgroup_snapshot(kernel.roots, "/" + SEED).cgroup == SEED
+
+
+def test_cgroup_snapshot_without_swap_controller_reads_swap_max_as_none(kernel: FakeKernel) -> None:
+    (kernel.add_cgroup("a", swap_max=0) / "memory.swap.max").unlink()
+    assert read_cgroup_snapshot(kernel.roots, "a").swap_max_bytes is None
+
+
+def test_cgroup_snapshot_of_a_removed_cgroup_is_cgroup_gone(kernel: FakeKernel) -> None:
+    shutil.rmtree(kernel.add_seed(SEED))
+    with pytest.raises(CgroupGone):
+        read_cgroup_snapshot(kernel.roots, SEED)
+
+
+def test_cgroup_snapshot_with_a_garbled_file_is_a_parse_error(kernel: FakeKernel) -> None:
+    kernel.add_seed(SEED)
+    kernel.set_file(SEED, "memory.high", "lots\n")
+    with pytest.raises(KernelParseError, match=r"memory\.high"):
+        read_cgroup_snapshot(kernel.roots, SEED)
+
+
+def test_node_snapshot_reads_pressure_meminfo_and_vfs_cache_pressure(kernel: FakeKernel) -> None:
+    node = read_node_snapshot(kernel.roots)
+    assert node.pressure.some.total_us == 0
+    assert node.mem_total_bytes == 16384000 * 1024
+    assert node.mem_available_bytes == 8192000 * 1024
+    assert (node.swap_total_bytes, node.swap_free_bytes) == (0, 0)
+    assert node.slab_reclaimable_bytes == 204800 * 1024
+    assert node.vfs_cache_pressure == 100
+
+
+def test_node_snapshot_reads_each_file_exactly_once(kernel: FakeKernel, opened: Counter[str]) -> None:
+    read_node_snapshot(kernel.roots)
+    proc = kernel.proc_root
+    assert opened == Counter(
+        {
+            str(proc / "pressure/memory"): 1,
+            str(proc / "meminfo"): 1,
+            str(proc / "sys/vm/vfs_cache_pressure"): 1,
+        }
+    )
+
+
+def test_node_snapshot_without_vfs_cache_pressure_still_has_the_pressure(kernel: FakeKernel) -> None:
+    (kernel.proc_root / "sys/vm/vfs_cache_pressure").unlink()
+    node = read_node_snapshot(kernel.roots)
+    assert node.vfs_cache_pressure is None
+    assert node.mem_total_bytes == 16384000 * 1024
