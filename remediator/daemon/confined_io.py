@@ -122,10 +122,7 @@ class ConfinedIO:
         ``KernelError`` subclass (the kernel said no).
         """
         resolved = self._resolve(target, for_write=True)
-        # O_TRUNC as the shell's `echo > file` does: the kernel's interface
-        # files ignore it, and a plain-file tree (tests, replays) then holds the
-        # value alone rather than the new value over the tail of the old one.
-        fd = self._open(resolved, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = self._open(resolved, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
             written = os.write(fd, data)
             if written != len(data):
@@ -136,10 +133,23 @@ class ConfinedIO:
                     resolved.path,
                     resolved.cgroup_dir,
                 )
+            self._drop_stale_tail(fd, written)
         except OSError as exc:
             raise kernel_error_from_oserror(exc, resolved.path, resolved.cgroup_dir) from exc
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _drop_stale_tail(fd: int, written: int) -> None:
+        """Make a plain-file tree (tests, replays of a copied tree) hold the new
+        value alone, not the new value over the tail of a longer old one.
+
+        Kernel interface files report size 0, so this never touches them; and it
+        happens only after a successful write, so a failed write leaves the old
+        value, as the kernel does.
+        """
+        if os.fstat(fd).st_size > written:
+            os.ftruncate(fd, written)
 
     def read(self, target: KernelFile) -> str:
         """The whole content of the file, reached by the same confined walk as a write.

@@ -1,0 +1,718 @@
+"""The executor: the only part of remediator that changes anything.
+
+The decision core asks (``remediator.core.actions``); the executor checks the
+world again and acts, or says why it did not. Its rules:
+
+- **Re-read before writing.** A value that is not what the core expected has
+  another writer (systemd's MemoryHigh=, kubelet, an operator): we stand back
+  and never fight it.
+- **Record before the first write.** The original value goes to the state
+  store (on disk, atomically) before the kernel value changes; if it cannot be
+  recorded the change is refused, because it could not be undone.
+- **Restore only our own values.** A value is put back only if it is still
+  the one we wrote; otherwise someone else owns it now.
+- **Dry-run goes all the way down.** In dry-run nothing is opened for writing
+  and the state store is not touched; a private in-memory ledger remembers
+  what *would* have been written, so that a sequence of actions produces the
+  same records as in enforcing mode, with ``dry_run=True``, result "would"
+  and the message prefixed with "would ". The decision core therefore words
+  every ``cause.message`` as a lower-case verb phrase ("reclaim 512.0 MiB of
+  page cache from ...", "set memory.high of ... to ...").
+- **Errors end here.** Every kernel error becomes an outcome and a record
+  ("gone", "failed", "refused", ...); ``execute`` never raises. Transient
+  errors (EBUSY, EINTR, EAGAIN except from memory.reclaim, where it means
+  partial success) are retried within a small time budget so that a busy
+  kernel cannot stall the loop or the watchdog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import functools
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
+
+from remediator.clock import Clock
+from remediator.core.actions import (
+    Action,
+    Reclaim,
+    ReleaseOwnership,
+    RestoreMemoryHigh,
+    RestoreSysctl,
+    SetMemoryHigh,
+    SetSysctl,
+)
+from remediator.core.records import PRIORITY_DEBUG, PRIORITY_ERR, Record, RecordType
+from remediator.daemon.confined_io import (
+    DROP_CACHES,
+    MEMORY_HIGH,
+    MEMORY_RECLAIM,
+    VFS_CACHE_PRESSURE,
+    CgroupFile,
+    ConfinedIO,
+    ConfinementError,
+    KernelFile,
+    ProcFile,
+)
+from remediator.daemon.state_store import (
+    KIND_MEMORY_HIGH,
+    KIND_SYSCTL,
+    OwnedValue,
+    StateStore,
+    StateUnwritable,
+)
+from remediator.errors import (
+    CgroupGone,
+    KernelError,
+    KernelFileMissing,
+    KernelParseError,
+    KernelTransient,
+    RemediatorError,
+)
+from remediator.kernel.roots import KernelRoots
+from remediator.sizes import format_bytes
+
+RESULTS = frozenset(
+    {
+        "applied",
+        "would",
+        "partial",
+        "declined",
+        "failed",
+        "stood_back",
+        "gone",
+        "restored",
+        "not_restored",
+        "refused",
+    }
+)
+
+# memory.reclaim is synchronous in the writer: asking for a few GiB at once can
+# block for seconds. Chunks keep each write short so the time budget is checked
+# often and the loop (and its watchdog) is never held for long.
+RECLAIM_CHUNK_BYTES = 64 * 1024 * 1024
+
+# Exponential backoff for transient errors: 10 ms, 20 ms, ... capped, and
+# never sleeping past the budget. With the default 2 s budget the worst case
+# for one write is ~2 s plus the write itself, well under half of any sane
+# WatchdogSec= (the service sends WATCHDOG=1 every WatchdogSec/2).
+RETRY_FIRST_WAIT_SEC = 0.01
+RETRY_MAX_WAIT_SEC = 0.25
+
+DRY_RUN_PREFIX = "would "
+
+# The sysctl names actions use, and where they live under the proc root.
+SYSCTL_FILES = {"vfs_cache_pressure": VFS_CACHE_PRESSURE, "drop_caches": DROP_CACHES}
+OWNED_SYSCTL = "vfs_cache_pressure"
+DROP_CACHES_MODES = frozenset({1, 2, 3})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one action: a result from RESULTS and the records to write."""
+
+    result: str
+    records: Tuple[Record, ...]
+
+
+def dry_run_wording(message: str) -> str:
+    """The dry-run form of a record message: "would " + the enforcing wording."""
+    return message if message.startswith(DRY_RUN_PREFIX) else DRY_RUN_PREFIX + message
+
+
+def _limit_text(value: Optional[int]) -> str:
+    return "max" if value is None else str(value)
+
+
+def _parse_limit(text: str, target: KernelFile) -> Optional[int]:
+    token = text.strip()
+    if token == "max":
+        return None
+    return _parse_uint(token, target)
+
+
+def _parse_uint(text: str, target: KernelFile) -> int:
+    token = text.strip()
+    if not (token.isascii() and token.isdigit()):
+        raise KernelParseError(target.describe(), f"expected a number, got {token[:40]!r}")
+    return int(token)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every record about one action shares."""
+
+    cause: Record
+    action: str
+    cgroup: Optional[str]
+
+    def base(self) -> Record:
+        cause = self.cause
+        return replace(
+            cause,
+            action=cause.action or self.action,
+            cgroup=cause.cgroup if cause.cgroup is not None else self.cgroup,
+        )
+
+
+@dataclass(frozen=True)
+class _Restored:
+    """The outcome of putting one owned value back."""
+
+    result: str  # restored | not_restored | gone
+    before: str
+    after: str
+    detail: str  # empty for a plain restore
+    unforgotten: Optional[StateUnwritable] = None
+
+
+@dataclass
+class _Ledgers:
+    """Where ownership is tracked: the real store, or the dry-run "as if" one."""
+
+    real: StateStore
+    simulated: StateStore = field(default_factory=StateStore.in_memory)
+
+
+class Executor:
+    def __init__(
+        self,
+        roots: KernelRoots,
+        store: StateStore,
+        clock: Clock,
+        dry_run: bool,
+        retry_budget_sec: float = 2.0,
+        *,
+        io: Optional[ConfinedIO] = None,
+        sleep: Optional[Callable[[float], None]] = None,
+    ) -> None:
+        self._io = io if io is not None else ConfinedIO(roots)
+        self._ledgers = _Ledgers(real=store)
+        self._clock = clock
+        self._dry_run = dry_run
+        self._retry_budget_sec = retry_budget_sec
+        # Injected so tests drive retries with a FakeClock instead of sleeping.
+        self._sleep: Callable[[float], None] = sleep if sleep is not None else time.sleep
+
+    @property
+    def dry_run(self) -> bool:
+        return self._dry_run
+
+    @property
+    def _ledger(self) -> StateStore:
+        """The store that records ownership for this mode (never the real one in dry-run)."""
+        return self._ledgers.simulated if self._dry_run else self._ledgers.real
+
+    # ==== the entry points =====================================================
+    def execute(self, action: Action) -> Outcome:
+        """Carry out one action; never raises."""
+        ctx = self._context(action)
+        try:
+            if isinstance(action, Reclaim):
+                return self._reclaim(action, ctx)
+            if isinstance(action, SetMemoryHigh):
+                return self._set_memory_high(action, ctx)
+            if isinstance(action, RestoreMemoryHigh):
+                return self._restore_action(KIND_MEMORY_HIGH, action.cgroup, ctx)
+            if isinstance(action, SetSysctl):
+                return self._set_sysctl(action, ctx)
+            if isinstance(action, RestoreSysctl):
+                return self._restore_action(KIND_SYSCTL, action.name, ctx)
+            if isinstance(action, ReleaseOwnership):
+                return self._release(action, ctx)
+            return self._finish(ctx, "failed", detail=f"unknown action {type(action).__name__}")
+        except RemediatorError as exc:
+            return self._error_outcome(ctx, exc)
+        except Exception as exc:
+            # A bug here must cost one action, not the daemon (and its rollbacks).
+            return self._finish(
+                ctx, "failed", detail=f"internal error {type(exc).__name__}: {exc}", priority=PRIORITY_ERR
+            )
+
+    def recover(self) -> Tuple[Record, ...]:
+        """Start-up: give back every value a previous run left changed (crash recovery).
+
+        Loads the state store (a bad file is quarantined, never trusted), then
+        restores each recorded original under the usual rule (only if the
+        kernel still holds our value), skipping cgroups that are gone. The store
+        is empty afterwards. In dry-run, reports what it would restore and
+        changes nothing, not even the store.
+        """
+        store = self._ledgers.real
+        records: List[Record] = list(store.load(quarantine=not self._dry_run))
+        for entry in store.entries():
+            records.extend(self._recover_entry(entry))
+        return tuple(records)
+
+    def restore_all(self, reason: str) -> Tuple[Record, ...]:
+        """Give back every value this run owns (shutdown, when the service decides to)."""
+        records: List[Record] = []
+        ledger = self._ledger
+        for entry in ledger.entries():
+            ctx = _Context(
+                cause=Record(
+                    RecordType.ROLLED_BACK,
+                    f"restore {self._describe(entry)} to "
+                    f"{self._format(entry.kind, entry.original)} ({reason})",
+                    policy=entry.policy,
+                ),
+                action=self._restore_action_name(entry.kind),
+                cgroup=entry.name if entry.kind == KIND_MEMORY_HIGH else None,
+            )
+            try:
+                restored = self._restore_entry(entry, ledger, simulated=self._dry_run)
+            except RemediatorError as exc:
+                records.extend(self._error_outcome(ctx, exc).records)
+                continue
+            records.extend(self._restored_outcome(ctx, restored).records)
+        return tuple(records)
+
+    # ==== actions ===============================================================
+    def _reclaim(self, action: Reclaim, ctx: _Context) -> Outcome:
+        if action.bytes <= 0:
+            return self._finish(ctx, "declined", detail="nothing to reclaim (0 bytes asked)")
+        reclaim_file = CgroupFile(action.cgroup, MEMORY_RECLAIM)
+        current_file = CgroupFile(action.cgroup, "memory.current")
+        if not self._io.exists(reclaim_file):
+            # Kernels before 5.19 have no memory.reclaim (and say so without failing).
+            return self._finish(ctx, "declined", detail="this kernel has no memory.reclaim (5.19+)")
+        before = self._retry(lambda: _parse_uint(self._io.read(current_file), current_file))
+        start = self._clock.monotonic()
+        deadline = start + action.timeout_sec
+        remaining = action.bytes
+        requested = completed = 0
+        partial_detail = ""
+        while remaining > 0:
+            chunk = min(remaining, RECLAIM_CHUNK_BYTES)
+            if not self._dry_run:
+                request = str(chunk).encode("ascii")
+                try:
+                    self._retry(
+                        functools.partial(self._io.write, reclaim_file, request),
+                        retry_eagain=False,
+                        budget_sec=max(0.0, min(self._retry_budget_sec, deadline - self._clock.monotonic())),
+                    )
+                except KernelTransient as exc:
+                    if exc.errno != errno_mod.EAGAIN:
+                        raise
+                    # EAGAIN: the kernel reclaimed less than this chunk. Asking again
+                    # at once would only burn CPU in reclaim.
+                    requested += chunk
+                    partial_detail = (
+                        f"partial: the kernel could not reclaim all of a {format_bytes(chunk)} "
+                        "request (EAGAIN)"
+                    )
+                    break
+            requested += chunk
+            completed += chunk
+            remaining -= chunk
+            if remaining > 0 and self._clock.monotonic() >= deadline:
+                partial_detail = (
+                    f"partial: time budget of {action.timeout_sec:g} s used up after "
+                    f"{format_bytes(completed)} of {format_bytes(action.bytes)}"
+                )
+                break
+        after = self._read_after(current_file)
+        extra = {
+            "RECLAIM_ASKED_BYTES": str(action.bytes),
+            "RECLAIM_REQUESTED_BYTES": str(requested),
+            "RECLAIM_COMPLETED_BYTES": str(completed),
+        }
+        result = "partial" if partial_detail else "applied"
+        return self._finish(ctx, result, before=str(before), after=after, detail=partial_detail, extra=extra)
+
+    def _read_after(self, current_file: CgroupFile) -> str:
+        try:
+            return str(self._retry(lambda: _parse_uint(self._io.read(current_file), current_file)))
+        except RemediatorError:
+            # The reclaim happened; not knowing its effect is no reason to call it failed.
+            return ""
+
+    def _set_memory_high(self, action: SetMemoryHigh, ctx: _Context) -> Outcome:
+        target = CgroupFile(action.cgroup, MEMORY_HIGH)
+        return self._set_owned(
+            ctx,
+            kind=KIND_MEMORY_HIGH,
+            name=action.cgroup,
+            target=target,
+            value=action.value,
+            expected=action.expected,
+            check_expected=True,
+            read=lambda: _parse_limit(self._io.read(target), target),
+        )
+
+    def _set_sysctl(self, action: SetSysctl, ctx: _Context) -> Outcome:
+        relative = SYSCTL_FILES.get(action.name)
+        if relative is None:
+            return self._finish(ctx, "refused", detail=f"vm.{action.name} is not a sysctl remediator writes")
+        target = ProcFile(relative)
+        if action.name != OWNED_SYSCTL:
+            return self._drop_caches(action, ctx, target)
+        return self._set_owned(
+            ctx,
+            kind=KIND_SYSCTL,
+            name=action.name,
+            target=target,
+            value=action.value,
+            expected=action.expected,
+            # None: the core had no reading to compare with; the write is still recorded.
+            check_expected=action.expected is not None,
+            read=lambda: _parse_uint(self._io.read(target), target),
+        )
+
+    def _drop_caches(self, action: SetSysctl, ctx: _Context, target: ProcFile) -> Outcome:
+        if action.value not in DROP_CACHES_MODES:
+            return self._finish(ctx, "refused", detail=f"vm.drop_caches takes 1, 2 or 3, not {action.value}")
+        # A write-only trigger: nothing to read back, nothing to own or restore.
+        if not self._dry_run:
+            data = str(action.value).encode("ascii")
+            self._retry(lambda: self._io.write(target, data))
+        return self._finish(ctx, "applied", after=str(action.value))
+
+    def _set_owned(
+        self,
+        ctx: _Context,
+        *,
+        kind: str,
+        name: str,
+        target: KernelFile,
+        value: Optional[int],
+        expected: Optional[int],
+        check_expected: bool,
+        read: Callable[[], Optional[int]],
+    ) -> Outcome:
+        """Re-read, stand back or record the original, write, confirm."""
+        actual = self._retry(read)
+        ledger = self._ledger
+        current = self._as_if(ledger.get(kind, name), actual)
+        if check_expected and current != expected:
+            return self._finish(
+                ctx,
+                "stood_back",
+                before=_limit_text(current),
+                after=_limit_text(current),
+                detail=(
+                    f"stood back: {target.describe()} is {self._format(kind, current)}, not the expected "
+                    f"{self._format(kind, expected)}; another writer (systemd, kubelet, an operator) changed "
+                    "it and owns it now"
+                ),
+                record_type=RecordType.STOOD_BACK,
+            )
+        # StateUnwritable from here means "refused": nothing has been written yet.
+        ledger.record_original(kind, name, current, ctx.cause.policy, self._clock.wall())
+        records: List[Record] = []
+        if self._dry_run:
+            ledger.update_ours(kind, name, value)
+        else:
+            ledger.begin_write(kind, name, value)
+            data = _limit_text(value).encode("ascii")
+            try:
+                self._retry(lambda: self._io.write(target, data))
+            except BaseException:
+                self._forget_pending(kind, name)
+                raise
+            try:
+                ledger.update_ours(kind, name, value)
+            except StateUnwritable as exc:
+                # Written, and the announced value on disk still marks it as ours,
+                # so a restore (or a recovery after a crash) will still give it back.
+                records.append(self._store_trouble(ctx, exc, "the write happened but could not be confirmed"))
+        outcome = self._finish(ctx, "applied", before=_limit_text(current), after=_limit_text(value))
+        return Outcome(outcome.result, outcome.records + tuple(records))
+
+    def _forget_pending(self, kind: str, name: str) -> None:
+        # A stale announcement left on disk only widens what a restore accepts as ours.
+        with contextlib.suppress(StateUnwritable):
+            self._ledger.abandon_write(kind, name)
+
+    def _restore_action(self, kind: str, name: str, ctx: _Context) -> Outcome:
+        ledger = self._ledger
+        entry = ledger.get(kind, name)
+        if entry is None:
+            return self._finish(
+                ctx, "not_restored", detail="no original value recorded: nothing of ours to give back"
+            )
+        return self._restored_outcome(ctx, self._restore_entry(entry, ledger, simulated=self._dry_run))
+
+    def _release(self, action: ReleaseOwnership, ctx: _Context) -> Outcome:
+        """Forget a recorded original without writing (the core gave the value up)."""
+        key = self._ownership_key(action.cgroup, action.file)
+        if key is None:
+            return self._finish(ctx, "declined", detail=f"{action.file} is not a value remediator owns")
+        self._ledger.drop(*key)
+        return self._finish(ctx, "applied")
+
+    @staticmethod
+    def _ownership_key(cgroup: Optional[str], file: str) -> Optional[Tuple[str, str]]:
+        if cgroup is not None:
+            return (KIND_MEMORY_HIGH, cgroup) if file == MEMORY_HIGH else None
+        # Accept the sysctl as actions name it, as sysctl(8) does, or as its proc path.
+        sysctl = file.rsplit("/", 1)[-1].removeprefix("vm.")
+        return (KIND_SYSCTL, sysctl) if sysctl == OWNED_SYSCTL else None
+
+    # ==== restoring ==============================================================
+    def _restore_entry(self, entry: OwnedValue, ledger: Optional[StateStore], simulated: bool) -> _Restored:
+        """Put ``entry.original`` back if the kernel still holds our value.
+
+        ``ledger`` None: report only (dry-run recovery), forget nothing.
+        ``simulated``: the entry is from the dry-run ledger, so our value was
+        never really written and the kernel still holding the original counts
+        as holding ours.
+        """
+        target = self._target_of(entry)
+        try:
+            actual = self._retry(lambda: self._read_value(entry.kind, target))
+        except CgroupGone:
+            self._forget(ledger, entry)
+            return _Restored("gone", "", "", "the cgroup is gone")
+        current = self._as_if(entry, actual) if simulated else actual
+        before = _limit_text(current)
+        original = _limit_text(entry.original)
+        if current == entry.original:
+            unforgotten = self._forget(ledger, entry)
+            return _Restored("restored", before, original, "already at its original value", unforgotten)
+        if not entry.is_ours(current):
+            unforgotten = self._forget(ledger, entry)
+            return _Restored(
+                "not_restored",
+                before,
+                before,
+                f"not restored: it is now {self._format(entry.kind, current)}, not the "
+                f"{self._format(entry.kind, entry.ours)} we set; another writer changed it since, "
+                "and it is theirs now",
+                unforgotten,
+            )
+        if not self._dry_run:
+            data = original.encode("ascii")
+            try:
+                self._retry(lambda: self._io.write(target, data))
+            except CgroupGone:
+                self._forget(ledger, entry)
+                return _Restored("gone", before, "", "the cgroup is gone")
+        return _Restored("restored", before, original, "", self._forget(ledger, entry))
+
+    def _forget(self, ledger: Optional[StateStore], entry: OwnedValue) -> Optional[StateUnwritable]:
+        if ledger is None:
+            return None
+        try:
+            ledger.drop(entry.kind, entry.name)
+        except StateUnwritable as exc:
+            return exc
+        return None
+
+    def _restored_outcome(
+        self, ctx: _Context, restored: _Restored, not_restored_type: RecordType = RecordType.STOOD_BACK
+    ) -> Outcome:
+        """The records of a restore. Leaving another writer's value in place is,
+        for an action, the same event as standing back; recovery keeps its own type."""
+        result = restored.result
+        outcome = self._finish(
+            ctx,
+            result,
+            before=restored.before,
+            after=restored.after,
+            detail=restored.detail,
+            record_type=not_restored_type if result == "not_restored" else None,
+            priority=PRIORITY_DEBUG if result == "gone" else None,
+        )
+        if restored.unforgotten is None:
+            return outcome
+        trouble = self._store_trouble(
+            ctx, restored.unforgotten, "the restored value is still recorded as ours"
+        )
+        return Outcome(outcome.result, (*outcome.records, trouble))
+
+    def _recover_entry(self, entry: OwnedValue) -> Tuple[Record, ...]:
+        store = self._ledgers.real
+        ledger = None if self._dry_run else store
+        ctx = _Context(
+            cause=Record(
+                RecordType.STATE_RECOVERED,
+                f"restore {self._describe(entry)} to {self._format(entry.kind, entry.original)}, "
+                f"left at {self._format(entry.kind, entry.ours)} by a previous run (policy {entry.policy})",
+                policy=entry.policy,
+            ),
+            action=self._restore_action_name(entry.kind),
+            cgroup=entry.name if entry.kind == KIND_MEMORY_HIGH else None,
+        )
+        if entry.kind == KIND_MEMORY_HIGH and not self._io.cgroup_exists(entry.name):
+            self._forget(ledger, entry)
+            return self._finish(
+                ctx, "gone", detail="the cgroup no longer exists", priority=PRIORITY_DEBUG
+            ).records
+        try:
+            restored = self._restore_entry(entry, ledger, simulated=False)
+        except RemediatorError as exc:
+            # The store is emptied anyway: the record carries the original so an
+            # operator can put it back by hand.
+            self._forget(ledger, entry)
+            return self._error_outcome(ctx, exc).records
+        return self._restored_outcome(ctx, restored, not_restored_type=RecordType.STATE_RECOVERED).records
+
+    # ==== kernel values ===========================================================
+    def _read_value(self, kind: str, target: KernelFile) -> Optional[int]:
+        text = self._io.read(target)
+        return _parse_limit(text, target) if kind == KIND_MEMORY_HIGH else _parse_uint(text, target)
+
+    @staticmethod
+    def _target_of(entry: OwnedValue) -> KernelFile:
+        if entry.kind == KIND_MEMORY_HIGH:
+            return CgroupFile(entry.name, MEMORY_HIGH)
+        return ProcFile(SYSCTL_FILES[entry.name])
+
+    def _as_if(self, entry: Optional[OwnedValue], actual: Optional[int]) -> Optional[int]:
+        """In dry-run, what the kernel would hold had we written: our value while
+        the real one is still the original we recorded; otherwise what is there."""
+        if not self._dry_run or entry is None:
+            return actual
+        return entry.ours if actual == entry.original else actual
+
+    def _retry(
+        self, operation: Callable[[], T], retry_eagain: bool = True, budget_sec: Optional[float] = None
+    ) -> T:
+        """Run ``operation``, retrying transient kernel errors within the time budget."""
+        budget = self._retry_budget_sec if budget_sec is None else budget_sec
+        clock = self._clock
+        start = clock.monotonic()
+        backoff = wait_exponential(
+            multiplier=RETRY_FIRST_WAIT_SEC, min=RETRY_FIRST_WAIT_SEC, max=RETRY_MAX_WAIT_SEC
+        )
+
+        def retryable(exc: BaseException) -> bool:
+            if not isinstance(exc, KernelTransient):
+                return False
+            return retry_eagain or exc.errno != errno_mod.EAGAIN
+
+        def out_of_budget(_state: RetryCallState) -> bool:
+            return clock.monotonic() - start >= budget
+
+        def wait(state: RetryCallState) -> float:
+            # Never sleep past the budget: the last attempt happens at its end.
+            return max(0.0, min(backoff(state), budget - (clock.monotonic() - start)))
+
+        retrying = Retrying(
+            retry=retry_if_exception(retryable),
+            stop=out_of_budget,
+            wait=wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(operation)
+
+    # ==== records ===================================================================
+    @staticmethod
+    def _context(action: Action) -> _Context:
+        if isinstance(action, Reclaim):
+            return _Context(action.cause, "reclaim", action.cgroup)
+        if isinstance(action, SetMemoryHigh):
+            return _Context(action.cause, "set_memory_high", action.cgroup)
+        if isinstance(action, RestoreMemoryHigh):
+            return _Context(action.cause, "restore_memory_high", action.cgroup)
+        if isinstance(action, SetSysctl):
+            return _Context(action.cause, f"set_{action.name}", None)
+        if isinstance(action, RestoreSysctl):
+            return _Context(action.cause, f"restore_{action.name}", None)
+        return _Context(action.cause, "release_ownership", action.cgroup)
+
+    @staticmethod
+    def _restore_action_name(kind: str) -> str:
+        return "restore_memory_high" if kind == KIND_MEMORY_HIGH else f"restore_{OWNED_SYSCTL}"
+
+    @staticmethod
+    def _describe(entry: OwnedValue) -> str:
+        if entry.kind == KIND_MEMORY_HIGH:
+            return f"memory.high of {entry.name}"
+        return f"vm.{entry.name}"
+
+    @staticmethod
+    def _format(kind: str, value: Optional[int]) -> str:
+        return format_bytes(value) if kind == KIND_MEMORY_HIGH else _limit_text(value)
+
+    def _finish(
+        self,
+        ctx: _Context,
+        result: str,
+        *,
+        before: str = "",
+        after: str = "",
+        detail: str = "",
+        errno: str = "",
+        extra: Optional[Dict[str, str]] = None,
+        record_type: Optional[RecordType] = None,
+        priority: Optional[int] = None,
+    ) -> Outcome:
+        """Complete the cause into the outcome's record.
+
+        The message is the cause's, plus ": <detail>" when there is one, and
+        in dry-run prefixed with "would "; "applied" and "restored" become "would".
+        """
+        base = ctx.base()
+        message = base.message + (f": {detail}" if detail else "")
+        if self._dry_run:
+            message = dry_run_wording(message)
+            if result in ("applied", "restored", "partial"):
+                result = "would"
+        record = replace(
+            base,
+            type=record_type if record_type is not None else self._record_type(base.type, result),
+            message=message,
+            result=result,
+            before=before,
+            after=after,
+            errno=errno,
+            dry_run=self._dry_run,
+            extra={**base.extra, **(extra or {})},
+            priority=priority if priority is not None else base.priority,
+        )
+        return Outcome(result, (record,))
+
+    @staticmethod
+    def _record_type(cause_type: RecordType, result: str) -> RecordType:
+        if result in ("failed", "refused"):
+            return RecordType.ACTION_FAILED
+        if result in ("declined", "gone"):
+            return RecordType.ACTION_DECLINED
+        if result == "stood_back":
+            return RecordType.STOOD_BACK
+        return cause_type
+
+    def _error_outcome(self, ctx: _Context, exc: RemediatorError) -> Outcome:
+        if isinstance(exc, CgroupGone):
+            # Cgroups come and go all day; this is not news worth a warning.
+            return self._finish(ctx, "gone", detail="the cgroup is gone", priority=PRIORITY_DEBUG)
+        if isinstance(exc, KernelFileMissing):
+            return self._finish(ctx, "declined", detail=f"{exc.path} does not exist", errno=exc.errno_name)
+        if isinstance(exc, StateUnwritable):
+            return Outcome("refused", (self._store_trouble(ctx, exc, ""),))
+        if isinstance(exc, ConfinementError):
+            return self._finish(ctx, "refused", detail=f"refused: {exc}", priority=PRIORITY_ERR)
+        if isinstance(exc, KernelError):
+            return self._finish(
+                ctx, "failed", detail=f"failed: {exc}", errno=exc.errno_name, priority=PRIORITY_ERR
+            )
+        return self._finish(ctx, "failed", detail=f"failed: {exc}", priority=PRIORITY_ERR)
+
+    def _store_trouble(self, ctx: _Context, exc: StateUnwritable, consequence: str) -> Record:
+        """A STATE_UNWRITABLE record; without ``consequence`` the change was refused."""
+        if consequence:
+            detail = f"state file {exc.path} could not be written ({exc.message}): {consequence}"
+            result = "applied"
+        else:
+            detail = (
+                f"refused: the original value cannot be recorded in {exc.path} ({exc.message}), "
+                "and what cannot be recorded cannot be undone"
+            )
+            result = "refused"
+        outcome = self._finish(
+            ctx, result, detail=detail, errno=exc.errno_name, record_type=RecordType.STATE_UNWRITABLE
+        )
+        return outcome.records[0]
+
+
+__all__ = ["DRY_RUN_PREFIX", "RESULTS", "Executor", "Outcome", "dry_run_wording"]
