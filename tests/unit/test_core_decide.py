@@ -502,6 +502,19 @@ def test_open_episode_is_rechecked_so_a_silent_end_is_seen() -> None:
     assert [type(a) for a in driver.observe(130.0, share=0.0).actions] == [RestoreMemoryHigh]
 
 
+def test_open_episode_is_rechecked_even_when_nothing_is_owned() -> None:
+    driver = Driver(make_policy(reclaim_rung(cooldown_sec=300.0), verify_sec=30.0))
+    driver.observe(0.0)
+    driver.observe(10.0, share=0.5, fired=True)
+    exhausted = driver.observe(40.0, share=0.5)
+    assert exhausted.wakeup_at == 70.0
+    closed = driver.observe(70.0, share=0.0)
+    assert closed.wakeup_at is None
+    # Much later pressure is a new episode, confirmed (and recorded) afresh.
+    later = driver.observe(500.0, share=0.5, fired=True)
+    assert RecordType.PRESSURE_CONFIRMED in types_of(later.records)
+
+
 # ------------------------------------------------------------------ dry-run parity
 
 
