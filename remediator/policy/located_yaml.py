@@ -314,6 +314,8 @@ class _Converter:
             return text
         if text == "<<":
             self._report((*parent, text), where, "merge keys (<<) are not supported: write the keys out")
+            # The mapping misses the merged keys: what the schema would say about it is noise.
+            self.tainted.add(parent)
             return None
         try:
             value = resolve_plain_scalar(text)
@@ -617,7 +619,7 @@ def _translate_one(detail: ErrorDetails, model: Type[BaseModel], data: Any) -> L
     if kind == "literal_error":
         return [(path, f"must be {context.get('expected')} (got {got})")]
     if kind == "too_short":
-        return [(path, f"must not be empty (got {got})" if context.get("min_length") == 1 else detail["msg"])]
+        return [(path, "must not be empty" if context.get("min_length") == 1 else detail["msg"])]
     if kind in ("string_too_short",) and context.get("min_length") == 1:
         return [(path, "must not be empty")]
     if kind in _TYPE_WORDS:
