@@ -710,17 +710,19 @@ def forget(state: CoreState, key: TargetKey) -> CoreState:
 
 
 def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Decision:
-    """Restores for every value we own whose policy has rollback.restore_on_exit.
+    """Restores for every value owned under one of ``policies`` whose rollback.restore_on_exit is set.
 
-    A value owned under a policy that is no longer loaded is restored too:
-    nobody asked to keep it. Restores already in flight are not asked twice.
+    Only the given policies are considered, so the caller picks the scope: all
+    loaded policies at shutdown, or just the removed/changed ones on reload
+    (values owned under other policies are left alone). Restores already in
+    flight are not asked twice. The records are the actions' causes.
     """
     actions: List[Action] = []
     new_state = state
 
     def wants_restore(policy_name: str) -> bool:
         policy = policies.get(policy_name)
-        return policy is None or policy.rollback.restore_on_exit
+        return policy is not None and policy.rollback.restore_on_exit
 
     for key, target in state.targets.items():
         owned = target.memory_high

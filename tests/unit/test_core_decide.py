@@ -677,6 +677,21 @@ def test_on_exit_restores_only_where_the_policy_asks(restore_on_exit: bool) -> N
     assert decision.wakeup_at is None
 
 
+def test_on_exit_leaves_values_of_policies_it_was_not_given_alone() -> None:
+    kept = make_policy(memory_high_rung(), name="kept")
+    dropped = make_policy(memory_high_rung(), name="dropped")
+    first = Driver(kept)
+    first.observe(0.0)
+    first.observe(10.0, share=0.5, fired=True)
+    second = Driver(dropped, state=first.state)
+    second.observe(0.0)
+    second.observe(10.0, share=0.5, fired=True)
+    decision = on_exit({"dropped": dropped}, second.state, 20.0)
+    (restore,) = decision.actions
+    assert restore.cause.policy == "dropped"
+    assert decision.state.target(first.key).memory_high == second.state.target(first.key).memory_high
+
+
 def test_decide_never_mutates_the_state_it_was_given() -> None:
     driver = Driver(make_policy(reclaim_rung(), memory_high_rung()))
     driver.observe(0.0)
