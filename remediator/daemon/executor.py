@@ -151,6 +151,9 @@ class _Context:
     cause: Record
     action: str
     cgroup: Optional[str]
+    # Whether the cause describes a write (a verb phrase "would " can prefix).
+    # A release writes nothing in either mode: its record only gains dry_run.
+    is_write: bool = True
 
     def base(self) -> Record:
         cause = self.cause
@@ -391,6 +394,11 @@ class Executor:
         actual = self._retry(read)
         ledger = self._ledger
         current = self._as_if(ledger.get(kind, name), actual)
+        if self._dry_run and check_expected and expected == actual:
+            # The core knows nothing was written in dry-run and may judge by the
+            # kernel's real value rather than the simulated one: no other writer
+            # changed it either way.
+            current = actual
         if check_expected and current != expected:
             return self._finish(
                 ctx,
@@ -414,7 +422,12 @@ class Executor:
             data = _limit_text(value).encode("ascii")
             try:
                 self._retry(lambda: self._io.write(target, data))
-            except BaseException:
+            except CgroupGone:
+                # Nothing left to restore: do not keep an original for a dead cgroup.
+                with contextlib.suppress(StateUnwritable):
+                    ledger.drop(kind, name)
+                raise
+            except Exception:
                 self._forget_pending(kind, name)
                 raise
             try:
@@ -422,7 +435,9 @@ class Executor:
             except StateUnwritable as exc:
                 # Written, and the announced value on disk still marks it as ours,
                 # so a restore (or a recovery after a crash) will still give it back.
-                records.append(self._store_trouble(ctx, exc, "the write happened but could not be confirmed"))
+                records.append(
+                    self._store_trouble(ctx, exc, "applied", "the write happened but could not be confirmed")
+                )
         outcome = self._finish(ctx, "applied", before=_limit_text(current), after=_limit_text(value))
         return Outcome(outcome.result, outcome.records + tuple(records))
 
@@ -524,7 +539,7 @@ class Executor:
         if restored.unforgotten is None:
             return outcome
         trouble = self._store_trouble(
-            ctx, restored.unforgotten, "the restored value is still recorded as ours"
+            ctx, restored.unforgotten, result, "the value is still recorded as ours"
         )
         return Outcome(outcome.result, (*outcome.records, trouble))
 
@@ -618,7 +633,7 @@ class Executor:
             return _Context(action.cause, f"set_{action.name}", None)
         if isinstance(action, RestoreSysctl):
             return _Context(action.cause, f"restore_{action.name}", None)
-        return _Context(action.cause, "release_ownership", action.cgroup)
+        return _Context(action.cause, "release_ownership", action.cgroup, is_write=False)
 
     @staticmethod
     def _restore_action_name(kind: str) -> str:
@@ -649,13 +664,15 @@ class Executor:
     ) -> Outcome:
         """Complete the cause into the outcome's record.
 
-        The message is the cause's, plus ": <detail>" when there is one, and
-        in dry-run prefixed with "would "; "applied" and "restored" become "would".
+        The message is the cause's, plus ": <detail>" when there is one. In
+        dry-run, the message of a write is prefixed with "would ", and
+        "applied", "restored" and "partial" become "would".
         """
         base = ctx.base()
         message = base.message + (f": {detail}" if detail else "")
         if self._dry_run:
-            message = dry_run_wording(message)
+            if ctx.is_write:
+                message = dry_run_wording(message)
             if result in ("applied", "restored", "partial"):
                 result = "would"
         record = replace(
@@ -689,7 +706,7 @@ class Executor:
         if isinstance(exc, KernelFileMissing):
             return self._finish(ctx, "declined", detail=f"{exc.path} does not exist", errno=exc.errno_name)
         if isinstance(exc, StateUnwritable):
-            return Outcome("refused", (self._store_trouble(ctx, exc, ""),))
+            return Outcome("refused", (self._store_trouble(ctx, exc, "refused"),))
         if isinstance(exc, ConfinementError):
             return self._finish(ctx, "refused", detail=f"refused: {exc}", priority=PRIORITY_ERR)
         if isinstance(exc, KernelError):
@@ -698,17 +715,19 @@ class Executor:
             )
         return self._finish(ctx, "failed", detail=f"failed: {exc}", priority=PRIORITY_ERR)
 
-    def _store_trouble(self, ctx: _Context, exc: StateUnwritable, consequence: str) -> Record:
-        """A STATE_UNWRITABLE record; without ``consequence`` the change was refused."""
-        if consequence:
-            detail = f"state file {exc.path} could not be written ({exc.message}): {consequence}"
-            result = "applied"
-        else:
+    def _store_trouble(
+        self, ctx: _Context, exc: StateUnwritable, result: str, consequence: str = ""
+    ) -> Record:
+        """A STATE_UNWRITABLE record. Result "refused": the change was not made
+        because its original could not be recorded; otherwise ``consequence``
+        says what the failed store update means for a change that was made."""
+        if result == "refused":
             detail = (
                 f"refused: the original value cannot be recorded in {exc.path} ({exc.message}), "
                 "and what cannot be recorded cannot be undone"
             )
-            result = "refused"
+        else:
+            detail = f"state file {exc.path} could not be written ({exc.message}): {consequence}"
         outcome = self._finish(
             ctx, result, detail=detail, errno=exc.errno_name, record_type=RecordType.STATE_UNWRITABLE
         )

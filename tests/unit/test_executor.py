@@ -119,6 +119,16 @@ def make_rig(
     return Rig(kernel, store, clock, executor, io)
 
 
+def make_rig_on(previous: Rig) -> Rig:
+    """A fresh executor (a restarted daemon) on the same kernel tree and state file."""
+    store = StateStore(previous.store_path)
+    io = ScriptedIO(previous.kernel.roots)
+    executor = Executor(
+        previous.kernel.roots, store, previous.clock, dry_run=False, io=io, sleep=previous.clock.advance
+    )
+    return Rig(previous.kernel, store, previous.clock, executor, io)
+
+
 @dataclass
 class KernelWriteFaults:
     """os.write failing with chosen errnos, only for files of the fake kernel tree."""
@@ -387,6 +397,7 @@ def test_cgroup_removed_during_the_write_is_gone(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, before_write=rmdir_first)
     outcome = rig.executor.execute(set_high(3 * GiB, expected=None))
     assert outcome.result == "gone"
+    assert rig.stored() == []  # no original kept for a cgroup that no longer exists
 
 
 def test_symlink_inside_the_cgroup_tree_is_refused_and_its_target_unchanged(tmp_path: Path) -> None:
@@ -500,6 +511,35 @@ def test_full_disk_refuses_the_change_and_writes_nothing(
     assert rig.kernel.snapshot_files() == before
 
 
+def test_a_write_that_cannot_be_confirmed_still_counts_as_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = make_rig(tmp_path)
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def disk_fills_after_the_announcement(fd: int) -> None:
+        # record_original and begin_write persist (2 fsyncs each); update_ours finds the disk full.
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_fills_after_the_announcement)
+    outcome = rig.executor.execute(set_high(3 * GiB, expected=None))
+    assert outcome.result == "applied"
+    assert [(r.type, r.result) for r in outcome.records] == [
+        (RecordType.ACTION_APPLIED, "applied"),
+        (RecordType.STATE_UNWRITABLE, "applied"),
+    ]
+    assert rig.high() == str(3 * GiB)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    # After a crash now, the announced value on disk lets recovery give the original back.
+    assert rig.stored()[0]["pending"] == {"value": 3 * GiB}
+    assert [r.result for r in make_rig_on(rig).executor.recover()] == ["restored"]
+    assert rig.high() == "max"
+
+
 # ---- dry-run ------------------------------------------------------------------------------
 
 SCENARIO: Sequence[Action] = (
@@ -559,6 +599,45 @@ def test_dry_run_records_match_enforcing_apart_from_mode_result_and_would(tmp_pa
         assert d.message == "would " + e.message
         assert d.result == ("would" if e.result in ("applied", "restored", "partial") else e.result)
         assert replace(d, dry_run=False, message=e.message, result=e.result) == e
+
+
+def test_dry_run_accepts_the_kernels_real_value_as_expected_after_a_simulated_write(tmp_path: Path) -> None:
+    # The core knows a dry-run wrote nothing and may pass the kernel's value as expected.
+    rig = make_rig(tmp_path, dry_run=True)
+    before = rig.kernel.snapshot_files()
+    assert rig.executor.execute(set_high(3 * GiB, expected=None)).result == "would"
+    second = rig.executor.execute(set_high(2 * GiB, expected=None))
+    assert second.result == "would"
+    assert (only(second).before, only(second).after) == ("max", str(2 * GiB))
+    restored = rig.executor.execute(restore_high(2 * GiB))
+    assert restored.result == "would"
+    assert (only(restored).before, only(restored).after) == (str(2 * GiB), "max")
+    assert rig.kernel.snapshot_files() == before
+
+
+@pytest.mark.parametrize("expected", [3 * GiB, None], ids=["simulated", "real"])
+def test_dry_run_still_stands_back_from_another_writer(tmp_path: Path, expected: Optional[int]) -> None:
+    rig = make_rig(tmp_path, dry_run=True)
+    rig.executor.execute(set_high(3 * GiB, expected=None))
+    rig.kernel.set_file(APP, "memory.high", f"{5 * GiB}\n")
+    assert rig.executor.execute(set_high(2 * GiB, expected=expected)).result == "stood_back"
+
+
+def test_dry_run_release_keeps_the_observation_wording(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, dry_run=True)
+    rig.executor.execute(set_high(3 * GiB, expected=None))
+    message = f"memory.high of {APP} changed by another writer; releasing it, not restoring"
+    released = rig.executor.execute(
+        ReleaseOwnership(APP, "memory.high", cause(message, kind=RecordType.STOOD_BACK))
+    )
+    record = only(released)
+    assert (record.message, record.result, record.dry_run, record.type) == (
+        message,
+        "would",
+        True,
+        RecordType.STOOD_BACK,
+    )
+    assert rig.executor.restore_all("exit") == ()
 
 
 def test_dry_run_restore_all_reports_what_it_would_give_back(tmp_path: Path) -> None:
