@@ -356,11 +356,12 @@ class _Turn:
             return
         cause = self._record(
             RecordType.BACKED_OFF,
-            f"memory.high {format_bytes(owned.ours)} is throttling {self.where}: memory.events high rose "
-            f"from {owned.events_high_at_write} to {snapshot.events.high} and the stall rate from "
-            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set; restoring "
-            f"{format_bytes(owned.before)} and not lowering memory.high again before "
-            f"{self.policy.rollback.calm_sec:g} s of calm",
+            # A lower-case verb phrase: the executor prefixes "would " in dry-run.
+            f"restore memory.high of {self.where} to {format_bytes(owned.before)}: our "
+            f"{format_bytes(owned.ours)} is throttling it (memory.events high rose from "
+            f"{owned.events_high_at_write} to {snapshot.events.high} and the stall rate from "
+            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); not lowering "
+            f"memory.high again before {self.policy.rollback.calm_sec:g} s of calm",
             "memory_high",
         )
         self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
