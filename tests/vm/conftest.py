@@ -15,7 +15,7 @@ import pytest
 from tests.vm import harness
 
 
-def _unavailable(exc: harness.VmUnavailable) -> NoReturn:
+def fail_or_skip_unavailable(exc: harness.VmUnavailable) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"VM unavailable under CI: {exc.reason}", pytrace=False)
     pytest.skip(f"VM unavailable: {exc.reason}")
@@ -26,7 +26,7 @@ def vm_light() -> harness.LightVm:
     try:
         return harness.LightVm(harness.ensure_light())
     except harness.VmUnavailable as exc:
-        _unavailable(exc)
+        fail_or_skip_unavailable(exc)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def vm_full() -> harness.FullVm:
     try:
         return harness.FullVm(harness.ensure_light(), harness.ensure_full_image())
     except harness.VmUnavailable as exc:
-        _unavailable(exc)
+        fail_or_skip_unavailable(exc)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

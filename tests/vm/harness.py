@@ -51,9 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-# Bump when anything below changes what ends up in the cache (init script,
-# module lists, image customization): old entries are then simply not used.
-RECIPE_VERSION = 3
+# Part of every cache key, next to a digest of the texts that go into each
+# artifact (init script, module lists, unit, package list). Bump it when code
+# that shapes an artifact changes (e.g. customize_full_rootfs): old entries are
+# then simply not used.
+RECIPE_VERSION = 1
 
 KERNEL_META_PACKAGE = "linux-image-amd64"
 DEBIAN_SUITE = "bookworm"
@@ -233,6 +235,11 @@ def _cache_lock(name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def recipe_digest(*inputs: object) -> str:
+    """Short digest of what an artifact is built from, for its cache key."""
+    return hashlib.sha256(json.dumps([RECIPE_VERSION, *inputs]).encode()).hexdigest()[:10]
 
 
 def cache_key_part(text: str) -> str:
@@ -465,7 +472,8 @@ def ensure_kernel() -> KernelBuild:
         if resolved is None:
             raise VmUnavailable(f"apt-cache cannot resolve the package behind {KERNEL_META_PACKAGE}")
     name, version = resolved
-    directory = cache_root() / "kernel" / f"{cache_key_part(name)}_{cache_key_part(version)}"
+    modules_digest = recipe_digest(BASE_MODULES, DISK_MODULES)
+    directory = cache_root() / "kernel" / f"{cache_key_part(name)}_{cache_key_part(version)}-{modules_digest}"
     build = _load_kernel_build(directory)
     if build is not None:
         return build
@@ -572,6 +580,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
+hostname remediator-vm
 
 SHAPE=light TIMEOUT=60 NONCE=none INTERACTIVE=0 DISK=0
 for arg in $(cat /proc/cmdline); do
@@ -712,7 +721,8 @@ def ensure_initramfs(kernel: KernelBuild) -> Path:
     busybox_version = installed_version("busybox-static")
     if busybox_version is None:
         raise VmUnavailable("busybox-static is not installed")
-    name = f"{kernel.key}-busybox_{cache_key_part(busybox_version)}-r{RECIPE_VERSION}.cpio.gz"
+    init_digest = recipe_digest(render_init_script())
+    name = f"{kernel.key}-busybox_{cache_key_part(busybox_version)}-{init_digest}.cpio.gz"
     target = cache_root() / "initramfs" / name
     if target.is_file():
         return target
@@ -1191,17 +1201,15 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
 
 
 def full_image_key() -> str:
-    recipe = json.dumps(
-        [
-            FULL_IMAGE_PACKAGES,
-            FULL_IMAGE_MASKED_UNITS,
-            TEST_UNIT_TEXT,
-            RUN_PAYLOAD_SCRIPT,
-            FULL_IMAGE_SIZE_MIB,
-        ]
+    digest = recipe_digest(
+        FULL_IMAGE_PACKAGES,
+        FULL_IMAGE_MASKED_UNITS,
+        TEST_UNIT_TEXT,
+        RUN_PAYLOAD_SCRIPT,
+        FULL_IMAGE_SIZE_MIB,
+        FULL_IMAGE_MACHINE_ID,
     )
-    digest = hashlib.sha256(recipe.encode()).hexdigest()[:10]
-    return f"debian-{DEBIAN_SUITE}-r{RECIPE_VERSION}-{digest}"
+    return f"debian-{DEBIAN_SUITE}-{digest}"
 
 
 def ensure_full_image() -> Path:
@@ -1350,7 +1358,15 @@ class FullVm:
     image: Path
     smp: int = field(default=2)
 
-    def boot(self, payload_dir: Path, *, timeout_sec: float, mem_mib: int = 1536) -> VmResult:
+    def boot(
+        self,
+        payload_dir: Path,
+        *,
+        timeout_sec: float,
+        mem_mib: int = 1536,
+        guest_limit_sec: Optional[int] = None,
+    ) -> VmResult:
+        """One VM running payload_dir/run.sh; `guest_limit_sec` overrides run.sh's share of the time."""
         payload_dir = Path(payload_dir).resolve()
         if not (payload_dir / "run.sh").is_file():
             raise ValueError(f"{payload_dir}/run.sh does not exist")
@@ -1361,7 +1377,7 @@ class FullVm:
             payload_dir,
             nonce=nonce,
             mem_mib=mem_mib,
-            guest_limit=guest_time_limit(timeout_sec, FULL_BOOT_ALLOWANCE_SEC),
+            guest_limit=guest_limit_sec or guest_time_limit(timeout_sec, FULL_BOOT_ALLOWANCE_SEC),
             interactive=False,
         )
         return _run_qemu(argv, timeout_sec=timeout_sec, out_dir=payload_dir, nonce=nonce, label="full")
