@@ -21,7 +21,7 @@ lint: bootstrap
 	$(VENV)/ruff check remediator tests
 	$(VENV)/ruff format --check remediator tests
 	$(VENV)/mypy
-	$(VENV)/vermin --no-tips --violations -t=3.9- remediator
+	$(VENV)/vermin --no-tips --violations --eval-annotations -t=3.9- remediator
 
 unit: bootstrap
 	$(VENV)/pytest -q -m "not vm and not vmfull" tests

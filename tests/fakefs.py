@@ -26,7 +26,9 @@ SEED_PRESSURE = (
     "some avg10=78.20 avg60=41.11 avg300=12.02 total=183742991\n"
     "full avg10=23.90 avg60=11.03 avg300=3.01 total=45112887\n"
 )
-QUIET_PRESSURE = "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+QUIET_PRESSURE = (
+    "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+)
 
 MEMINFO_NO_SWAP = (
     "MemTotal:       16384000 kB\n"
@@ -39,7 +41,8 @@ MEMINFO_NO_SWAP = (
 
 
 def pressure_text(
-    some: tuple[float, float, float, int], full: Optional[tuple[float, float, float, int]] = (0.0, 0.0, 0.0, 0)
+    some: tuple[float, float, float, int],
+    full: Optional[tuple[float, float, float, int]] = (0.0, 0.0, 0.0, 0),
 ) -> str:
     lines = ["some avg10={:.2f} avg60={:.2f} avg300={:.2f} total={}".format(*some)]
     if full is not None:
@@ -88,7 +91,8 @@ class FakeKernel:
     def write_mounts_v2(self) -> None:
         (self.proc_root / "self").mkdir(parents=True, exist_ok=True)
         (self.proc_root / "self" / "mounts").write_text(
-            f"proc /proc proc rw,relatime 0 0\ncgroup2 {self.cgroup_root} cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n"
+            "proc /proc proc rw,relatime 0 0\n"
+            f"cgroup2 {self.cgroup_root} cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n"
         )
         (self.proc_root / "filesystems").write_text("nodev\tcgroup\nnodev\tcgroup2\nnodev\tproc\n")
 
@@ -122,7 +126,9 @@ class FakeKernel:
         (d / "memory.min").write_text(f"{min_bytes}\n")
         (d / "memory.low").write_text(f"{low}\n")
         (d / "memory.swap.max").write_text(_limit(swap_max) + "\n")
-        (d / "memory.stat").write_text("".join(f"{k} {v}\n" for k, v in (stat or {"anon": 0, "file": 0}).items()))
+        (d / "memory.stat").write_text(
+            "".join(f"{k} {v}\n" for k, v in (stat or {"anon": 0, "file": 0}).items())
+        )
         ev = {"low": 0, "high": 0, "max": 0, "oom": 0, "oom_kill": 0, "oom_group_kill": 0}
         ev.update(events or {})
         (d / "memory.events").write_text("".join(f"{k} {v}\n" for k, v in ev.items()))

@@ -360,8 +360,8 @@ class _Turn:
             f"restore memory.high of {self.where} to {format_bytes(owned.before)}: our "
             f"{format_bytes(owned.ours)} is throttling it (memory.events high rose from "
             f"{owned.events_high_at_write} to {snapshot.events.high} and the stall rate from "
-            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); not lowering "
-            f"memory.high again before {self.policy.rollback.calm_sec:g} s of calm",
+            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); "
+            f"not lowering memory.high again before {self.policy.rollback.calm_sec:g} s of calm",
             "memory_high",
         )
         self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))

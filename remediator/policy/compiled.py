@@ -32,7 +32,7 @@ class TriggerSpec:
         return f"{self.kind} {self.stall_us} {self.window_us}".encode("ascii") + b"\0"
 
 
-def glob_to_regex(pattern: str) -> "re.Pattern[str]":
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Compile a cgroup glob: ``*`` and ``?`` stay inside one path component,
     ``**`` spans any number of components (including none), ``[...]`` is a class."""
     out = []
@@ -75,8 +75,8 @@ class CgroupSelector:
 
     include: Tuple[str, ...]
     exclude: Tuple[str, ...] = ()
-    _include_re: Tuple["re.Pattern[str]", ...] = field(init=False, repr=False, compare=False)
-    _exclude_re: Tuple["re.Pattern[str]", ...] = field(init=False, repr=False, compare=False)
+    _include_re: Tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    _exclude_re: Tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_include_re", tuple(glob_to_regex(p) for p in self.include))
