@@ -20,6 +20,7 @@ is tried again for the next one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -170,6 +171,36 @@ class StderrWriter:
             self.failed_writes += 1
 
 
+class JsonLinesWriter:
+    """One JSON object per line on stderr, with the journal's field names.
+
+    For containers and log shippers that want structured records without a
+    journal, and for the real-kernel tests that read the daemon's records.
+    json.dumps escapes control characters, so one record is always one line.
+    """
+
+    def __init__(self, stream: Optional[TextIO] = None, clock: Optional[Clock] = None) -> None:
+        self._stream = stream
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self.failed_writes = 0
+
+    def format(self, record: Record) -> str:
+        doc: Dict[str, str] = {
+            "TIMESTAMP": iso_time(self._clock.wall()),
+            "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+        }
+        doc.update(record_fields(record))
+        return json.dumps(doc, ensure_ascii=True, sort_keys=False)
+
+    def write(self, record: Record) -> None:
+        stream = self._stream if self._stream is not None else sys.stderr
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            self.failed_writes += 1
+
+
 class JournalWriter:
     """Records as native journal entries, with ``REMEDIATOR_*`` fields."""
 
@@ -261,20 +292,22 @@ def make_writer(
     journal_socket: Path = JOURNAL_SOCKET,
     stderr_fd: int = 2,
 ) -> RecordWriter:
-    """``auto`` | ``journal`` | ``stderr``.
+    """``auto`` | ``journal`` | ``stderr`` | ``json`` (JSON lines on stderr).
 
     auto picks the journal when stderr is already connected to it or its
     socket exists, and systemd.journal imports; otherwise stderr.
     """
     if target == "stderr":
         return StderrWriter()
+    if target == "json":
+        return JsonLinesWriter()
     send = _journal_send()
     if target == "journal":
         if send is None:
             raise JournalUnavailable("log target 'journal' needs the systemd Python module (systemd-python)")
         return JournalWriter(send)
     if target != "auto":
-        raise ValueError(f"unknown log target {target!r} (auto, journal or stderr)")
+        raise ValueError(f"unknown log target {target!r} (auto, journal, stderr or json)")
     env = environ if environ is not None else os.environ
     reachable = stderr_is_journal(env, stderr_fd) or os.path.exists(journal_socket)
     if send is not None and reachable:

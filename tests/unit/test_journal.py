@@ -21,6 +21,7 @@ from remediator.daemon.journal import (
     CapturingWriter,
     InvalidFieldName,
     JournalWriter,
+    JsonLinesWriter,
     StderrWriter,
     escape_text,
     make_writer,
@@ -342,3 +343,27 @@ def test_real_journal_send_delivers_fields_binary_safe_to_a_stand_in_journald() 
     assert fields["PRIORITY"] == ["5"]
     assert fields["REMEDIATOR_SOME_AVG10"] == ["78.20"]
     assert fields["REMEDIATOR_DRY_RUN"] == ["0"]
+
+
+def test_json_lines_writer_keeps_one_record_per_line_with_journal_field_names() -> None:
+    stream = io.StringIO()
+    writer = JsonLinesWriter(stream, FakeClock())
+    writer.write(
+        Record(
+            RecordType.ACTION_APPLIED,
+            "reclaim 1.0 MiB from evil\nname",
+            policy="p",
+            cgroup="a\nb\x1b[31m",
+            action="reclaim",
+            evidence={"MEMORY_CURRENT": "42"},
+        )
+    )
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    doc = json.loads(lines[0])
+    assert doc["MESSAGE"] == "reclaim 1.0 MiB from evil\nname"
+    assert doc["REMEDIATOR_CGROUP"] == "a\nb\x1b[31m"
+    assert doc["MESSAGE_ID"] == RecordType.ACTION_APPLIED.message_id
+    assert doc["REMEDIATOR_MEMORY_CURRENT"] == "42"
+    assert doc["REMEDIATOR_DRY_RUN"] == "0"
+    assert doc["SYSLOG_IDENTIFIER"] == "remediator"
