@@ -20,7 +20,7 @@ character class (``[!...]`` negated). A glob that can never match a cgroup
 brackets) is an error rather than a policy that silently watches nothing.
 
 The defaults below are part of the documentation: they are in each field's
-description, and ``remediator policy`` tooling prints them from there.
+description, so ``PolicyDocument.model_json_schema()`` carries them too.
 """
 
 from __future__ import annotations
