@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--once", action="store_true", help="evaluate every target once, then exit (audits, cron)"
     )
-    run.add_argument("--log-target", choices=("auto", "journal", "stderr"), default=None)
+    run.add_argument("--log-target", choices=("auto", "journal", "stderr", "json"), default=None)
 
     reload = sub.add_parser("reload", help="ask the running daemon to reload settings and policies (SIGHUP)")
     _add_global(reload, suppress=True)

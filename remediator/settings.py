@@ -93,8 +93,10 @@ class Settings(BaseSettings):
         description="Node-wide actions (vfs_cache_pressure, drop_caches) of all policies per sliding hour; "
         "0 disables them. Default 4.",
     )
-    log_target: Literal["auto", "journal", "stderr"] = Field(
-        "auto", description="auto: the journal under systemd, else stderr. Default auto."
+    log_target: Literal["auto", "journal", "stderr", "json"] = Field(
+        "auto",
+        description="auto: the journal under systemd, else stderr; json: one JSON object per line on stderr. "
+        "Default auto.",
     )
     write_retry_budget_sec: float = Field(
         2.0,
