@@ -104,7 +104,7 @@ def test_file_errors_are_located_by_line_and_column(tmp_path: Path) -> None:
         f"{config}:2:10: dry_run: 'yes' is ambiguous in YAML 1.1 (read as true): write true, "
         "or quote it if a string is meant",
         f"{config}:3:1: rescan_interval_sec: must be <= 300 (got 500)",
-        f"{config}:4:1: log_target: must be 'auto', 'journal' or 'stderr' (got 'journald')",
+        f"{config}:4:1: log_target: must be 'auto', 'journal', 'stderr' or 'json' (got 'journald')",
         f"{config}:5:1: policy_dir: unknown key (expected one of: dry_run, policies_dir, state_file, "
         "cgroup_root, proc_root, rescan_interval_sec, sampling_interval_sec, node_actions_max_per_hour, "
         "log_target, write_retry_budget_sec)",
@@ -140,7 +140,7 @@ def test_flag_errors_name_the_command_line(tmp_path: Path) -> None:
 
     assert error_lines(tmp_path / "absent.yaml", False, overrides=overrides) == [
         "command line: colour: unknown setting",
-        "command line: log_target: must be 'auto', 'journal' or 'stderr' (got 'syslog')",
+        "command line: log_target: must be 'auto', 'journal', 'stderr' or 'json' (got 'syslog')",
     ]
 
 
