@@ -75,10 +75,32 @@ def test_psi_trigger_with_trailing_nul_is_accepted_and_fires_when_memory_high_sq
     assert report["fired"], report
 
 
+def test_host_folder_under_tmp_that_the_command_needs_is_bound_into_the_guest(
+    vm_light: harness.LightVm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stands for a CI clone or venv under the host's /tmp, which the guest's tmpfs /tmp would hide.
+    needed = tmp_path / "clone"
+    needed.mkdir()
+    (needed / "marker.txt").write_text("visible\n")
+    monkeypatch.setattr(harness, "_paths_the_command_needs", lambda: [needed])
+    out_dir = tmp_path / "out"
+
+    result = vm_light.boot(
+        f"cp {shlex.quote(str(needed))}/marker.txt /out/ && touch /tmp/scratch-is-writable",
+        timeout_sec=LIGHT_TIMEOUT_SEC,
+        out_dir=out_dir,
+    )
+
+    assert result.exit_code == 0, result.describe()
+    assert (out_dir / "marker.txt").read_text() == "visible\n"
+
+
 def test_guest_exit_code_comes_back_through_the_share_and_the_console_marker(
     vm_light: harness.LightVm, tmp_path: Path
 ) -> None:
-    result = vm_light.boot("echo hello from the guest; exit 7", timeout_sec=LIGHT_TIMEOUT_SEC, out_dir=tmp_path)
+    result = vm_light.boot(
+        "echo hello from the guest; exit 7", timeout_sec=LIGHT_TIMEOUT_SEC, out_dir=tmp_path
+    )
 
     assert result.exit_code == 7, result.describe()
     assert not result.timed_out
