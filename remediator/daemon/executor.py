@@ -69,10 +69,10 @@ from remediator.errors import (
     CgroupGone,
     KernelError,
     KernelFileMissing,
-    KernelParseError,
     KernelTransient,
     RemediatorError,
 )
+from remediator.kernel.memory_limits import parse_bytes, parse_limit
 from remediator.kernel.roots import KernelRoots
 from remediator.sizes import format_bytes
 
@@ -131,17 +131,12 @@ def _limit_text(value: Optional[int]) -> str:
 
 
 def _parse_limit(text: str, target: KernelFile) -> Optional[int]:
-    token = text.strip()
-    if token == "max":
-        return None
-    return _parse_uint(token, target)
+    # The same strict parsers as the readers: one definition of what the kernel prints.
+    return parse_limit(text, target.describe())
 
 
 def _parse_uint(text: str, target: KernelFile) -> int:
-    token = text.strip()
-    if not (token.isascii() and token.isdigit()):
-        raise KernelParseError(target.describe(), f"expected a number, got {token[:40]!r}")
-    return int(token)
+    return parse_bytes(text, target.describe())
 
 
 @dataclass(frozen=True)

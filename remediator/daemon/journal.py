@@ -142,13 +142,29 @@ def iso_time(wall: float) -> str:
 # ---- writers --------------------------------------------------------------------
 
 
-class StderrWriter:
-    """``<ISO time> <PRIORITY> <MESSAGE> | KEY=value ...``, one line per record."""
+class _LineWriter:
+    """One line per record on stderr (or a given stream); subclasses choose the format."""
 
     def __init__(self, stream: Optional[TextIO] = None, clock: Optional[Clock] = None) -> None:
         self._stream = stream
         self._clock: Clock = clock if clock is not None else SystemClock()
         self.failed_writes = 0
+
+    def format(self, record: Record) -> str:
+        raise NotImplementedError
+
+    def write(self, record: Record) -> None:
+        stream = self._stream if self._stream is not None else sys.stderr
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            # stderr closed or broken: there is nowhere left to say so.
+            self.failed_writes += 1
+
+
+class StderrWriter(_LineWriter):
+    """``<ISO time> <PRIORITY> <MESSAGE> | KEY=value ...``, one line per record."""
 
     def format(self, record: Record) -> str:
         fields = record_fields(record)
@@ -161,28 +177,14 @@ class StderrWriter:
         priority = PRIORITY_NAMES.get(record.effective_priority, str(record.effective_priority))
         return f"{iso_time(self._clock.wall())} {priority} {escape_text(message)} | {rest}"
 
-    def write(self, record: Record) -> None:
-        stream = self._stream if self._stream is not None else sys.stderr
-        try:
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except (OSError, ValueError):
-            # stderr closed or broken: there is nowhere left to say so.
-            self.failed_writes += 1
 
-
-class JsonLinesWriter:
+class JsonLinesWriter(_LineWriter):
     """One JSON object per line on stderr, with the journal's field names.
 
     For containers and log shippers that want structured records without a
     journal, and for the real-kernel tests that read the daemon's records.
     json.dumps escapes control characters, so one record is always one line.
     """
-
-    def __init__(self, stream: Optional[TextIO] = None, clock: Optional[Clock] = None) -> None:
-        self._stream = stream
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self.failed_writes = 0
 
     def format(self, record: Record) -> str:
         doc: Dict[str, str] = {
@@ -191,14 +193,6 @@ class JsonLinesWriter:
         }
         doc.update(record_fields(record))
         return json.dumps(doc, ensure_ascii=True, sort_keys=False)
-
-    def write(self, record: Record) -> None:
-        stream = self._stream if self._stream is not None else sys.stderr
-        try:
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except (OSError, ValueError):
-            self.failed_writes += 1
 
 
 class JournalWriter:
