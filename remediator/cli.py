@@ -139,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
 
-    from remediator.settings import SettingsError, load_settings
+    from remediator.settings import Settings, SettingsError, load_settings
 
     config_path, explicit = _config_path(args)
     try:
@@ -171,7 +171,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "run":
         from remediator.daemon.service import run_service
 
-        return run_service(settings, once=args.once)
+        overrides = _overrides(args)
+
+        def reload_settings() -> Settings:
+            # SIGHUP re-reads the file and the environment; flags keep their precedence.
+            return load_settings(config_path, explicit, overrides, os.environ)
+
+        return run_service(settings, once=args.once, reload_settings=reload_settings)
     if args.command == "reload":
         from remediator.commands.reload import run_reload
 

@@ -24,7 +24,7 @@ from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
-from remediator.settings import load_settings
+from remediator.settings import Settings, load_settings
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import SEED_PRESSURE, FakeKernel
 
@@ -269,3 +269,30 @@ def test_reload_with_valid_policies_swaps_them(enforcing: Rig) -> None:
     assert set(enforcing.service.policies) == {"services-cache"}
     assert enforcing.of(RecordType.DAEMON_RELOADED)
     assert enforcing.triggers.live(None) == []
+
+
+def test_reload_with_invalid_settings_keeps_the_running_ones(enforcing: Rig) -> None:
+    from remediator.policy.issues import PolicyIssue
+    from remediator.settings import SettingsError
+
+    def broken() -> Settings:
+        raise SettingsError(
+            [PolicyIssue("remediator.yaml", 3, 1, "rescan_interval_sec", "must be <= 300 (got 500)")]
+        )
+
+    enforcing.service.reload_settings = broken
+    enforcing.service.request_reload()
+    enforcing.advance(0.1)
+    (rejected,) = enforcing.of(RecordType.POLICY_REJECTED)
+    assert "remediator.yaml:3:1: rescan_interval_sec: must be <= 300 (got 500)" in rejected.message
+    assert set(enforcing.service.policies) == {"services-cache", "node"}
+
+
+def test_reload_never_switches_dry_run_on_the_fly(enforcing: Rig) -> None:
+    dry = enforcing.service.settings.model_copy(update={"dry_run": True})
+    enforcing.service.reload_settings = lambda: dry
+    enforcing.service.request_reload()
+    enforcing.advance(0.1)
+    assert enforcing.service.settings.dry_run is False
+    assert any("only on restart" in r.message for r in enforcing.of(RecordType.POLICY_REJECTED))
+    assert enforcing.of(RecordType.DAEMON_RELOADED)
