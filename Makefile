@@ -32,3 +32,7 @@ vm: bootstrap
 # Everything CI runs: lint, unit tests, the real-kernel VM tests.
 test: lint
 	$(VENV)/pytest -q tests
+
+# .deb (Debian 12/13, Ubuntu 24.04) and .rpm (RHEL 9) into packaging/out/ (see packaging/README-install.md).
+packages:
+	packaging/build
