@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -490,15 +490,17 @@ def ensure_kernel() -> KernelBuild:
 
 
 def _download_package(name: str, version: str, into: Path) -> Path:
-    argv = ["apt-get", "download", *APT_NETWORK_OPTIONS, f"{name}={version}"]
+    # Sandbox user root: the scratch dir is private to root, and _apt could not write into it.
+    argv = ["apt-get", "download", *APT_NETWORK_OPTIONS, "-o", "APT::Sandbox::User=root", f"{name}={version}"]
+    what = f"apt-get download {name}={version} (is the Debian mirror reachable?)"
     try:
-        _run(argv, what=f"apt-get download {name}={version}", timeout=APT_TIMEOUT_SEC, cwd=into)
+        _run(argv, what=what, timeout=APT_TIMEOUT_SEC, cwd=into)
     except VmUnavailable:
         # Stale lists point at a version the mirror dropped: refresh once, retry.
         if _Apt.updated:
             raise
         _Apt.update()
-        _run(argv, what=f"apt-get download {name}={version}", timeout=APT_TIMEOUT_SEC, cwd=into)
+        _run(argv, what=what, timeout=APT_TIMEOUT_SEC, cwd=into)
     debs = sorted(into.glob(f"{name}_*.deb"))
     if not debs:
         raise VmUnavailable(f"apt-get download {name} produced no .deb")
@@ -1356,7 +1358,7 @@ class FullVm:
 
     kit: BootKit
     image: Path
-    smp: int = field(default=2)
+    smp: int = 2
 
     def boot(
         self,
