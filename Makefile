@@ -27,10 +27,15 @@ unit: bootstrap
 	$(VENV)/pytest -q -m "not vm and not vmfull" tests
 
 vm: bootstrap
+	bash .ci/vm-deps.sh --full
 	$(VENV)/pytest -q -m "vm or vmfull" tests
+
+clean-vm-cache:
+	rm -rf "$${REMEDIATOR_VM_CACHE:-$$HOME/.cache/remediator/vm}"
 
 # Everything CI runs: lint, unit tests, the real-kernel VM tests.
 test: lint
+	bash .ci/vm-deps.sh --full
 	$(VENV)/pytest -q tests
 
 # .deb (Debian 12/13, Ubuntu 24.04) and .rpm (RHEL 9) into packaging/out/ (see packaging/README-install.md).
