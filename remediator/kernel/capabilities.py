@@ -141,6 +141,13 @@ class Capabilities:
     trigger_not_probed_reason: str
     # From CapEff in self/status; None when unreadable. Explains short-window refusals.
     cap_sys_resource: Optional[bool]
+    # The cgroup root is no mount at all but holds a cgroup v2 tree: a copy (a bug
+    # report's tarball, a fixture) replayed with --cgroup-root. Read as it is.
+    cgroup_root_is_copy: bool = False
+
+    @property
+    def cgroup_root_is_v2_tree(self) -> bool:
+        return self.cgroup_root_is_cgroup2 or self.cgroup_root_is_copy
 
     @property
     def memory_bound_to_v1(self) -> bool:
@@ -149,7 +156,7 @@ class Capabilities:
     @property
     def memory_controller_v2(self) -> bool:
         """The configured cgroup root is cgroup2 and offers the memory controller."""
-        return self.cgroup_root_is_cgroup2 and "memory" in self.root_controllers
+        return self.cgroup_root_is_v2_tree and "memory" in self.root_controllers
 
     @property
     def layout(self) -> str:
@@ -247,6 +254,7 @@ class Capabilities:
             "cgroup2_mount_points": list(self.cgroup2_mount_points),
             "memory_v1_mount_points": list(self.memory_v1_mount_points),
             "cgroup_root_is_cgroup2": self.cgroup_root_is_cgroup2,
+            "cgroup_root_is_copy": self.cgroup_root_is_copy,
             "root_controllers": list(self.root_controllers),
             "root_subtree_control": list(self.root_subtree_control),
             "memory_controller_v2": self.memory_controller_v2,
@@ -268,6 +276,13 @@ class Capabilities:
         v1_at = ", ".join(self.memory_v1_mount_points)
         lines: List[str] = []
         layout = self.layout
+        if self.cgroup_root_is_copy:
+            lines.append(
+                f"The cgroup root {self.cgroup_root} is not a mount but holds a cgroup v2 tree "
+                "(a copied tree): its files are read as they are."
+            )
+            lines.extend(self._unified_memory_lines())
+            return lines
         if layout == LAYOUT_HYBRID:
             lines.append(
                 f"Cgroup v2 is mounted at {v2_at} but the memory controller is bound to cgroup v1 "
@@ -422,9 +437,16 @@ def probe(roots: KernelRoots, trigger_checker: Optional[TriggerChecker] = None) 
     root_is_cgroup2 = any(_same_path(point, roots.cgroup_root) for point in cgroup2_mounts)
     proc_is_procfs = any(m.fstype == "proc" and _same_path(m.mount_point, roots.proc_root) for m in mounts)
 
+    root_is_mount = any(_same_path(m.mount_point, roots.cgroup_root) for m in mounts)
+    root_is_copy = (
+        not root_is_cgroup2
+        and not root_is_mount
+        and not mounts_error
+        and os.path.isfile(roots.cgroup_file("", CONTROLLERS_FILE))
+    )
     root_controllers: Tuple[str, ...] = ()
     root_subtree_control: Tuple[str, ...] = ()
-    if root_is_cgroup2:
+    if root_is_cgroup2 or root_is_copy:
         root_controllers = _read_words(roots.cgroup_file("", CONTROLLERS_FILE))
         root_subtree_control = _read_words(roots.cgroup_file("", SUBTREE_CONTROL_FILE))
     memory_reclaim = _memory_reclaim_present(roots) if "memory" in root_controllers else None
@@ -467,4 +489,5 @@ def probe(roots: KernelRoots, trigger_checker: Optional[TriggerChecker] = None) 
         short_window_trigger=short_window_trigger,
         trigger_not_probed_reason=not_probed_reason,
         cap_sys_resource=_read_cap_sys_resource(roots),
+        cgroup_root_is_copy=root_is_copy,
     )

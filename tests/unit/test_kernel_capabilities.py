@@ -190,7 +190,8 @@ def test_hybrid_layout_with_the_root_on_the_v2_mount_still_has_no_memory_control
 
 def test_legacy_layout_without_cgroup2(kernel: FakeKernel) -> None:
     (kernel.proc_root / "self" / "mounts").write_text(
-        f"proc /proc proc rw 0 0\ncgroup {kernel.cgroup_root}/memory cgroup rw,memory 0 0\n"
+        f"proc /proc proc rw 0 0\ntmpfs {kernel.cgroup_root} tmpfs rw 0 0\n"
+        f"cgroup {kernel.cgroup_root}/memory cgroup rw,memory 0 0\n"
     )
     caps = probe(kernel.roots)
     assert caps.layout == LAYOUT_LEGACY
@@ -198,7 +199,9 @@ def test_legacy_layout_without_cgroup2(kernel: FakeKernel) -> None:
 
 
 def test_no_cgroups_at_all(kernel: FakeKernel) -> None:
-    (kernel.proc_root / "self" / "mounts").write_text("proc /proc proc rw 0 0\n")
+    (kernel.proc_root / "self" / "mounts").write_text(
+        f"proc /proc proc rw 0 0\ntmpfs {kernel.cgroup_root} tmpfs rw 0 0\n"
+    )
     caps = probe(kernel.roots)
     assert caps.layout == LAYOUT_NONE
     assert not caps.memory_controller_v2
@@ -342,3 +345,22 @@ def test_probe_on_the_real_host_reports_hybrid_and_the_trigger_windows_it_refuse
         assert caps.trigger.accepted
         assert "only with windows that are multiples of 2 s" in caps.explanation()
     assert "hybrid layout" in caps.explanation()
+
+
+def test_a_copied_tree_that_is_no_mount_is_read_as_a_v2_tree(kernel: FakeKernel) -> None:
+    # A bug report's tarball replayed with --cgroup-root: no mount, but cgroup.controllers with memory.
+    (kernel.proc_root / "self" / "mounts").write_text(
+        "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"
+    )
+    caps = probe(kernel.roots)
+    assert caps.cgroup_root_is_copy
+    assert caps.memory_controller_v2
+    assert "copied tree" in caps.explanation()
+
+
+def test_a_plain_directory_without_cgroup_files_is_not_a_copied_tree(kernel: FakeKernel) -> None:
+    (kernel.cgroup_root / "cgroup.controllers").unlink()
+    (kernel.proc_root / "self" / "mounts").write_text("proc /proc proc rw 0 0\n")
+    caps = probe(kernel.roots)
+    assert not caps.cgroup_root_is_copy
+    assert not caps.memory_controller_v2

@@ -93,8 +93,9 @@ def test_status_on_a_hybrid_layout_explains_it_and_shows_node_pressure(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kernel = FakeKernel(tmp_path)
+    # As on the development hosts: the cgroup root is a tmpfs holding v1 hierarchies and an empty cgroup2.
     (kernel.proc_root / "self" / "mounts").write_text(
-        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        f"tmpfs {kernel.cgroup_root} tmpfs rw 0 0\n"
         "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n"
         "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n"
     )
@@ -116,3 +117,15 @@ def test_status_of_an_invalid_cgroup_name_is_a_usage_error(
     (seed_kernel.base / "none.yaml").write_text("{}\n")
     assert main(_argv(seed_kernel, "status", "../etc")) == 2
     assert "invalid cgroup name" in capsys.readouterr().err
+
+
+SEED_TREE = Path(__file__).resolve().parents[1] / "fixtures" / "trees" / "seed"
+
+
+def test_status_replays_a_copied_tree_from_a_bug_report(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--cgroup-root", str(SEED_TREE / "cgroup"), "--proc-root", str(SEED_TREE / "proc"),
+            "--policies", str(REPO_POLICIES), "status", "--json", SEED]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["capabilities"]["cgroup_root_is_copy"] is True
+    assert doc["cgroups"][0]["diagnosis"] == SEED_DIAGNOSIS
