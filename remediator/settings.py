@@ -23,6 +23,13 @@ named explicitly (``--config``, ``REMEDIATOR_CONFIG``) must exist.
 ``dry_run`` defaults to False here, but the *package* installs a
 ``remediator.yaml`` that sets ``dry_run: true``: a fresh install audits
 ("would ...") until the operator switches it off.
+
+The file is believed only when nobody but root could have written it (owned
+by root, not group/other-writable, nor any directory above it:
+``remediator.trust``); otherwise it is an error naming the file and its mode.
+The development override ``insecure_allow_untrusted_files`` waives that check
+for the file only when it comes from the environment or a flag: a file cannot
+vouch for itself. Set in a (trusted) file, it waives the check of the policies.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from remediator.policy.located_yaml import (
     translate_validation_error,
     validation_issues,
 )
+from remediator.trust import OVERRIDE_SETTING, check_file
 
 DEFAULT_CONFIG_PATH = Path("/etc/remediator/remediator.yaml")
 ENV_PREFIX = "REMEDIATOR_"
@@ -104,6 +112,11 @@ class Settings(BaseSettings):
         le=30,
         description="Worst-case time spent retrying a write after a transient error (EAGAIN, EBUSY, EINTR). "
         "0..30, default 2.",
+    )
+    insecure_allow_untrusted_files: bool = Field(
+        False,
+        description="Development only: believe settings and policy files that someone other than root "
+        "could have written (owner, group/other write bits of the file and its directories). Default false.",
     )
 
     @classmethod
@@ -170,11 +183,14 @@ def _file_issue(file: str, message: str) -> PolicyIssue:
     return PolicyIssue(file, 1, 1, FILE_KEY, message)
 
 
-def read_settings_file(path: Path, explicit: bool) -> Tuple[Dict[str, Any], List[PolicyIssue]]:
+def read_settings_file(
+    path: Path, explicit: bool, allow_untrusted: bool = False
+) -> Tuple[Dict[str, Any], List[PolicyIssue]]:
     """The settings a YAML file sets, typed, or the located issues.
 
     Values in the file are strict: ``dry_run: "yes"`` or ``rescan_interval_sec:
-    "10"`` are errors, as they would be in a policy.
+    "10"`` are errors, as they would be in a policy. A file someone other than
+    root could have written is refused unless ``allow_untrusted``.
     """
     file = str(path)
     try:
@@ -189,6 +205,9 @@ def read_settings_file(path: Path, explicit: bool) -> Tuple[Dict[str, Any], List
         return {}, [_file_issue(file, "not a regular file")]
     if status.st_size > MAX_SETTINGS_FILE_BYTES:
         return {}, [_file_issue(file, f"too large ({status.st_size} bytes)")]
+    untrusted = None if allow_untrusted else check_file(path)
+    if untrusted is not None:
+        return {}, [_file_issue(file, untrusted.message())]
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -261,9 +280,11 @@ def load_settings(
     process environment.
     """
     path = config_path if config_path is not None else DEFAULT_CONFIG_PATH
-    file_values, file_issues = read_settings_file(path, explicit)
     env_values, env_issues = read_environment(os.environ if environ is None else environ)
     flag_values, flag_issues = read_overrides(overrides or {})
+    # Only the environment or a flag may excuse the file: a file cannot vouch for itself.
+    file_excused = bool({**env_values, **flag_values}.get(OVERRIDE_SETTING, False))
+    file_values, file_issues = read_settings_file(path, explicit, allow_untrusted=file_excused)
     issues = file_issues + env_issues + flag_issues
     if issues:
         raise SettingsError(sorted_issues(issues))

@@ -16,7 +16,7 @@ import os
 import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple, Union
 
 from remediator import __version__
 from remediator.clock import Clock, SystemClock
@@ -48,7 +48,11 @@ from remediator.policy.loader import PolicySet, load_policy_dir
 from remediator.readings import CgroupSnapshot, NodeSnapshot
 from remediator.settings import Settings, SettingsError
 
-PolicyLoader = Callable[[Path], PolicySet]
+
+class PolicyLoader(Protocol):
+    """``load_policy_dir``'s signature: the directory, and the development override of the trust check."""
+
+    def __call__(self, directory: Path, *, allow_untrusted: bool = False) -> PolicySet: ...
 
 
 @dataclass
@@ -134,7 +138,9 @@ class Service:
                 extra={"VERSION": __version__, "KERNEL": caps.kernel_release},
             )
         )
-        policy_set = self.load_policies(self.settings.policies_dir)
+        policy_set = self.load_policies(
+            self.settings.policies_dir, allow_untrusted=self.settings.insecure_allow_untrusted_files
+        )
         self.emit_all(self._policy_records(policy_set))
         self.install_policies(policy_set.policies)
         self.emit_all(self.executor.recover())
@@ -346,7 +352,9 @@ class Service:
                     )
                 self.notifier.ready(self.status_text())
                 return
-        policy_set = self.load_policies(new_settings.policies_dir)
+        policy_set = self.load_policies(
+            new_settings.policies_dir, allow_untrusted=new_settings.insecure_allow_untrusted_files
+        )
         if policy_set.issues:
             # All or nothing: a half-applied policy set is worse than the old one.
             for issue in policy_set.issues:

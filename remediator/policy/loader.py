@@ -33,6 +33,7 @@ from remediator.policy.located_yaml import (
     validation_issues,
 )
 from remediator.policy.models import PolicyDocument
+from remediator.trust import check_directory, check_file
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 # Far above any real policy; keeps a stray large file from being parsed by the daemon.
@@ -101,12 +102,14 @@ def load_policy_text(
 
 
 def load_policy_file(
-    path: Path, display_name: Optional[str] = None
+    path: Path, display_name: Optional[str] = None, *, allow_untrusted: bool = False
 ) -> Tuple[Optional[Policy], List[PolicyIssue]]:
     """Load one policy file, enabled or not. Never raises on bad input.
 
     ``display_name`` names the file in issues (default: the path as given);
-    the policy's ``source`` is always the path.
+    the policy's ``source`` is always the path. A file that someone other than
+    root could have written is refused (``remediator.trust``) unless
+    ``allow_untrusted`` (the development override) says otherwise.
     """
     file = display_name if display_name is not None else str(path)
     name = path.stem
@@ -126,6 +129,9 @@ def load_policy_file(
             return None, [
                 _file_issue(file, f"too large ({status.st_size} bytes; at most {MAX_POLICY_FILE_BYTES})")
             ]
+        untrusted = None if allow_untrusted else check_file(path)
+        if untrusted is not None:
+            return None, [_file_issue(file, untrusted.message())]
         data = path.read_bytes()
     except OSError as error:
         return None, [_file_issue(file, f"cannot read: {error.strerror or error}")]
@@ -158,9 +164,20 @@ def list_policy_files(directory: Path) -> Tuple[List[Path], List[PolicyIssue]]:
     return files, []
 
 
-def load_policy_dir(directory: Path) -> PolicySet:
-    """Load every policy file of ``directory``. Never raises on bad input."""
+def load_policy_dir(directory: Path, *, allow_untrusted: bool = False) -> PolicySet:
+    """Load every policy file of ``directory``. Never raises on bad input.
+
+    A directory someone other than root could write to is refused as a whole
+    (anyone could have added or replaced any file in it), and so is each file
+    that is not trusted on its own (``remediator.trust``), unless
+    ``allow_untrusted`` (the development override) says otherwise.
+    """
     files, issues = list_policy_files(directory)
+    untrusted_dir = None if allow_untrusted or issues else check_directory(directory)
+    if untrusted_dir is not None:
+        return PolicySet(
+            policies=(), issues=[_file_issue(str(directory), untrusted_dir.message())], files=list(files)
+        )
     by_name: Dict[str, List[Path]] = {}
     for path in files:
         by_name.setdefault(path.stem, []).append(path)
@@ -174,7 +191,7 @@ def load_policy_dir(directory: Path) -> PolicySet:
             message = f"policy {path.stem!r} is also defined by {others}: keep one file"
             issues.append(PolicyIssue(display, 1, 1, DOCUMENT_KEY, message))
             continue
-        policy, file_issues = load_policy_file(path, display)
+        policy, file_issues = load_policy_file(path, display, allow_untrusted=allow_untrusted)
         issues.extend(file_issues)
         if policy is not None:
             policies.append(policy)

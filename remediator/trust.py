@@ -1,0 +1,166 @@
+"""Whether a settings or policy file may be believed.
+
+remediator runs as root and writes kernel knobs that decide whether other
+tenants' workloads stall. Whoever can edit a policy or the settings file
+decides what it writes, so, like sshd's StrictModes, it believes a file only
+when nobody but root could have written it:
+
+- the file is owned by root and is not writable by group or others;
+- so is every directory from the file up to ``/``: a writable directory lets
+  its writer replace the file (rename, unlink + create) however strict the
+  file's own mode is.
+
+One exception keeps ``/tmp``-style directories usable *above* the file's own
+directory: a sticky directory (``o+t``, mode 1777) may be writable by others,
+because the sticky bit lets only an entry's owner (root here) rename or remove
+it. The file's own directory must never be group/other-writable, sticky or
+not: anyone could drop new policy files into it.
+
+"Owned by root" means owned by uid 0 or by the daemon's own effective uid:
+in production the daemon is root and the two are the same; a developer's
+unprivileged run trusts the developer's own files, which that process could
+rewrite anyway (sshd's rule for the user's own files, for the same reason).
+
+Paths are resolved (``realpath``) before the walk, so a symlink is judged by
+what it points to, and every directory on the real path is examined. The
+check is by path and then the caller opens the same path: that is sound
+because, once every directory of the chain is trusted, only root can change
+what the path resolves to in between.
+
+The documented override for development is the setting
+``insecure_allow_untrusted_files: true`` (environment
+``REMEDIATOR_INSECURE_ALLOW_UNTRUSTED_FILES=1``); it is never the default,
+and the settings file cannot grant it to itself (see ``remediator.settings``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import FrozenSet, List, Optional
+
+ROOT_UID = 0
+OVERRIDE_SETTING = "insecure_allow_untrusted_files"
+OVERRIDE_ENV = "REMEDIATOR_INSECURE_ALLOW_UNTRUSTED_FILES"
+
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
+@dataclass(frozen=True)
+class UntrustedFile:
+    """Why ``subject`` (a settings or policy file, or a policy directory) is refused.
+
+    ``culprit`` is the file or directory that failed the check (the subject
+    itself or a directory above it), with its owner and mode.
+    """
+
+    subject: Path
+    culprit: Path
+    uid: int
+    mode: int  # permission bits only (stat.S_IMODE)
+    reason: str
+
+    @property
+    def mode_text(self) -> str:
+        return f"{self.mode:04o}"
+
+    def message(self) -> str:
+        """One line for a located issue: names the culprit, its mode and owner, and the way out."""
+        above = "" if self.culprit == self.subject else "directory "
+        facts = f" (mode {self.mode_text}, owner uid {self.uid})" if self.uid >= 0 else ""
+        what = f"{above}{self.culprit}{facts} {self.reason}"
+        return (
+            f"not trusted: {what}; settings and policy files and every directory above them must be owned "
+            f"by root and writable only by it (chmod go-w / chown root), or set {OVERRIDE_SETTING}: true "
+            "for development"
+        )
+
+
+def trusted_owners() -> FrozenSet[int]:
+    """Root, and the daemon's own user (the same uid in production)."""
+    return frozenset({ROOT_UID, os.geteuid()})
+
+
+def _writers(mode: int) -> str:
+    group = bool(mode & stat.S_IWGRP)
+    others = bool(mode & stat.S_IWOTH)
+    if group and others:
+        return "group and others"
+    return "group" if group else "others"
+
+
+def _examine(
+    subject: Path, path: Path, owners: FrozenSet[int], *, sticky_ok: bool
+) -> Optional[UntrustedFile]:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        # Existence is the caller's business ("does not exist" is its own issue).
+        return None
+    except OSError as exc:
+        return UntrustedFile(subject, path, -1, 0, f"cannot be examined ({exc.strerror or exc})")
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in owners:
+        return UntrustedFile(subject, path, st.st_uid, mode, f"is owned by uid {st.st_uid}, not by root")
+    if mode & _WRITABLE_BY_OTHERS:
+        sticky_dir = stat.S_ISDIR(st.st_mode) and bool(mode & stat.S_ISVTX)
+        if not (sticky_ok and sticky_dir):
+            return UntrustedFile(subject, path, st.st_uid, mode, f"is writable by {_writers(mode)}")
+    return None
+
+
+def _chain(real: Path) -> List[Path]:
+    """``real`` and every directory above it, nearest first, ending with ``/``."""
+    return [real, *real.parents]
+
+
+def check_file(path: Path, owners: Optional[FrozenSet[int]] = None) -> Optional[UntrustedFile]:
+    """None when ``path`` (a file) may be believed; otherwise the reason it may not.
+
+    A missing file is not judged here (None): the caller reports it its own way.
+    """
+    allowed = owners if owners is not None else trusted_owners()
+    real = Path(os.path.realpath(path))
+    chain = _chain(real)
+    # The file and its own directory: no write access for anyone else, sticky or not.
+    for strict in chain[:2]:
+        found = _examine(path, strict, allowed, sticky_ok=False)
+        if found is not None:
+            return found
+    for above in chain[2:]:
+        found = _examine(path, above, allowed, sticky_ok=True)
+        if found is not None:
+            return found
+    return None
+
+
+def check_directory(path: Path, owners: Optional[FrozenSet[int]] = None) -> Optional[UntrustedFile]:
+    """None when the directory ``path`` (the policies directory) may be believed.
+
+    The directory itself must not be writable by anyone else (anyone could add
+    a policy); the directories above it may be sticky (``/tmp``).
+    """
+    allowed = owners if owners is not None else trusted_owners()
+    real = Path(os.path.realpath(path))
+    chain = _chain(real)
+    found = _examine(path, chain[0], allowed, sticky_ok=False)
+    if found is not None:
+        return found
+    for above in chain[1:]:
+        found = _examine(path, above, allowed, sticky_ok=True)
+        if found is not None:
+            return found
+    return None
+
+
+__all__ = [
+    "OVERRIDE_ENV",
+    "OVERRIDE_SETTING",
+    "ROOT_UID",
+    "UntrustedFile",
+    "check_directory",
+    "check_file",
+    "trusted_owners",
+]
