@@ -15,7 +15,7 @@ from typing import Iterator, List, Tuple
 
 from remediator.errors import kernel_error_from_oserror
 from remediator.kernel.memory_limits import CURRENT_FILE
-from remediator.kernel.roots import KernelRoots
+from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
 
 # A directory that disappeared under us, or a name that stopped being a directory.
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ENODEV}
@@ -31,7 +31,20 @@ def _child_names(roots: KernelRoots, cgroup: str) -> List[str]:
             return []
         raise kernel_error_from_oserror(exc, directory, directory) from exc
     names.sort()
-    return [f"{cgroup}/{name}" if cgroup else name for name in names]
+    children = [f"{cgroup}/{name}" if cgroup else name for name in names]
+    # A directory name with a newline is legal to mkdir (a delegated subtree's
+    # owner can create one) but cannot be named safely anywhere else:
+    # normalize_cgroup refuses it. Skip it here so one hostile name cannot make
+    # every walk (and the daemon's rescan) fail.
+    return [child for child in children if _nameable(child)]
+
+
+def _nameable(cgroup: str) -> bool:
+    try:
+        normalize_cgroup(cgroup)
+    except InvalidCgroupName:
+        return False
+    return True
 
 
 def _has_memory_controller(roots: KernelRoots, cgroup: str) -> bool:

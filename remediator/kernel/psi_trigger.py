@@ -52,7 +52,9 @@ def arm_trigger(path: Path, spec: TriggerSpec, cgroup_dir: Optional[Path] = None
     The fd is closed on every failure."""
     payload = spec.kernel_bytes()
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        # O_NOFOLLOW: the trigger is a write; a symlink planted in a copied or
+        # bind-mounted tree must not turn it into a write to another file.
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise _trigger_error(exc, path, cgroup_dir, spec) from exc
     try:
