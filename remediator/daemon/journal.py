@@ -175,7 +175,10 @@ class StderrWriter(_LineWriter):
             if name != "PRIORITY"
         )
         priority = PRIORITY_NAMES.get(record.effective_priority, str(record.effective_priority))
-        return f"{iso_time(self._clock.wall())} {priority} {escape_text(message)} | {rest}"
+        # "|" is spelled \x7c in the message, so the first " | " always ends it: a cgroup
+        # name in the message cannot start a forged field list ("x | MESSAGE_ID=...").
+        shown = escape_text(message).replace("|", "\\x7c")
+        return f"{iso_time(self._clock.wall())} {priority} {shown} | {rest}"
 
 
 class JsonLinesWriter(_LineWriter):
@@ -191,7 +194,9 @@ class JsonLinesWriter(_LineWriter):
             "TIMESTAMP": iso_time(self._clock.wall()),
             "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
         }
-        doc.update(record_fields(record))
+        for name, value in record_fields(record):
+            # As in the journal: an evidence/extra key never shadows a standard field.
+            doc.setdefault(name, value)
         return json.dumps(doc, ensure_ascii=True, sort_keys=False)
 
 
