@@ -61,6 +61,28 @@ class _Tick:
 
     node: Optional[NodeSnapshot] = None
     node_read: bool = False
+    # When poll() returned for this wake-up (monotonic seconds); None outside the loop.
+    woken_at: Optional[float] = None
+
+
+# Extra fields on the records of an observation a trigger prompted, in
+# microseconds of the monotonic clock (CLOCK_MONOTONIC, comparable with other
+# processes on the host): when the loop woke, when the core had decided, and
+# (on each action's record) when the executor had finished the write. They
+# show where reaction time goes; only fired observations pay the clock reads.
+WOKEN_FIELD = "WOKEN_MONOTONIC_US"
+DECIDED_FIELD = "DECIDED_MONOTONIC_US"
+WRITTEN_FIELD = "WRITTEN_MONOTONIC_US"
+
+
+def _monotonic_us(seconds: float) -> str:
+    return str(int(seconds * 1_000_000))
+
+
+def _with_timing(records: Sequence[Record], timing: Optional[Dict[str, str]]) -> Sequence[Record]:
+    if not timing:
+        return records
+    return [replace(r, extra={**r.extra, **timing}) for r in records]
 
 
 @dataclass
@@ -276,15 +298,25 @@ class Service:
         )
         now = self.clock.monotonic()
         decision = decide(policy, self.state, obs, now, CoreConfig(self.settings.node_actions_max_per_hour))
-        self.apply(decision, key)
+        timing: Optional[Dict[str, str]] = None
+        if fired and tick.woken_at is not None:
+            timing = {
+                WOKEN_FIELD: _monotonic_us(tick.woken_at),
+                DECIDED_FIELD: _monotonic_us(self.clock.monotonic()),
+            }
+        self.apply(decision, key, timing)
 
-    def apply(self, decision: Decision, key: Optional[TargetKey]) -> None:
+    def apply(
+        self, decision: Decision, key: Optional[TargetKey], timing: Optional[Dict[str, str]] = None
+    ) -> None:
         self.state = decision.state
-        self.emit_all(decision.records)
+        self.emit_all(_with_timing(decision.records, timing))
         for action in decision.actions:
             outcome = self.executor.execute(action)
-            self.state = note_outcome(self.state, action, outcome.result, self.clock.monotonic())
-            self.emit_all(outcome.records)
+            written_at = self.clock.monotonic()
+            self.state = note_outcome(self.state, action, outcome.result, written_at)
+            written = None if timing is None else {**timing, WRITTEN_FIELD: _monotonic_us(written_at)}
+            self.emit_all(_with_timing(outcome.records, written))
         if key is not None:
             if decision.wakeup_at is None:
                 self.wakeups.pop(key, None)
@@ -303,7 +335,7 @@ class Service:
     def step(self) -> None:
         """One wake-up: wait for events or the next deadline, then handle everything due."""
         events = self.watcher.wait(self.next_deadline())
-        tick = _Tick()
+        tick = _Tick(woken_at=self.clock.monotonic())
         for event in events:
             if isinstance(event, Gone):
                 self._forget(event.key, "gone")
