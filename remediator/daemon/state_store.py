@@ -219,6 +219,26 @@ class _InvalidStateFile(Exception):
     """Why a state file is not trusted (internal: becomes a quarantine)."""
 
 
+def _directory_problem(directory: Path) -> Optional[str]:
+    """Why the state file's directory is not private to us, or None.
+
+    Whoever can write the directory can remove or replace the state file (and
+    with it the originals a restore needs), so it must be ours and writable by
+    nobody else: 0700 as created here and by systemd's RuntimeDirectoryMode=.
+    """
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"its directory {directory} cannot be examined ({exc.strerror or exc})"
+    if st.st_uid != os.geteuid():
+        return f"its directory {directory} is owned by uid {st.st_uid}, not by us"
+    if st.st_mode & 0o022:
+        return f"its directory {directory} is writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
 # ---- the store -----------------------------------------------------------------
 
 
@@ -341,6 +361,9 @@ class StateStore:
                 raise _InvalidStateFile(f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
             if st.st_size > MAX_STATE_FILE_BYTES:
                 raise _InvalidStateFile(f"too large ({st.st_size} bytes)")
+            directory_problem = _directory_problem(path.parent)
+            if directory_problem is not None:
+                raise _InvalidStateFile(directory_problem)
             data = os.read(fd, MAX_STATE_FILE_BYTES + 1)
         except OSError as exc:
             raise _InvalidStateFile(f"cannot be read: {exc.strerror}") from exc
@@ -438,6 +461,9 @@ class StateStore:
         tmp = directory / f".{path.name}.tmp.{os.getpid()}"
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory_problem = _directory_problem(directory)
+            if directory_problem is not None:
+                raise StateUnwritable(path, f"{directory_problem}; refusing to record originals there")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(data)
