@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -49,12 +49,15 @@ DEB_TARGETS = [name for name, expected in EXPECTED.items() if expected.packager 
 SUMMARY_LINES: List[str] = []
 
 
-def run_build(out_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def run_build(
+    out_dir: Path, *extra: str, env: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BUILD_COMMAND), "--out", str(out_dir), *extra],
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT_SEC,
+        env=dict(os.environ, **(env or {})),
         check=False,
     )
 
