@@ -167,6 +167,16 @@ def tmpfs_fill(name: str, directory: Path, mib: int) -> None:
     proc.wait(timeout=300)
 
 
+def read_file_in_loop(name: str, path: Path) -> subprocess.Popen[bytes]:
+    """Read ``path`` again and again from the cgroup, until the cgroup is killed (``kill_cgroup``).
+
+    With the cgroup's memory.max below the file's size, every pass reclaims the
+    cgroup's own page cache at its limit: memory stall in memory.pressure (and in
+    its ancestors'), ``max`` in memory.events, never ``high``. Use a file on an
+    ext4 drive: 9p and tmpfs do not give real page cache."""
+    return run_in(name, ["sh", "-c", 'while :; do cat "$1" > /dev/null; done', "read-loop", str(path)])
+
+
 # ---- the daemon -------------------------------------------------------------------------
 
 
