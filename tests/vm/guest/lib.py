@@ -154,6 +154,14 @@ def anon_hog(name: str, mib: int, hold_sec: float = 3600.0, step_mib: int = 8) -
     return run_in(name, [sys.executable, "-c", code], stdout=subprocess.PIPE)
 
 
+def mount_drive(device: str, mount_point: Path) -> Path:
+    """Mount an ext4 drive (``harness.make_ext4_image``, attached with ``drives=[...]``) read-only:
+    real, clean page cache for the files on it, and nothing ever dirty."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "ext4", "-o", "ro", device, str(mount_point)], check=True)
+    return mount_point
+
+
 def read_file_into_cache(name: str, path: Path) -> None:
     """Read a file from a process in the cgroup so its clean pages are charged there, then exit."""
     proc = run_in(name, ["cat", str(path)], stdout=subprocess.DEVNULL)
