@@ -20,23 +20,47 @@ from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cg
 # A directory that disappeared under us, or a name that stopped being a directory.
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ENODEV}
 
+# On cgroupfs (kernfs), as on ext4, xfs and tmpfs, a directory's link count is
+# 2 plus its number of subdirectories: exactly 2 means no child cgroups, so the
+# walk does not list it. Most cgroups are leaves, and listing one reads ~70
+# interface-file entries where the stat that says "leaf" is one syscall; the
+# daemon walks the tree every rescan_interval_sec, so this is most of its idle
+# cost at a thousand cgroups (bench/cost). Filesystems that do not count
+# subdirectories (btrfs says 1) are listed as before.
+_LEAF_LINK_COUNT = 2
 
-def _child_names(roots: KernelRoots, cgroup: str) -> List[str]:
-    directory = roots.cgroup_dir(cgroup)
+
+def _may_have_children(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.stat(follow_symlinks=False).st_nlink != _LEAF_LINK_COUNT
+    except OSError:
+        return True  # vanished or unreadable: the listing will say
+
+
+def _children(roots: KernelRoots, cgroup: str, directory: str) -> List[Tuple[str, str, bool]]:
+    """(name, directory, may have children) of each child cgroup, sorted by name."""
     try:
         with os.scandir(directory) as entries:
-            names = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+            found = [
+                (entry.name, _may_have_children(entry))
+                for entry in entries
+                if entry.is_dir(follow_symlinks=False)
+            ]
     except OSError as exc:
         if exc.errno in _VANISHED:
             return []
-        raise kernel_error_from_oserror(exc, directory, directory) from exc
-    names.sort()
-    children = [f"{cgroup}/{name}" if cgroup else name for name in names]
+        path = roots.cgroup_dir(cgroup)
+        raise kernel_error_from_oserror(exc, path, path) from exc
+    found.sort()
     # A directory name with a newline is legal to mkdir (a delegated subtree's
     # owner can create one) but cannot be named safely anywhere else:
     # normalize_cgroup refuses it. Skip it here so one hostile name cannot make
     # every walk (and the daemon's rescan) fail.
-    return [child for child in children if _nameable(child)]
+    return [
+        (f"{cgroup}/{name}" if cgroup else name, os.path.join(directory, name), may_have_children)
+        for name, may_have_children in found
+        if _nameable(f"{cgroup}/{name}" if cgroup else name)
+    ]
 
 
 def _nameable(cgroup: str) -> bool:
@@ -47,10 +71,10 @@ def _nameable(cgroup: str) -> bool:
     return True
 
 
-def _has_memory_controller(roots: KernelRoots, cgroup: str) -> bool:
+def _has_memory_controller(directory: str) -> bool:
     # memory.current exists exactly in the non-root cgroups whose parent enables
     # the memory controller for its children.
-    return os.path.isfile(roots.cgroup_file(cgroup, CURRENT_FILE))
+    return os.path.isfile(os.path.join(directory, CURRENT_FILE))
 
 
 def walk_cgroups(roots: KernelRoots, memory_only: bool = True) -> Iterator[str]:
@@ -63,17 +87,22 @@ def walk_cgroups(roots: KernelRoots, memory_only: bool = True) -> Iterator[str]:
     Raises a ``KernelError`` only for errors other than a vanished directory
     (e.g. a permission denied on listing).
     """
-    # (name, is_root) pairs; children are pushed reversed so they pop in sorted order.
-    stack: List[Tuple[str, bool]] = [("", True)]
+    # (name, directory, may have children, is_root); children are pushed reversed so
+    # they pop in sorted order. Paths are plain strings built from the listing itself
+    # (names that came out of scandir cannot escape the root): pathlib per cgroup
+    # cost more than the syscalls.
+    stack: List[Tuple[str, str, bool, bool]] = [("", str(roots.cgroup_dir("")), True, True)]
     while stack:
-        cgroup, is_root = stack.pop()
+        cgroup, directory, may_have_children, is_root = stack.pop()
         if memory_only and not is_root:
-            if not _has_memory_controller(roots, cgroup):
+            if not _has_memory_controller(directory):
                 continue
             yield cgroup
         elif not memory_only:
             yield cgroup
-        stack.extend((child, False) for child in reversed(_child_names(roots, cgroup)))
+        if may_have_children:
+            children = _children(roots, cgroup, directory)
+            stack.extend((name, path, more, False) for name, path, more in reversed(children))
 
 
 def cgroup_exists(roots: KernelRoots, cgroup: str) -> bool:
