@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PY_SOURCES := remediator tests bench
 
-.PHONY: bootstrap demo test lint unit vm packages clean-vm-cache
+.PHONY: bootstrap demo test lint unit vm packages clean-vm-cache bench-cost
 
 bootstrap:
 	@scripts/bootstrap
@@ -41,3 +41,9 @@ test: lint
 # .deb (Debian 12/13, Ubuntu 24.04) and .rpm (RHEL 9) into packaging/out/ (see packaging/README-install.md).
 packages:
 	packaging/build
+
+# The cost and reaction benchmark (issue 7): light VMs for N = 10..2000 cgroups and the
+# reaction series, against a 1 s polling baseline; writes bench/results/cost-<date>.{json,md,png}.
+# About an hour under TCG. QUICK=1 runs the CI smoke shape (N = 10, 5 events).
+bench-cost: bootstrap
+	$(VENV)/python -m bench.cost.run $(if $(QUICK),--quick,)
