@@ -101,7 +101,8 @@ def parse_mounts(text: str, source: str = "") -> Tuple[Mount, ...]:
 
 def parse_kernel_version(release: str) -> Optional[Tuple[int, int]]:
     """(major, minor) from a release string such as ``6.1.0-18-amd64``; None if unrecognisable."""
-    match = re.match(r"([0-9]+)\.([0-9]+)", release.strip())
+    # Bounded: int() of thousands of digits raises ValueError instead of answering None.
+    match = re.match(r"([0-9]{1,9})\.([0-9]{1,9})(?![0-9])", release.strip())
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 

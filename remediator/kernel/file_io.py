@@ -22,6 +22,9 @@ from remediator.errors import KernelParseError, kernel_error_from_oserror
 # only a full buffer means there may be more (e.g. a long /proc/self/mounts).
 _READ_CHUNK = 64 * 1024
 
+# The kernel prints counters as %llu: at most 20 digits (2**64 - 1).
+MAX_UINT_DIGITS = 20
+
 
 def read_text(path: Path, cgroup_dir: Optional[Path] = None) -> str:
     """The whole content of a kernel file, decoded.
@@ -62,4 +65,8 @@ def parse_uint(token: str, source: str, what: str) -> int:
     """
     if not (token.isascii() and token.isdigit()):
         raise KernelParseError(source, f"{what}: expected a non-negative integer, got {token!r}")
+    if len(token) > MAX_UINT_DIGITS:
+        # int() of a few thousand digits raises ValueError (CPython's limit on
+        # str->int conversion): a parse error, not a crash of the caller.
+        raise KernelParseError(source, f"{what}: {len(token)} digits is more than a 64-bit counter holds")
     return int(token)

@@ -12,6 +12,7 @@ fields or lines, which are ignored.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 from remediator.errors import KernelParseError
@@ -31,7 +32,11 @@ def _parse_percent(token: str, source: str, what: str) -> float:
     whole, dot, fraction = token.partition(".")
     if not (whole.isascii() and whole.isdigit()) or (dot and not (fraction.isascii() and fraction.isdigit())):
         raise KernelParseError(source, f"{what}: expected a decimal percentage, got {token!r}")
-    return float(token)
+    value = float(token)
+    if not math.isfinite(value):
+        # Hundreds of digits pass the check above and overflow to inf.
+        raise KernelParseError(source, f"{what}: {token[:20]!r}... is not a percentage")
+    return value
 
 
 def _parse_line(kind: str, fields: list[str], source: str) -> PressureLine:

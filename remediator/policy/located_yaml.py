@@ -98,6 +98,10 @@ _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?\Z")
 _SPECIAL_FLOAT = re.compile(r"[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)\Z")
 
 
+# Far more than any size in bytes (20 digits) needs, far less than int()'s limit.
+MAX_INT_DIGITS = 64
+
+
 class _AmbiguousScalar(Exception):
     """A plain scalar that YAML 1.1 and this language would read differently."""
 
@@ -110,6 +114,11 @@ def resolve_plain_scalar(text: str) -> Union[bool, int, float, str, None]:
         return True
     if text == "false":
         return False
+    if _INT.match(text) or _LEADING_ZERO_INT.match(text):
+        length = len(text.lstrip("+-"))
+        if length > MAX_INT_DIGITS:
+            # int() of thousands of digits raises ValueError: an issue, not a crash.
+            raise _AmbiguousScalar(f"a number of {length} digits is out of range; no setting takes one")
     if _INT.match(text):
         return int(text)
     if _FLOAT.match(text) and any(c in text for c in ".eE"):

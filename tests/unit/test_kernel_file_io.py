@@ -131,6 +131,6 @@ def test_parse_uint_raises_nothing_but_parse_errors(token: str) -> None:
         parse_uint(token, "fuzz", "value")
 
 
-@given(st.integers(min_value=0))
+@given(st.integers(min_value=0, max_value=2**64 - 1))
 def test_parse_uint_round_trips(value: int) -> None:
     assert parse_uint(str(value), "src", "value") == value
