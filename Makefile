@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PY_SOURCES := remediator tests bench
 
-.PHONY: bootstrap demo test lint unit vm packages clean-vm-cache bench-cost
+.PHONY: bootstrap demo test lint unit vm packages clean-vm-cache bench-cost bench-efficacy
 
 bootstrap:
 	@scripts/bootstrap
@@ -47,3 +47,11 @@ packages:
 # About an hour under TCG. QUICK=1 runs the CI smoke shape (N = 10, 5 events).
 bench-cost: bootstrap
 	$(VENV)/python -m bench.cost.run $(if $(QUICK),--quick,)
+
+# The efficacy benchmark (issue 6, bench/efficacy/README.md): the seed, tmpfs-heavy and
+# beyond-the-limit scenarios x none/static/remediator/dry-run, 3 runs each, in light VMs
+# (under 30 min); writes bench/results/efficacy-*.{json,md,png}. QUICK=1 is what CI runs
+# (one 30 s run per series, into build/efficacy-quick/). EFFICACY_ARGS passes more options.
+bench-efficacy: bootstrap
+	@$(VENV)/python -c 'import matplotlib' 2>/dev/null || $(VENV)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(VENV)/python -m bench.efficacy $(if $(QUICK),--quick,) $(EFFICACY_ARGS)
