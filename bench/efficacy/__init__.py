@@ -1,0 +1,1 @@
+"""The efficacy benchmark and demo (issue 6): python -m bench.efficacy --help."""

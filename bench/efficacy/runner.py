@@ -1,0 +1,431 @@
+"""One benchmark run on a host with a cgroup v2 memory controller: the VM's guest, or a real node.
+
+A run: create the cgroup (memory.max, no swap), evict the data files from the
+page cache, set up the series (static memory.high, or the daemon with its
+policies), start the workload inside the cgroup, sample the cgroup's memory
+files twice a second for ``duration_sec``, then stop the workload, stop the
+daemon (which restores what it changed) and remove everything it created.
+The result is plain JSON: samples, the workload's progress, the daemon's
+records, and the metrics computed from them (``metrics.summarize``).
+
+This module writes cgroup files and mounts a tmpfs: it runs only where that is
+allowed (``guest.py`` in the VM, ``native.py`` after its checks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from bench.efficacy.metrics import summarize
+from bench.efficacy.scenarios import Scenario
+from remediator.core.records import RecordType
+from remediator.errors import KernelError, KernelParseError
+from remediator.kernel.roots import KernelRoots
+from remediator.kernel.snapshot import read_cgroup_snapshot
+from remediator.readings import CgroupSnapshot
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_INTERVAL_SEC = 0.5
+DAEMON_READY_TIMEOUT_SEC = 120.0
+# The daemon rescans for new cgroups every rescan_interval_sec; the run waits for
+# its "target watched" record so that every series starts with the daemon watching.
+DAEMON_WATCH_TIMEOUT_SEC = 60.0
+RESCAN_INTERVAL_SEC = 2
+RECLAIM_LOOP_BYTES = 32 << 20
+RECLAIM_LOOP_INTERVAL_SEC = 0.5
+# The workload is told to run longer than the window: the runner ends it, so the
+# window is the same wall-clock span in every series.
+WORKLOAD_OVERRUN_SEC = 3600.0
+STAT_KEYS = (
+    "anon",
+    "file",
+    "shmem",
+    "file_mapped",
+    "file_dirty",
+    "file_writeback",
+    "active_file",
+    "inactive_file",
+    "kernel",
+    "slab",
+    "sock",
+    "pgmajfault",
+    "workingset_refault_file",
+)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Where a run happens: the same code runs in the VM and natively."""
+
+    roots: KernelRoots
+    cgroup: str  # e.g. system.slice/bench.service
+    data_files: Sequence[Path]
+    scratch_dir: Path  # on a block device, writable: the dirty-write file
+    work_dir: Path  # daemon state, tmpfs mount points (never charged to the cgroup)
+    policies: Mapping[str, str]  # policy name -> YAML, for the daemon series
+    python: str = sys.executable
+
+
+@dataclass
+class RunState:
+    samples: List[Dict[str, Any]] = field(default_factory=list)
+    progress: List[Dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _sample(snapshot: CgroupSnapshot, t: float) -> Dict[str, Any]:
+    full = snapshot.pressure.full
+    return {
+        "t": round(t, 3),
+        "current": snapshot.current_bytes,
+        "high": snapshot.high_bytes,
+        "stat": {key: snapshot.stat.get(key) for key in STAT_KEYS},
+        "some_avg10": snapshot.pressure.some.avg10,
+        "some_total_us": snapshot.pressure.some.total_us,
+        "full_avg10": full.avg10 if full is not None else 0.0,
+        "full_total_us": full.total_us if full is not None else 0,
+        "events": {
+            "high": snapshot.events.high,
+            "max": snapshot.events.max,
+            "oom": snapshot.events.oom,
+            "oom_kill": snapshot.events.oom_kill,
+        },
+    }
+
+
+class BenchCgroup:
+    """The benchmark's own cgroup (and its parents, created only if missing)."""
+
+    def __init__(self, roots: KernelRoots, name: str) -> None:
+        self.roots = roots
+        self.name = name
+        self.created_parents: List[Path] = []
+
+    @property
+    def path(self) -> Path:
+        return self.roots.cgroup_dir(self.name)
+
+    def create(self, memory_max_bytes: int) -> None:
+        parts = self.name.split("/")
+        for depth in range(1, len(parts)):
+            parent = self.roots.cgroup_dir("/".join(parts[:depth]))
+            if not parent.exists():
+                parent.mkdir()
+                self.created_parents.append(parent)
+            controllers = (parent / "cgroup.subtree_control").read_text().split()
+            if "memory" not in controllers:
+                (parent / "cgroup.subtree_control").write_text("+memory")
+        self.path.mkdir()
+        self.write("memory.max", str(memory_max_bytes))
+        # The scenarios are about memory that cannot go anywhere: no swap for
+        # this cgroup even on a host that has swap.
+        with contextlib.suppress(FileNotFoundError):
+            self.write("memory.swap.max", "0")
+
+    def write(self, filename: str, value: str) -> None:
+        (self.path / filename).write_text(value)
+
+    def read(self, filename: str) -> str:
+        return (self.path / filename).read_text().strip()
+
+    def join_command(self) -> str:
+        return str(self.path / "cgroup.procs")
+
+    def kill(self) -> None:
+        kill_file = self.path / "cgroup.kill"
+        if kill_file.exists():
+            kill_file.write_text("1")
+            return
+        for pid in (self.path / "cgroup.procs").read_text().split():  # pre-5.14
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+    def remove(self, timeout_sec: float = 30.0) -> None:
+        """Kill what is left and rmdir the cgroup, then the parents this run created."""
+        if self.path.exists():
+            self.kill()
+            deadline = time.monotonic() + timeout_sec
+            while True:
+                try:
+                    self.path.rmdir()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        for parent in reversed(self.created_parents):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        self.created_parents.clear()
+
+
+def evict_from_page_cache(paths: Sequence[Path]) -> None:
+    """Drop the clean cached pages of these files only (not the node's whole cache):
+    page cache is charged to whoever touches it first, so each run must read its
+    files from the device again to have them charged to its own cgroup."""
+    os.sync()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def tmpfs_mount(where: Path, size_mib: int) -> Any:
+    """A tmpfs of our own for the run's shmem; unmounting it frees the shmem."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0700", "remediator-bench", str(where)],
+        check=True,
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
+class Sampler(threading.Thread):
+    def __init__(self, cgroup: BenchCgroup, state: RunState, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.cgroup = cgroup
+        self.state = state
+        self.t0 = t0
+        self.stopped = threading.Event()
+
+    def take(self) -> None:
+        try:
+            snapshot = read_cgroup_snapshot(self.cgroup.roots, self.cgroup.name)
+        except (KernelError, KernelParseError):
+            return
+        sample = _sample(snapshot, time.monotonic() - self.t0)
+        with self.state.lock:
+            self.state.samples.append(sample)
+
+    def run(self) -> None:
+        next_at = time.monotonic()
+        while not self.stopped.is_set():
+            self.take()
+            next_at += SAMPLE_INTERVAL_SEC
+            self.stopped.wait(max(0.0, next_at - time.monotonic()))
+
+
+def _read_progress(stdout: Any, state: RunState, t0: float) -> None:
+    for raw in stdout:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        event["arrived"] = round(time.monotonic() - t0, 3)
+        with state.lock:
+            state.progress.append(event)
+
+
+def workload_argv(scenario: Scenario, setup: RunSetup, tmpfs_dir: Optional[Path]) -> List[str]:
+    argv = [
+        setup.python,
+        "-m",
+        "bench.efficacy.workload",
+        "--files",
+        *(str(path) for path in setup.data_files),
+        "--access",
+        scenario.access,
+        "--anon-mib",
+        str(scenario.anon_mib),
+        "--anon-ramp-sec",
+        str(scenario.anon_ramp_sec),
+        "--duration-sec",
+        str(WORKLOAD_OVERRUN_SEC),
+    ]
+    if tmpfs_dir is not None and scenario.tmpfs_mib > 0:
+        argv += ["--tmpfs-dir", str(tmpfs_dir), "--tmpfs-mib", str(scenario.tmpfs_mib)]
+    if scenario.dirty_mib > 0:
+        argv += ["--dirty-file", str(setup.scratch_dir / "dirty.bin"), "--dirty-mib", str(scenario.dirty_mib)]
+    return argv
+
+
+def _start_workload(argv: Sequence[str], cgroup: BenchCgroup) -> subprocess.Popen[str]:
+    procs = cgroup.join_command()
+
+    def join() -> None:
+        # Before exec: the workload is charged to the cgroup from its first allocation.
+        with open(procs, "w") as handle:
+            handle.write(str(os.getpid()))
+
+    # preexec_fn with threads: safe here, join() only opens, writes and closes a file.
+    return subprocess.Popen(
+        list(argv),
+        preexec_fn=join,  # noqa: PLW1509
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+
+
+class ReclaimLoop(threading.Thread):
+    """The reference the issue measured: time-driven proactive reclaim, not pressure-driven.
+
+    Writes ``chunk_bytes`` to memory.reclaim every ``interval_sec`` (EAGAIN, "took
+    less", is expected and ignored). An optional series, to see what the daemon's
+    reactive reclaim leaves on the table.
+    """
+
+    def __init__(self, cgroup: BenchCgroup, chunk_bytes: int, interval_sec: float) -> None:
+        super().__init__(daemon=True)
+        self.cgroup = cgroup
+        self.chunk_bytes = chunk_bytes
+        self.interval_sec = interval_sec
+        self.stopped = threading.Event()
+        self.writes = 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_sec):
+            with contextlib.suppress(OSError):
+                self.cgroup.write("memory.reclaim", str(self.chunk_bytes))
+            self.writes += 1
+
+
+def _daemon_class() -> Any:
+    # The VM guest library's Daemon: the real daemon as a child process with JSON
+    # records and a real sd_notify socket (same code in the VM and natively).
+    from tests.vm.guest.lib import Daemon
+
+    return Daemon
+
+
+def _wait_watched(daemon: Any, cgroup: str) -> bool:
+    watched = RecordType.WATCH_STARTED.message_id
+    found = daemon.wait_for(
+        lambda r: r.get("MESSAGE_ID") == watched and r.get("REMEDIATOR_CGROUP") == cgroup,
+        DAEMON_WATCH_TIMEOUT_SEC,
+    )
+    return found is not None
+
+
+class Run:
+    """One run of one series of one scenario (``run_one`` is the entry point)."""
+
+    def __init__(self, scenario: Scenario, series: str, duration_sec: float, setup: RunSetup) -> None:
+        self.scenario = scenario
+        self.series = series
+        self.duration_sec = duration_sec
+        self.setup = setup
+        self.cgroup = BenchCgroup(setup.roots, setup.cgroup)
+        self.state = RunState()
+        self.daemon: Any = None
+        self.daemon_cpu_at_start = 0.0
+        self.reclaim_loop: Optional[ReclaimLoop] = None
+        self.result: Dict[str, Any] = {
+            "scenario": scenario.name,
+            "series": series,
+            "duration_sec": duration_sec,
+            "cgroup": setup.cgroup,
+            "memory_max": scenario.memory_max_bytes,
+            "started_wall": time.time(),
+        }
+
+    def execute(self) -> Dict[str, Any]:
+        if self.cgroup.path.exists():
+            self.cgroup.remove()  # left over from an interrupted run of ours
+        run_dir = Path(
+            tempfile.mkdtemp(prefix=f"run-{self.scenario.name}-{self.series}-", dir=self.setup.work_dir)
+        )
+        # Everything set up is undone in reverse order, also on an exception or Ctrl-C.
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(shutil.rmtree, run_dir, True)
+            cleanup.callback(self.cgroup.remove)
+            tmpfs_dir: Optional[Path] = None
+            if self.scenario.tmpfs_mib > 0:
+                tmpfs_dir = cleanup.enter_context(
+                    tmpfs_mount(run_dir / "tmpfs", self.scenario.tmpfs_mib + 64)
+                )
+            evict_from_page_cache(self.setup.data_files)
+            self.cgroup.create(self.scenario.memory_max_bytes)
+            self._prepare_series(run_dir, cleanup)
+            self._observe(workload_argv(self.scenario, self.setup, tmpfs_dir))
+        self.result["samples"] = self.state.samples
+        self.result["progress"] = self.state.progress
+        self.result["metrics"] = summarize(self.result)
+        return self.result
+
+    def _prepare_series(self, run_dir: Path, cleanup: contextlib.ExitStack) -> None:
+        if self.series == "static":
+            self.cgroup.write("memory.high", str(self.scenario.static_high_bytes()))
+        elif self.series in ("remediator", "dry-run"):
+            self.daemon = _daemon_class()(
+                workdir=run_dir / "daemon",
+                policies=self.setup.policies,
+                dry_run=self.series == "dry-run",
+                settings={"rescan_interval_sec": RESCAN_INTERVAL_SEC},
+            )
+            cleanup.callback(self.daemon.stop)
+            self.daemon.start(ready_timeout_sec=DAEMON_READY_TIMEOUT_SEC)
+            self.result["daemon_watching"] = _wait_watched(self.daemon, self.setup.cgroup)
+            self.daemon_cpu_at_start = self.daemon.cpu_seconds()
+        elif self.series == "reclaim-loop":
+            self.reclaim_loop = ReclaimLoop(self.cgroup, RECLAIM_LOOP_BYTES, RECLAIM_LOOP_INTERVAL_SEC)
+            cleanup.callback(self.reclaim_loop.stopped.set)
+
+    def _observe(self, argv: Sequence[str]) -> None:
+        """Start the workload, sample for the window, then end it and collect the daemon's side."""
+        t0 = time.monotonic()
+        sampler = Sampler(self.cgroup, self.state, t0)
+        sampler.take()  # the baseline, right before the workload starts
+        workload = _start_workload(argv, self.cgroup)
+        reader = threading.Thread(target=_read_progress, args=(workload.stdout, self.state, t0), daemon=True)
+        reader.start()
+        sampler.start()
+        if self.reclaim_loop is not None:
+            self.reclaim_loop.start()
+        exit_seen: Optional[float] = None
+        try:
+            while time.monotonic() - t0 < self.duration_sec:
+                if exit_seen is None and workload.poll() is not None:
+                    exit_seen = round(time.monotonic() - t0, 3)
+                time.sleep(0.1)
+            sampler.stopped.set()
+            sampler.join()
+            sampler.take()  # the end of the window
+            if self.reclaim_loop is not None:
+                self.reclaim_loop.stopped.set()
+                self.reclaim_loop.join()
+                self.result["reclaim_loop_writes"] = self.reclaim_loop.writes
+            code = workload.poll()
+            self.result["workload_exit"] = {"code": code, "seen_at": exit_seen}
+            if code is not None and code != -signal.SIGKILL:
+                # -9 is the OOM killer (a finding); anything else means the workload is broken.
+                raise RuntimeError(f"the workload exited with status {code} after {exit_seen} s")
+            if self.daemon is not None:
+                self.result["daemon_cpu_sec"] = round(self.daemon.cpu_seconds() - self.daemon_cpu_at_start, 3)
+        finally:
+            sampler.stopped.set()
+            self.cgroup.kill()
+            workload.wait()
+            reader.join(timeout=10)
+        if self.daemon is not None:
+            # SIGTERM: the daemon restores what it changed before it exits.
+            self.result["daemon_exit_code"] = self.daemon.stop()
+            self.result["records"] = [
+                {**record, "_ARRIVED": round(record["_ARRIVED"] - t0, 3)} for record in self.daemon.snapshot()
+            ]
+        self.result["memory_high_after_run"] = self.cgroup.read("memory.high")
+
+
+def run_one(scenario: Scenario, series: str, duration_sec: float, setup: RunSetup) -> Dict[str, Any]:
+    """One run of one series of one scenario; returns its JSON-ready result."""
+    return Run(scenario, series, duration_sec, setup).execute()
