@@ -14,6 +14,7 @@ Usage: ``python -m tests.vm.scenarios.dry_run DEVICE`` (an ext4 drive holding DI
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import traceback
@@ -117,6 +118,8 @@ def main(device: str) -> int:
             lib.read(APP, "memory.high") if lib.cgroup_dir(APP).exists() else None
         )
         lib.remove_cgroup("vmt-dry")
+        # The readers went with their cgroups: unmount for the next scenario of the boot.
+        subprocess.run(["umount", str(DISK_MOUNT)], check=False)
         lib.write_report(NAME, report)
     return 1 if report["error"] else 0
 

@@ -138,6 +138,8 @@ def main(device: str) -> int:
             report["records"] = for_report(daemon, started)
         for top in sorted({name.split("/")[0] for name in TARGETS}):
             lib.remove_cgroup(top)
+        # The readers went with their cgroups: unmount for the next scenario of the boot.
+        subprocess.run(["umount", str(DISK_MOUNT)], check=False)
         lib.write_report(NAME, report)
     return 1 if report["error"] else 0
 

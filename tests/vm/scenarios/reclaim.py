@@ -129,6 +129,8 @@ def main(device: str) -> int:
             report["records"] = for_report(daemon, started)
         for parent in (CACHE_PARENT, SHMEM_PARENT):
             lib.remove_cgroup(parent)
+        # The readers went with their cgroups: unmount for the next scenario of the boot.
+        subprocess.run(["umount", str(DISK_MOUNT)], check=False)
         lib.write_report(NAME, report)
     return 1 if report["error"] else 0
 
