@@ -302,7 +302,8 @@ def stage(target: Target, root: Path, version: str, bin_dir: Path, epoch: int) -
         shared_object.chmod(0o644)
 
     copy_file(PACKAGING_DIR / "launcher" / "remediator", root / "usr/bin/remediator", 0o755)
-    copy_file(REPO_ROOT / "systemd/remediator.service", root / "usr/lib/systemd/system/remediator.service")
+    for unit in ("remediator.service", "remediator.slice"):
+        copy_file(REPO_ROOT / "systemd" / unit, root / "usr/lib/systemd/system" / unit)
     copy_file(REPO_ROOT / "systemd/remediator.catalog", root / "usr/lib/systemd/catalog/remediator.catalog")
     copy_file(PACKAGING_DIR / "etc/remediator.yaml", root / "etc/remediator/remediator.yaml")
     policies = [path for path in tracked_files("policies") if path.suffix == ".yaml"]

@@ -27,6 +27,7 @@ REQUIRED_PATHS = (
     "/usr/lib/remediator/pydantic_settings/__init__.py",
     "/usr/lib/remediator/tenacity/__init__.py",
     "/usr/lib/systemd/system/remediator.service",
+    "/usr/lib/systemd/system/remediator.slice",
     "/usr/lib/systemd/catalog/remediator.catalog",
     "/etc/remediator/remediator.yaml",
     "/usr/share/man/man8/remediator.8.gz",

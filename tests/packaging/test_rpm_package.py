@@ -72,6 +72,7 @@ def test_rpm_file_list_has_the_app_for_python39_the_unit_and_the_catalog(rhel9: 
         "/usr/bin/remediator",
         "/usr/lib/remediator/remediator/cli.py",
         "/usr/lib/systemd/system/remediator.service",
+        "/usr/lib/systemd/system/remediator.slice",
         "/usr/lib/systemd/catalog/remediator.catalog",
         "/usr/share/doc/remediator/README.md",
         # Owned, so an erase removes them.

@@ -12,6 +12,7 @@ from tests.packaging.conftest import REPO_ROOT, SUMMARY_LINES
 from tests.packaging.host_tools import require_commands
 
 UNIT = REPO_ROOT / "systemd" / "remediator.service"
+SLICE = REPO_ROOT / "systemd" / "remediator.slice"
 LAUNCHER = REPO_ROOT / "packaging" / "launcher" / "remediator"
 HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 MAX_EXPOSURE = 3.0
@@ -44,10 +45,11 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     for host_dir in sorted({path.resolve() for path in HOST_UNIT_DIRS if path.is_dir()}):
         shutil.copytree(host_dir, unit_dir, symlinks=True, dirs_exist_ok=True)
     shutil.copy(UNIT, unit_dir / UNIT.name)
+    shutil.copy(SLICE, unit_dir / SLICE.name)
     (tmp_path / "usr" / "bin").mkdir(parents=True)
     shutil.copy(LAUNCHER, tmp_path / "usr" / "bin" / "remediator")
     completed = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={tmp_path}", "--man=no", UNIT.name],
+        ["systemd-analyze", "verify", f"--root={tmp_path}", "--man=no", UNIT.name, SLICE.name],
         capture_output=True,
         text=True,
         check=False,
@@ -102,6 +104,23 @@ def test_unit_survives_the_pressure_it_treats() -> None:
     assert int(service["OOMScoreAdjust"][0]) <= -500
     assert service["ManagedOOMPreference"] == ["omit"]
     assert service["MemoryMin"] and service["MemoryLow"]
+
+
+def test_memory_protection_is_also_on_the_parent_slice() -> None:
+    # cgroup v2 bounds a child's effective memory.min/low by its parent's: system.slice has none.
+    assert directives("Service")["Slice"] == ["remediator.slice"]
+    slice_settings: Dict[str, List[str]] = {}
+    current = ""
+    for raw in SLICE.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            current = line
+        elif line and not line.startswith("#") and current == "[Slice]":
+            key, _, value = line.partition("=")
+            slice_settings.setdefault(key, []).append(value)
+    service = directives("Service")
+    assert slice_settings["MemoryMin"] == service["MemoryMin"]
+    assert slice_settings["MemoryLow"] == service["MemoryLow"]
 
 
 def test_unit_needs_psi() -> None:
