@@ -71,6 +71,7 @@ def test_deb_depends_on_the_target_python_and_the_distribution_libraries(
     assert f"python3 (<< {major}.{int(minor) + 1})" in depends
     assert "python3-systemd" in depends
     assert "python3-yaml" in depends
+    assert "init-system-helpers (>= 1.54~)" in depends, "the maintainer scripts call deb-systemd-helper"
     bundled_by_us = [item for item in depends if re.match(r"python3-(pydantic|tenacity)", item)]
     assert not bundled_by_us, f"the distribution's versions are too old; they are bundled: {bundled_by_us}"
 
