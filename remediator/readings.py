@@ -78,6 +78,15 @@ class CgroupSnapshot:
     stat: MemoryStat
     events: MemoryEvents
     pressure: Pressure
+    # memory.events.local: this cgroup's own counters (memory.events counts the
+    # whole subtree). None on kernels without the file.
+    events_local: Optional[MemoryEvents] = None
+
+    @property
+    def own_high_events(self) -> int:
+        """Times *this* cgroup's memory.high throttled it; a child breaching its
+        own memory.high shows in the hierarchical counter but not here."""
+        return self.events_local.high if self.events_local is not None else self.events.high
 
 
 @dataclass(frozen=True)

@@ -352,14 +352,15 @@ class _Turn:
             return
         if not isinstance(snapshot, CgroupSnapshot):
             return
-        if snapshot.events.high <= owned.events_high_at_write or rate <= owned.stall_rate_at_write:
+        # The cgroup's own counter: a child breaching its own memory.high is not our clamp throttling.
+        if snapshot.own_high_events <= owned.events_high_at_write or rate <= owned.stall_rate_at_write:
             return
         cause = self._record(
             RecordType.BACKED_OFF,
             # A lower-case verb phrase: the executor prefixes "would " in dry-run.
             f"restore memory.high of {self.where} to {format_bytes(owned.before)}: our "
-            f"{format_bytes(owned.ours)} is throttling it (memory.events high rose from "
-            f"{owned.events_high_at_write} to {snapshot.events.high} and the stall rate from "
+            f"{format_bytes(owned.ours)} is throttling it (memory.events.local high rose from "
+            f"{owned.events_high_at_write} to {snapshot.own_high_events} and the stall rate from "
             f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); "
             f"not lowering memory.high again before {self.policy.rollback.calm_sec:g} s of calm",
             "memory_high",
@@ -510,7 +511,7 @@ class _Turn:
             self.node = replace(self.node, actions_at=(*_recent(self.node.actions_at, self.now), self.now))
         if isinstance(action, SetMemoryHigh) and action.value is not None:
             events_high = (
-                self.obs.snapshot.events.high if isinstance(self.obs.snapshot, CgroupSnapshot) else 0
+                self.obs.snapshot.own_high_events if isinstance(self.obs.snapshot, CgroupSnapshot) else 0
             )
             target = replace(target, proposed_memory_high=ProposedWrite(action.value, rate, events_high))
         if (

@@ -25,7 +25,7 @@ from remediator.kernel.memory_stat import read_memory_stat
 from remediator.kernel.psi import read_cgroup_pressure, read_node_pressure
 from remediator.kernel.roots import KernelRoots, normalize_cgroup
 from remediator.kernel.sysctl_vm import read_vfs_cache_pressure
-from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.readings import CgroupSnapshot, MemoryEvents, NodeSnapshot
 
 
 def read_cgroup_snapshot(roots: KernelRoots, cgroup: str) -> CgroupSnapshot:
@@ -44,7 +44,16 @@ def read_cgroup_snapshot(roots: KernelRoots, cgroup: str) -> CgroupSnapshot:
         stat=read_memory_stat(roots, name),
         events=read_memory_events(roots, name),
         pressure=pressure,
+        events_local=_optional_local_events(roots, name),
     )
+
+
+def _optional_local_events(roots: KernelRoots, cgroup: str) -> Optional[MemoryEvents]:
+    # memory.events.local appeared in 5.2; older kernels have only the hierarchical file.
+    try:
+        return read_memory_events(roots, cgroup, local=True)
+    except KernelFileMissing:
+        return None
 
 
 def _optional_vfs_cache_pressure(roots: KernelRoots) -> Optional[int]:

@@ -83,6 +83,7 @@ def cgroup_snapshot(
     swap_max: Optional[int] = None,
     stat: Optional[Mapping[str, int]] = None,
     events_high: int = 0,
+    events_high_local: Optional[int] = None,
     some_total_us: Optional[int] = None,
     with_full: bool = True,
 ) -> CgroupSnapshot:
@@ -97,6 +98,8 @@ def cgroup_snapshot(
         stat=MemoryStat(dict(stat if stat is not None else CACHE_HEAVY_STAT)),
         events=MemoryEvents(high=events_high),
         pressure=pressure(full_total_us, some_total_us, with_full),
+        # By default the cgroup's own counter moves with the hierarchical one (no children).
+        events_local=MemoryEvents(high=events_high if events_high_local is None else events_high_local),
     )
 
 

@@ -421,7 +421,7 @@ def test_backs_off_when_our_memory_high_throttles_the_cgroup() -> None:
     assert isinstance(restore, RestoreMemoryHigh)
     assert restore.ours == page_align_down(int(4 * GiB * 0.8))
     assert restore.cause.type is RecordType.BACKED_OFF
-    assert "memory.events high rose from 0 to 50" in restore.cause.message
+    assert "memory.events.local high rose from 0 to 50" in restore.cause.message
     assert driver.kernel_high is None
     target = driver.state.target(driver.key)
     assert target.memory_high is None and target.memory_high_barred
@@ -437,6 +437,21 @@ def test_backs_off_when_our_memory_high_throttles_the_cgroup() -> None:
     driver.observe(230.0, share=0.0)
     assert not driver.state.target(driver.key).memory_high_barred
     assert [type(a) for a in driver.observe(231.0, share=0.5, fired=True).actions] == [SetMemoryHigh]
+
+
+def test_no_back_off_when_only_a_childs_own_memory_high_breaches_rise() -> None:
+    # memory.events is hierarchical: a child squeezed under its own memory.high raises the
+    # parent's "high" counter while the parent's own clamp throttles nothing (found in the VM).
+    policy = make_policy(memory_high_rung(cooldown_sec=10.0), verify_sec=30.0, calm_sec=120.0)
+    driver = Driver(policy)
+    driver.observe(0.0)
+    driver.observe(10.0, share=0.3, fired=True)
+    driver.events_high = 50
+    driver.snapshot_overrides["events_high_local"] = 0
+    decision = driver.observe(20.0, share=0.6, fired=True)
+    assert decision.actions == ()
+    assert not [r for r in decision.records if r.type is RecordType.BACKED_OFF]
+    assert driver.state.target(driver.key).memory_high is not None
 
 
 def test_no_back_off_when_stall_fell_after_our_write() -> None:

@@ -26,6 +26,7 @@ CGROUP_FILES = {
     "memory.swap.max",
     "memory.stat",
     "memory.events",
+    "memory.events.local",
 }
 
 
@@ -118,3 +119,19 @@ def test_node_snapshot_without_vfs_cache_pressure_still_has_the_pressure(kernel:
     node = read_node_snapshot(kernel.roots)
     assert node.vfs_cache_pressure is None
     assert node.mem_total_bytes == 16384000 * 1024
+
+
+def test_cgroup_snapshot_keeps_the_cgroups_own_events_apart_from_its_subtrees(kernel: FakeKernel) -> None:
+    kernel.add_seed(SEED)
+    kernel.set_file(SEED, "memory.events.local", "low 0\nhigh 3\nmax 0\noom 0\noom_kill 0\n")
+    kernel.set_file(SEED, "memory.events", "low 0\nhigh 40\nmax 12\noom 1\noom_kill 1\n")
+    snap = read_cgroup_snapshot(kernel.roots, SEED)
+    assert snap.events.high == 40
+    assert snap.own_high_events == 3
+
+
+def test_snapshot_without_events_local_falls_back_to_the_hierarchical_counter(kernel: FakeKernel) -> None:
+    (kernel.add_seed(SEED) / "memory.events.local").unlink()
+    snap = read_cgroup_snapshot(kernel.roots, SEED)
+    assert snap.events_local is None
+    assert snap.own_high_events == snap.events.high
