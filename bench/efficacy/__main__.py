@@ -36,6 +36,7 @@ DEFAULT_DURATION_SEC = 30.0
 # Record fields kept in the results file (the daemon's evidence fields are many and repetitive).
 KEPT_RECORD_FIELDS = (
     "_ARRIVED",
+    "_DECIDED",
     "MESSAGE_ID",
     "MESSAGE",
     "REMEDIATOR_POLICY",

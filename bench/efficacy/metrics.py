@@ -78,7 +78,10 @@ def action_timeline(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]
             continue
         kind = record.get("REMEDIATOR_ACTION", "")
         entry: Dict[str, Any] = {
+            # When the write returned (the record is written after it), and when it was
+            # decided where the daemon says so (observations a trigger prompted).
             "t": record.get("_ARRIVED"),
+            "decided": record.get("_DECIDED", record.get("_ARRIVED")),
             "kind": kind,
             "result": record.get("REMEDIATOR_RESULT"),
             "cgroup": record.get("REMEDIATOR_CGROUP"),

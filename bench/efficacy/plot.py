@@ -84,8 +84,12 @@ def _panel(top: Any, bottom: Any, run: Mapping[str, Any], title: str, memory_max
 
     for action in run["metrics"].get("remediator", {}).get("timeline", []):
         colour = ACTION_COLOURS.get(action["kind"], "black")
+        decided = action.get("decided", action["t"])
         for axis in (top, bottom):
-            axis.axvline(action["t"], color=colour, linewidth=1, alpha=0.8)
+            # A line where it was decided, a band while the write ran (memory.reclaim is synchronous).
+            axis.axvline(decided, color=colour, linewidth=1, alpha=0.9)
+            if action["t"] - decided > 0.05:
+                axis.axvspan(decided, action["t"], color=colour, alpha=0.12, linewidth=0)
     for when in run["metrics"].get("oom_kill_at_sec", []):
         for axis in (top, bottom):
             axis.axvline(when, color="red", linewidth=2)

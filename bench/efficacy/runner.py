@@ -300,6 +300,19 @@ class ReclaimLoop(threading.Thread):
             self.writes += 1
 
 
+def _relative_times(record: Mapping[str, Any], t0: float) -> Dict[str, Any]:
+    """Record times as seconds since the workload started: when the record arrived and, for
+    observations a trigger prompted, when the core decided (the daemon's CLOCK_MONOTONIC
+    fields, comparable with ours in the same kernel)."""
+    out = dict(record)
+    out["_ARRIVED"] = round(float(record["_ARRIVED"]) - t0, 3)
+    decided = record.get("REMEDIATOR_DECIDED_MONOTONIC_US")
+    if decided is not None:
+        with contextlib.suppress(ValueError):
+            out["_DECIDED"] = round(int(decided) / 1e6 - t0, 3)
+    return out
+
+
 def _daemon_class() -> Any:
     # The VM guest library's Daemon: the real daemon as a child process with JSON
     # records and a real sd_notify socket (same code in the VM and natively).
@@ -420,9 +433,7 @@ class Run:
         if self.daemon is not None:
             # SIGTERM: the daemon restores what it changed before it exits.
             self.result["daemon_exit_code"] = self.daemon.stop()
-            self.result["records"] = [
-                {**record, "_ARRIVED": round(record["_ARRIVED"] - t0, 3)} for record in self.daemon.snapshot()
-            ]
+            self.result["records"] = [_relative_times(record, t0) for record in self.daemon.snapshot()]
         self.result["memory_high_after_run"] = self.cgroup.read("memory.high")
 
 

@@ -69,7 +69,7 @@ def test_each_oom_kill_is_timed_where_memory_events_first_showed_it() -> None:
     assert oom_kill_times(samples) == [1.0, 1.0]
 
 
-def test_reclaim_amount_is_what_the_kernel_completed_when_enforcing_and_what_was_asked_in_dry_run() -> None:
+def test_actions_are_timed_and_reclaim_counts_what_the_kernel_completed_or_dry_run_would_ask() -> None:
     records = [
         record(
             RecordType.ACTION_APPLIED, "reclaim", "partial", t=3.0,
@@ -81,6 +81,8 @@ def test_reclaim_amount_is_what_the_kernel_completed_when_enforcing_and_what_was
         record(RecordType.ACTION_APPLIED, "memory_high", "stood_back", t=9.0),
     ]  # fmt: skip
 
+    records[0]["_DECIDED"] = 2.5  # prompted by a trigger: the daemon says when it decided
+
     timeline = action_timeline(records)
 
     assert [(a["t"], a["kind"]) for a in timeline] == [
@@ -88,6 +90,7 @@ def test_reclaim_amount_is_what_the_kernel_completed_when_enforcing_and_what_was
         (5.0, "reclaim"),
         (7.0, "memory_high"),
     ]
+    assert [a["decided"] for a in timeline] == [2.5, 5.0, 7.0]
     assert timeline[0]["bytes"] == 64 * MIB
     assert timeline[0]["current_drop_bytes"] == 56 * MIB
     assert timeline[1]["bytes"] == 32 * MIB
