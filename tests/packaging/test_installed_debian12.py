@@ -188,6 +188,22 @@ def test_records_carry_the_documented_fields(vm_run: VmRun) -> None:
         assert not missing, f"{record['MESSAGE']}: missing {missing}"
 
 
+@pytest.mark.parametrize(
+    ("query_file", "field", "value"),
+    [
+        ("readme-query-memory-high.json", "REMEDIATOR_ACTION", "memory_high"),
+        ("readme-query-would.json", "REMEDIATOR_RESULT", "would"),
+    ],
+)
+def test_readme_journal_queries_select_exactly_those_records(
+    vm_run: VmRun, query_file: str, field: str, value: str
+) -> None:
+    # `journalctl -u remediator FIELD=value`, as packaging/README-install.md shows it.
+    selected = _read_records(vm_run.payload / query_file)
+    assert selected, f"{query_file}: nothing selected\n{vm_run.describe()}"
+    assert all(record.get(field) == value for record in selected), [record.get(field) for record in selected]
+
+
 def test_journalctl_x_shows_the_catalog_text(vm_run: VmRun) -> None:
     text = (vm_run.payload / "remediator-journal-x.txt").read_text()
     assert "Subject: remediator started" in text, text[-3000:]

@@ -51,17 +51,6 @@ wait_for() {
     return 0
 }
 
-# wait_for_fast SECONDS COMMAND...: the same, polling five times a second.
-wait_for_fast() {
-    deadline=$(($(date +%s) + $1))
-    shift
-    while ! "$@"; do
-        [ "$(date +%s)" -ge "$deadline" ] && return 1
-        sleep 0.2
-    done
-    return 0
-}
-
 is_active() { [ "$(systemctl is-active "$UNIT")" = active ]; }
 is_gone() { ! is_active; }
 
@@ -77,7 +66,6 @@ records() {
 records_above() { [ "$(records "$1" "${3:-}")" -gt "$2" ]; }
 
 victim_high() { cat "$VICTIM/memory.high"; }
-victim_clamped() { [ "$(victim_high)" != max ]; }
 
 start_victim() {
     # Four readers of a file twice the size of the cgroup's memory.max: its page cache is reclaimed all
@@ -88,6 +76,7 @@ start_victim() {
 }
 
 stop_victim() {
+    echo 0 >"$VICTIM/cgroup.freeze"
     echo 1 >"$VICTIM/cgroup.kill"
     wait_for 20 sh -c "[ ! -s $VICTIM/cgroup.procs ]"
 }
@@ -178,12 +167,15 @@ check active_enforcing wait_for 60 is_active
 sync
 echo 3 >/proc/sys/vm/drop_caches
 start_victim
-check enforcing_clamped_memory_high wait_for_fast 150 victim_clamped
+# Freezes the victim the moment memory.high is clamped, so the clamp stays until the removal below
+# (why: freeze_on_clamp.py).
+check enforcing_clamped_memory_high python3 freeze_on_clamp.py "$VICTIM" 150
 value victim_memory_high_clamped "$(victim_high)"
-# Stop the readers at once: with them running, the daemon would soon see the clamp throttle the cgroup
-# and back off (restore) by itself, and the removal below would have no clamp left to restore.
-stop_victim
 check applied_record records_above "$ID_APPLIED" 0 REMEDIATOR_DRY_RUN=0
+
+# The queries packaging/README-install.md shows: `-u remediator` together with a REMEDIATOR_* match.
+journalctl --no-pager -u remediator REMEDIATOR_ACTION=memory_high -o json >readme-query-memory-high.json
+journalctl --no-pager -u remediator REMEDIATOR_RESULT=would -o json >readme-query-would.json
 
 # The journal as an operator reads it, before removal takes the catalog away.
 journalctl --no-pager -u "$UNIT" -o json >remediator-journal.json
@@ -202,6 +194,7 @@ check stopping_record records_above "$ID_STOPPING" 0
 check restore_record records_above "$ID_RESTORED" "$restored_before"
 check remove_left_no_files sh -c '[ ! -e /usr/lib/remediator ] && [ ! -e /usr/bin/remediator ]'
 check remove_kept_configuration grep -q '^# edited by the VM test$' /etc/remediator/policies.d/services-cache.yaml
+stop_victim
 
 # --- 8. reinstall: the edited policy file is kept, the service comes back.
 apt-get install -y "$PWD/$DEB" >apt-reinstall.log 2>&1
