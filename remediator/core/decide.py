@@ -149,6 +149,7 @@ class Measurement:
     interval_sec: float
     stall_rate: Optional[float]  # share of wall time stalled over the interval; None if interval <= 0
     pressured: Optional[bool]  # None: no information (baseline, unconfirmed event, zero interval)
+    fired: bool = False  # judged as a kernel trigger event (delta >= stall_us), not as a rate
 
 
 def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: float) -> Measurement:
@@ -168,7 +169,7 @@ def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: fl
         pressured = None
     else:
         pressured = rate >= trigger.threshold_fraction
-    return Measurement(total, delta, interval, rate, pressured)
+    return Measurement(total, delta, interval, rate, pressured, fired=obs.fired)
 
 
 def stall_text(trigger: TriggerSpec, m: Measurement) -> str:
@@ -176,6 +177,14 @@ def stall_text(trigger: TriggerSpec, m: Measurement) -> str:
     threshold = format_share(trigger.threshold_fraction)
     if m.delta_us is None or m.stall_rate is None:
         return f"{trigger.kind} stall unknown (threshold {threshold})"
+    if m.fired:
+        # A trigger event is confirmed by the stall since the last look, which may be
+        # long ago: its average share would understate what the kernel saw in one window.
+        return (
+            f"PSI trigger fired: {trigger.kind} stall {m.delta_us / 1000:.0f} ms since the last look "
+            f"{m.interval_sec:.1f} s ago (trigger: {trigger.stall_us // 1000} ms within "
+            f"{trigger.window_us // 1000} ms)"
+        )
     return (
         f"{trigger.kind} stall {m.delta_us / 1000:.0f} ms in the last {m.interval_sec:.1f} s = "
         f"{format_share(m.stall_rate)} (threshold {threshold} = {trigger.stall_us} us per "

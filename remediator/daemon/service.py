@@ -191,7 +191,8 @@ class Service:
             self.emit(
                 Record(
                     RecordType.FALLBACK_SAMPLING,
-                    f"the kernel refused a PSI trigger on {change.path} ({change.reason}); "
+                    # Not always the kernel's refusal: a read-only mount (a sandbox) fails the same way.
+                    f"could not arm a PSI trigger on {change.path} ({change.reason}); "
                     f"sampling pressure every {self.settings.sampling_interval_sec:g} s instead",
                     policy=key.policy,
                     cgroup=key.cgroup,

@@ -183,7 +183,9 @@ def test_pressure_confirmed_once_per_episode_with_stall_and_threshold() -> None:
     first = driver.observe(10.0, share=0.5, fired=True)
     confirmed = [r for r in first.records if r.type is RecordType.PRESSURE_CONFIRMED]
     assert len(confirmed) == 1
-    assert "50.0 %" in confirmed[0].message and "threshold 15.0 %" in confirmed[0].message
+    # A fired event is judged by the stall since the last look against the trigger, not by an average.
+    assert "PSI trigger fired: full stall 5000 ms since the last look 10.0 s ago" in confirmed[0].message
+    assert "(trigger: 150 ms within 1000 ms)" in confirmed[0].message
     assert confirmed[0].evidence["STALL_DELTA_US"] == "5000000"
     assert confirmed[0].policy == "cache-hog" and confirmed[0].cgroup == CGROUP
     later = driver.observe(40.0, share=0.5)
