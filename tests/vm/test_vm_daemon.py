@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -87,12 +88,16 @@ def boot_scenarios(
             (files / file_name).write_bytes(b"\x5a" * (mib * MIB))
         size_mib = sum(disk_files_mib.values()) * 5 // 4 + 32
         drives.append(harness.make_ext4_image(out_dir / "disk.raw", size_mib, files_dir=files))
+        shutil.rmtree(files)
     lines = ["status=0"]
     for name, args in scenarios:
         argv = " ".join(shlex.quote(arg) for arg in args)
         lines.append(f"{PYTHON} -m tests.vm.scenarios.{name} {argv} || status=1")
     lines.append("exit $status")
     result = vm_light.boot("\n".join(lines), timeout_sec=BOOT_TIMEOUT_SEC, drives=drives, out_dir=out_dir)
+    for drive in drives:
+        # Hundreds of MiB each, and pytest keeps the folders of the last runs: keep the reports only.
+        drive.unlink()
     names = ", ".join(name for name, _ in scenarios)
     print(f"VM running {names}: {result.elapsed:.1f} s, exit {result.exit_code}")
     return ScenarioBoot(result, out_dir)
@@ -408,6 +413,7 @@ def test_a_childs_own_memory_high_breaches_count_in_the_parents_memory_events_bu
     report = memory_high_boot.report("child_high_events")
 
     assert report["clamped_to"] is not None, readable(report["records"])
+    assert report["squeezed"]
     assert report["squeezed_events_local_after"]["high"] > 0
     assert report["events_after"]["high"] > report["events_at_clamp"]["high"]
     assert report["events_local_after"]["high"] == 0
@@ -416,15 +422,11 @@ def test_a_childs_own_memory_high_breaches_count_in_the_parents_memory_events_bu
 
 
 @pytest.mark.vm
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: the back-off (core/decide.py _check_self_throttling) reads the hierarchical "
-    "memory.events 'high', so a child's own memory.high breaches read as our clamp throttling the "
-    "parent; memory.events.local is the cgroup's own (see the previous test)",
-)
 def test_a_childs_own_memory_high_breaches_do_not_make_the_daemon_back_off_the_parents_memory_high(
     memory_high_boot: ScenarioBoot,
 ) -> None:
+    # Found by this suite: when the back-off read the hierarchical memory.events, this scenario
+    # backed off 4 times out of 4 ("our 179.2 MiB is throttling it" with 33-38 MiB in use).
     report = memory_high_boot.report("child_high_events")
     records = report["records"]
 
