@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from bench.efficacy import environment, report
+from bench.efficacy.metrics import scanned_mib_by
 from bench.efficacy.scenarios import DEFAULT_SCENARIOS, SCENARIOS, SERIES, scenario_named, series_order
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -77,12 +78,11 @@ def slim_run(run: Mapping[str, Any]) -> Dict[str, Any]:
         out["records"] = [
             {key: record[key] for key in KEPT_RECORD_FIELDS if key in record} for record in run["records"]
         ]
-    per_second: Dict[int, float] = {}
-    for event in run.get("progress", []):
-        if event.get("event") == "scan":
-            second = int(event["arrived"])
-            per_second[second] = max(per_second.get(second, 0.0), float(event["mib"]))
-    out["scanned_mib_at_second"] = [[second, mib] for second, mib in sorted(per_second.items())]
+    progress = run.get("progress", [])
+    last_second = int(max((event["arrived"] for event in progress), default=0.0))
+    out["scanned_mib_at_second"] = [
+        [second, scanned_mib_by(progress, second + 1.0)] for second in range(last_second + 1)
+    ]
     return out
 
 

@@ -30,12 +30,14 @@ def stall_percent(first: Mapping[str, Any], last: Mapping[str, Any], key: str) -
 
 
 def scanned_mib_by(progress: Sequence[Mapping[str, Any]], end_t: float) -> float:
-    """MiB the workload had scanned when the window closed (its last report before then)."""
-    scanned = 0.0
+    """MiB the workload had scanned when the window closed: the last report before then of
+    each incarnation (the runner restarts a workload the OOM killer killed), summed."""
+    by_incarnation: Dict[int, float] = {}
     for event in progress:
         if event.get("event") == "scan" and event["arrived"] <= end_t:
-            scanned = max(scanned, float(event["mib"]))
-    return scanned
+            incarnation = int(event.get("incarnation", 0))
+            by_incarnation[incarnation] = max(by_incarnation.get(incarnation, 0.0), float(event["mib"]))
+    return sum(by_incarnation.values())
 
 
 def oom_kill_times(samples: Sequence[Mapping[str, Any]]) -> List[float]:

@@ -225,15 +225,57 @@ class Sampler(threading.Thread):
             self.stopped.wait(max(0.0, next_at - time.monotonic()))
 
 
-def _read_progress(stdout: Any, state: RunState, t0: float) -> None:
+def _read_progress(stdout: Any, state: RunState, t0: float, incarnation: int) -> None:
     for raw in stdout:
         try:
             event = json.loads(raw)
         except ValueError:
             continue
         event["arrived"] = round(time.monotonic() - t0, 3)
+        event["incarnation"] = incarnation
         with state.lock:
             state.progress.append(event)
+
+
+class RestartingWorkload:
+    """The workload process, restarted when the OOM killer kills it, as systemd's
+    Restart=on-failure would: a service in a crash loop keeps stalling and being
+    killed, and each kill is counted (memory.events oom_kill)."""
+
+    def __init__(self, argv: Sequence[str], cgroup: BenchCgroup, state: RunState, t0: float) -> None:
+        self.argv = argv
+        self.cgroup = cgroup
+        self.state = state
+        self.t0 = t0
+        self.exits: List[Dict[str, Any]] = []
+        self.readers: List[threading.Thread] = []
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[str]:
+        process = _start_workload(self.argv, self.cgroup)
+        reader = threading.Thread(
+            target=_read_progress, args=(process.stdout, self.state, self.t0, len(self.readers)), daemon=True
+        )
+        reader.start()
+        self.readers.append(reader)
+        return process
+
+    def check(self) -> None:
+        """Restart after an OOM kill; any other exit means the workload is broken."""
+        code = self.process.poll()
+        if code is None:
+            return
+        when = round(time.monotonic() - self.t0, 3)
+        self.exits.append({"code": code, "at_sec": when})
+        if code != -signal.SIGKILL:
+            raise RuntimeError(f"the workload exited with status {code} after {when} s")
+        self.process = self._start()
+
+    def stop(self) -> None:
+        self.cgroup.kill()
+        self.process.wait()
+        for reader in self.readers:
+            reader.join(timeout=10)
 
 
 def workload_argv(scenario: Scenario, setup: RunSetup, tmpfs_dir: Optional[Path]) -> List[str]:
@@ -399,17 +441,13 @@ class Run:
         t0 = time.monotonic()
         sampler = Sampler(self.cgroup, self.state, t0)
         sampler.take()  # the baseline, right before the workload starts
-        workload = _start_workload(argv, self.cgroup)
-        reader = threading.Thread(target=_read_progress, args=(workload.stdout, self.state, t0), daemon=True)
-        reader.start()
+        workload = RestartingWorkload(argv, self.cgroup, self.state, t0)
         sampler.start()
         if self.reclaim_loop is not None:
             self.reclaim_loop.start()
-        exit_seen: Optional[float] = None
         try:
             while time.monotonic() - t0 < self.duration_sec:
-                if exit_seen is None and workload.poll() is not None:
-                    exit_seen = round(time.monotonic() - t0, 3)
+                workload.check()
                 time.sleep(0.1)
             sampler.stopped.set()
             sampler.join()
@@ -418,18 +456,12 @@ class Run:
                 self.reclaim_loop.stopped.set()
                 self.reclaim_loop.join()
                 self.result["reclaim_loop_writes"] = self.reclaim_loop.writes
-            code = workload.poll()
-            self.result["workload_exit"] = {"code": code, "seen_at": exit_seen}
-            if code is not None and code != -signal.SIGKILL:
-                # -9 is the OOM killer (a finding); anything else means the workload is broken.
-                raise RuntimeError(f"the workload exited with status {code} after {exit_seen} s")
             if self.daemon is not None:
                 self.result["daemon_cpu_sec"] = round(self.daemon.cpu_seconds() - self.daemon_cpu_at_start, 3)
         finally:
             sampler.stopped.set()
-            self.cgroup.kill()
-            workload.wait()
-            reader.join(timeout=10)
+            workload.stop()
+            self.result["workload_exits"] = workload.exits
         if self.daemon is not None:
             # SIGTERM: the daemon restores what it changed before it exits.
             self.result["daemon_exit_code"] = self.daemon.stop()

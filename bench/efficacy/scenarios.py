@@ -8,7 +8,7 @@ tmpfs is shmem (counted in ``file``, not reclaimable without swap).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 MIB = 1 << 20
 
@@ -79,8 +79,11 @@ SCENARIOS: Dict[str, Scenario] = {
             name="tmpfs-heavy",
             title="the seed's loop with half of memory.max in tmpfs files",
             memory_max_mib=256,
+            # A quarter anon (not 45 %): the loop keeps a quarter of the limit for page cache.
             anon_fraction=0.25,
-            anon_ramp_sec=8.0,
+            # The tmpfs files and the heap are in place before the loop reaches the limit:
+            # the case is a cgroup whose memory IS mostly shmem, not one on its way there.
+            anon_ramp_sec=0.0,
             tmpfs_fraction=0.5,
             purpose="shmem is not reclaimable: lowering memory.high only throttles, remediator must not",
         ),
@@ -91,8 +94,8 @@ SCENARIOS: Dict[str, Scenario] = {
             anon_fraction=0.45,
             anon_ramp_sec=8.0,
             tmpfs_fraction=0.6,
-            purpose="nobody can save it without swap: remediator must decline, with a record, and not make "
-            "it worse",
+            purpose="nobody can save it without swap (the workload is OOM-killed and restarted, like a "
+            "service with Restart=on-failure): remediator must decline, with a record, and not make it worse",
         ),
         # Variants of the seed for the workload's other options (not in the default set).
         Scenario(
@@ -131,7 +134,3 @@ def series_order(repeat: int, series: Tuple[str, ...] = SERIES) -> Tuple[str, ..
     runs first (a fresh VM) or last (after the others warmed or fragmented memory)."""
     shift = repeat % len(series)
     return series[shift:] + series[:shift]
-
-
-def data_files_mib(override: Optional[int] = None) -> int:
-    return DATA_FILE_MIB if override is None else override

@@ -63,6 +63,16 @@ def test_work_reported_after_the_window_closed_does_not_count() -> None:
     assert scanned_mib_by(progress, 30.0) == 8.0
 
 
+def test_work_of_a_workload_restarted_after_an_oom_kill_adds_up() -> None:
+    progress = [
+        {"event": "scan", "mib": 40.0, "arrived": 3.0, "incarnation": 0},
+        {"event": "scan", "mib": 8.0, "arrived": 9.0, "incarnation": 1},
+        {"event": "scan", "mib": 12.0, "arrived": 10.0, "incarnation": 1},
+    ]
+
+    assert scanned_mib_by(progress, 30.0) == 52.0
+
+
 def test_each_oom_kill_is_timed_where_memory_events_first_showed_it() -> None:
     samples = [sample(0.0, 0), sample(0.5, 0), sample(1.0, 0, oom_kill=2), sample(1.5, 0, oom_kill=2)]
 
