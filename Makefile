@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PY_SOURCES := remediator tests bench
 
-.PHONY: bootstrap demo test lint unit vm packages clean-vm-cache bench-cost bench-efficacy
+.PHONY: bootstrap demo test lint unit vm packages clean-vm-cache bench-cost bench-efficacy reliability
 
 bootstrap:
 	@scripts/bootstrap
@@ -55,3 +55,10 @@ bench-cost: bootstrap
 bench-efficacy: bootstrap
 	@$(VENV)/python -c 'import matplotlib' 2>/dev/null || $(VENV)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(VENV)/python -m bench.efficacy $(if $(QUICK),--quick,) $(EFFICACY_ARGS)
+
+# The reliability campaign (issue 8, bench/reliability/README.md): Hypothesis and atheris fuzzing
+# of every parser (10,000 / 50,000 inputs each), churn on the fake tree, and faults + churn on a
+# real kernel (light VMs); writes bench/results/reliability-<date>.{json,md}. About an hour under
+# TCG. QUICK=1: every part at small sizes, into build/reliability-quick/.
+reliability: bootstrap
+	$(VENV)/python -m bench.reliability.run $(if $(QUICK),--quick,)
