@@ -23,7 +23,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from bench.efficacy import environment, report
 from bench.efficacy.metrics import scanned_mib_by
-from bench.efficacy.scenarios import DEFAULT_SCENARIOS, SCENARIOS, SERIES, scenario_named, series_order
+from bench.efficacy.scenarios import (
+    ALL_SERIES,
+    DEFAULT_SCENARIOS,
+    SCENARIOS,
+    SERIES,
+    scenario_named,
+    series_order,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POLICIES_DIR = REPO_ROOT / "policies"
@@ -59,12 +66,14 @@ def shipped_policies(directory: Path = POLICIES_DIR) -> Dict[str, str]:
     return {path.stem: path.read_text() for path in sorted(directory.glob("*.yaml"))}
 
 
-def plan_runs(scenarios: Sequence[str], repeats: int, duration_sec: float) -> List[List[Dict[str, Any]]]:
+def plan_runs(
+    scenarios: Sequence[str], repeats: int, duration_sec: float, series: Sequence[str] = SERIES
+) -> List[List[Dict[str, Any]]]:
     """One list of runs per VM: one repeat of one scenario, every series, rotated per repeat."""
     return [
         [
-            {"scenario": scenario, "series": series, "duration_sec": duration_sec, "repeat": repeat}
-            for series in series_order(repeat, SERIES)
+            {"scenario": scenario, "series": name, "duration_sec": duration_sec, "repeat": repeat}
+            for name in series_order(repeat, tuple(series))
         ]
         for repeat in range(repeats)
         for scenario in scenarios
@@ -95,13 +104,14 @@ def run_vm(arguments: argparse.Namespace, work_dir: Path) -> Dict[str, Any]:
         vm_mode.ensure_data_image()
     except harness.VmUnavailable as exc:
         raise SystemExit(_refuse(f"the VM is unavailable: {exc.reason}")) from exc
-    policies = shipped_policies()
+    policies = shipped_policies(arguments.policies)
     host_env = environment.collect("vm-host", with_qemu=True)
     runs: List[Dict[str, Any]] = []
     vms: List[Dict[str, Any]] = []
     guest_env: Dict[str, Any] = {}
     needs_scratch = any(scenario_named(name).dirty_mib > 0 for name in arguments.scenarios)
-    for index, vm_runs in enumerate(plan_runs(arguments.scenarios, arguments.repeats, arguments.duration)):
+    plan = plan_runs(arguments.scenarios, arguments.repeats, arguments.duration, arguments.series)
+    for index, vm_runs in enumerate(plan):
         label = f"{vm_runs[0]['scenario']} repeat {vm_runs[0]['repeat'] + 1}/{arguments.repeats}"
         print(f"[efficacy] VM {index + 1}: {label}", flush=True)
         load_before = environment.collect("vm-host")["load_average"]
@@ -138,8 +148,10 @@ def run_native(arguments: argparse.Namespace) -> Dict[str, Any]:
     env = environment.collect("native")
     runs: List[Dict[str, Any]] = []
     try:
-        with native.interruptible(), native.native_setup(shipped_policies(), arguments.data_dir) as setup:
-            for vm_runs in plan_runs(arguments.scenarios, arguments.repeats, arguments.duration):
+        policies = shipped_policies(arguments.policies)
+        with native.interruptible(), native.native_setup(policies, arguments.data_dir) as setup:
+            plan = plan_runs(arguments.scenarios, arguments.repeats, arguments.duration, arguments.series)
+            for vm_runs in plan:
                 for item in vm_runs:
                     print(
                         f"[efficacy] {item['scenario']} / {item['series']} ({item['duration_sec']:g} s)",
@@ -235,6 +247,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         + " ".join(name for name in SCENARIOS if name not in DEFAULT_SCENARIOS),
     )
     parser.add_argument(
+        "--series",
+        nargs="+",
+        default=list(SERIES),
+        choices=ALL_SERIES,
+        metavar="SERIES",
+        help=f"default: {' '.join(SERIES)}; also: {' '.join(s for s in ALL_SERIES if s not in SERIES)}",
+    )
+    parser.add_argument(
+        "--policies",
+        type=Path,
+        default=POLICIES_DIR,
+        help="the daemon's policies for the remediator series (default: the shipped policies/)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -268,6 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "repeats": arguments.repeats,
         "duration_sec": arguments.duration,
         "scenarios": list(arguments.scenarios),
+        "policies_dir": str(arguments.policies),
         "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "memory_max_mib": scenario_named(arguments.scenarios[0]).memory_max_mib,
     }

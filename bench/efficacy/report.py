@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from bench.efficacy.scenarios import SERIES, SERIES_TITLES, scenario_named
+from bench.efficacy.scenarios import ALL_SERIES, SERIES_TITLES, scenario_named
 from remediator.core.records import RecordType
 
 SCHEMA = "remediator.bench.efficacy/v1"
@@ -369,7 +369,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str]) 
     summary: Dict[str, Any] = {}
     for scenario in scenarios:
         per_series = {}
-        for series in SERIES:
+        for series in ALL_SERIES:
             chosen = ok_runs(runs, scenario, series)
             if chosen:
                 per_series[series] = series_stats(chosen)
@@ -471,7 +471,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             "events high / max | actions | remediator CPU s |",
             "| --- " * 13 + "|",
         ]
-        for series in SERIES:
+        for series in ALL_SERIES:
             stats = summary[scenario].get(series)
             if stats is None:
                 continue

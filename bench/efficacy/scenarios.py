@@ -25,11 +25,15 @@ DATA_FILES: Tuple[str, ...] = ("data-0.bin", "data-1.bin")
 DATA_FILE_MIB = 192
 
 SERIES: Tuple[str, ...] = ("none", "static", "remediator", "dry-run")
+# Not in the default set: the time-driven reference issue 6 measured (runner.ReclaimLoop).
+EXTRA_SERIES: Tuple[str, ...] = ("reclaim-loop",)
+ALL_SERIES: Tuple[str, ...] = SERIES + EXTRA_SERIES
 SERIES_TITLES: Dict[str, str] = {
     "none": "none (kernel alone)",
     "static": "static memory.high = 0.9 x memory.max",
     "remediator": "remediator (shipped policies, enforcing)",
     "dry-run": "remediator dry-run",
+    "reclaim-loop": "reference: memory.reclaim 32 MiB every 0.5 s",
 }
 # memory.high of the "static" series: what kubelet's MemoryQoS sets (throttling factor 0.9).
 STATIC_HIGH_FRACTION = 0.9
