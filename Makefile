@@ -38,7 +38,7 @@ test: lint
 	bash .ci/vm-deps.sh --full
 	$(VENV)/pytest -q tests
 
-# .deb (Debian 12/13, Ubuntu 24.04) and .rpm (RHEL 9) into packaging/out/ (see packaging/README-install.md).
+# .deb (Debian 12/13, Ubuntu 24.04) and .rpm (RHEL 9) into packaging/out/ (see "Install on a node" in README.md).
 packages:
 	packaging/build
 

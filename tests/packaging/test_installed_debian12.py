@@ -198,7 +198,7 @@ def test_records_carry_the_documented_fields(vm_run: VmRun) -> None:
 def test_readme_journal_queries_select_exactly_those_records(
     vm_run: VmRun, query_file: str, field: str, value: str
 ) -> None:
-    # `journalctl -u remediator FIELD=value`, as packaging/README-install.md shows it.
+    # `journalctl -u remediator FIELD=value`, as README.md ("Install on a node") shows it.
     selected = _read_records(vm_run.payload / query_file)
     assert selected, f"{query_file}: nothing selected\n{vm_run.describe()}"
     assert all(record.get(field) == value for record in selected), [record.get(field) for record in selected]

@@ -173,7 +173,7 @@ check enforcing_clamped_memory_high python3 freeze_on_clamp.py "$VICTIM" 150
 value victim_memory_high_clamped "$(victim_high)"
 check applied_record records_above "$ID_APPLIED" 0 REMEDIATOR_DRY_RUN=0
 
-# The queries packaging/README-install.md shows: `-u remediator` together with a REMEDIATOR_* match.
+# The queries README.md ("Install on a node") shows: `-u remediator` together with a REMEDIATOR_* match.
 journalctl --no-pager -u remediator REMEDIATOR_ACTION=memory_high -o json >readme-query-memory-high.json
 journalctl --no-pager -u remediator REMEDIATOR_RESULT=would -o json >readme-query-would.json
 
