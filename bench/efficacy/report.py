@@ -292,9 +292,16 @@ def memory_high_not_lowered_with_reason(scenario: str, runs: Sequence[Mapping[st
     )
     if lowered:
         return Target(scenario, name, False, f"memory.high WAS lowered: {lowered[0].get('MESSAGE')}")
-    if not reasons:
-        return Target(scenario, name, False, "memory.high was not lowered, but no record says why")
-    return Target(scenario, name, True, f"not lowered; the record says: {reasons[0]}")
+    if reasons:
+        return Target(scenario, name, True, f"not lowered; the record says: {reasons[0]}")
+    escalated = RecordType.ESCALATED.message_id
+    if not any(r.get("MESSAGE_ID") == escalated for r in records):
+        # The ladder never got past reclaim: every pressure was answered by it and judged
+        # calm after verify_sec, which the records show (reclaims, no escalation).
+        return Target(
+            scenario, name, True, "never considered: every pressure was answered by reclaim, none escalated"
+        )
+    return Target(scenario, name, False, "escalated past reclaim, but no record says why memory.high stayed")
 
 
 def not_reclaimable_record(scenario: str, runs: Sequence[Mapping[str, Any]]) -> Target:

@@ -133,8 +133,12 @@ def test_tmpfs_heavy_needs_a_record_saying_why_memory_high_was_not_lowered() -> 
     base = [run("tmpfs-heavy", "none", 20.0), run("tmpfs-heavy", "dry-run", 20.0)]
     name = "records say why memory.high was not lowered"
 
+    escalated = {"MESSAGE_ID": RecordType.ESCALATED.message_id, "REMEDIATOR_ACTION": "reclaim"}
     assert judged("tmpfs-heavy", [*base, run("tmpfs-heavy", "remediator", 20.0, records=[why])])[name].met
-    assert judged("tmpfs-heavy", [*base, run("tmpfs-heavy", "remediator", 20.0)])[name].met is False
+    # Reclaim answered every pressure: memory.high was never on the table.
+    assert judged("tmpfs-heavy", [*base, run("tmpfs-heavy", "remediator", 20.0)])[name].met is True
+    silent = run("tmpfs-heavy", "remediator", 20.0, records=[escalated])
+    assert judged("tmpfs-heavy", [*base, silent])[name].met is False
     with_lowered = run("tmpfs-heavy", "remediator", 20.0, records=[why, lowered])
     assert judged("tmpfs-heavy", [*base, with_lowered])[name].met is False
 
