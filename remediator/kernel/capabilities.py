@@ -395,7 +395,8 @@ def _read_words(path: Path) -> Tuple[str, ...]:
 
 
 def _memory_reclaim_present(roots: KernelRoots) -> Optional[bool]:
-    # The root cgroup has no memory.reclaim; look in the first memory-enabled child.
+    # Look in the first memory-enabled child: the root cgroup has memory.reclaim on 6.1 but not on
+    # every kernel, while every child with the memory controller has it where the kernel supports it.
     try:
         for cgroup in walk_cgroups(roots, memory_only=True):
             return os.path.exists(roots.cgroup_file(cgroup, RECLAIM_FILE))
