@@ -296,6 +296,8 @@ def workload_argv(scenario: Scenario, setup: RunSetup, tmpfs_dir: Optional[Path]
     ]
     if tmpfs_dir is not None and scenario.tmpfs_mib > 0:
         argv += ["--tmpfs-dir", str(tmpfs_dir), "--tmpfs-mib", str(scenario.tmpfs_mib)]
+    if scenario.pace_mib_s > 0:
+        argv += ["--pace-mib-s", str(scenario.pace_mib_s)]
     if scenario.dirty_mib > 0:
         argv += ["--dirty-file", str(setup.scratch_dir / "dirty.bin"), "--dirty-mib", str(scenario.dirty_mib)]
     return argv

@@ -49,6 +49,7 @@ class Scenario:
     tmpfs_fraction: float = 0.0  # of memory.max, written to tmpfs files before the loop
     access: str = "mmap"  # "mmap" (map, touch every page, unmap) | "read" (plain read())
     dirty_mib: int = 0  # rewritten after every pass, never fsynced
+    pace_mib_s: float = 0.0  # the loop's demand (0: flat out)
     # What the scenario is for, in one sentence (shown in the results).
     purpose: str = ""
 
@@ -110,6 +111,15 @@ SCENARIOS: Dict[str, Scenario] = {
             anon_ramp_sec=8.0,
             access="read",
             purpose="unmapped page cache: cheaper for the kernel to reclaim than mapped pages",
+        ),
+        Scenario(
+            name="seed-paced",
+            title="the seed with a demand of 32 MiB/s instead of flat out",
+            memory_max_mib=256,
+            anon_fraction=0.45,
+            anon_ramp_sec=8.0,
+            pace_mib_s=32.0,
+            purpose="a service serving its demand: stall compared at the same work rate",
         ),
         Scenario(
             name="seed-dirty",

@@ -53,15 +53,23 @@ class WorkloadConfig:
     dirty_file: Optional[Path]
     dirty_mib: int
     duration_sec: float
+    # The demand: at most this many MiB scanned per second (0: as fast as it can), as a service
+    # serves the requests it gets rather than all it could.
+    pace_mib_s: float = 0.0
 
 
 class Workload:
     def __init__(
-        self, config: WorkloadConfig, out: TextIO, clock: Callable[[], float] = time.monotonic
+        self,
+        config: WorkloadConfig,
+        out: TextIO,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.config = config
         self.out = out
         self.clock = clock
+        self.sleep = sleep
         self.started = clock()
         self.heap: List[bytearray] = []
         self.scanned_bytes = 0
@@ -133,6 +141,12 @@ class Workload:
         self.scanned_bytes += size
         self.emit("scan", mib=round(self.scanned_bytes / MIB, 3))
         self.grow_anon()
+        pace = self.config.pace_mib_s
+        if pace > 0:
+            # Ahead of the demand: idle (not stalled) until it catches up.
+            ahead = self.scanned_bytes / (pace * MIB) - self.elapsed()
+            if ahead > 0:
+                self.sleep(ahead)
 
     def scan_mapped(self, path: Path) -> None:
         with open(path, "rb") as handle:
@@ -191,6 +205,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> WorkloadConfig:
     parser.add_argument("--dirty-file", type=Path, default=None)
     parser.add_argument("--dirty-mib", type=int, default=0)
     parser.add_argument("--duration-sec", type=float, required=True)
+    parser.add_argument("--pace-mib-s", type=float, default=0.0, help="demand in MiB/s (0: flat out)")
     args = parser.parse_args(argv)
     return WorkloadConfig(
         files=tuple(args.files),
@@ -202,6 +217,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> WorkloadConfig:
         dirty_file=args.dirty_file,
         dirty_mib=args.dirty_mib,
         duration_sec=args.duration_sec,
+        pace_mib_s=args.pace_mib_s,
     )
 
 

@@ -175,3 +175,35 @@ def test_workload_writes_tmpfs_files_and_dirty_data_where_told(tmp_path: Path) -
 
     assert sum(p.stat().st_size for p in shm.iterdir()) == 40 * MIB
     assert (tmp_path / "dirty").stat().st_size == 2 * MIB
+
+
+class FakeTime:
+    """A clock that moves a little at every look, and jumps when slept."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: List[float] = []
+
+    def clock(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_paced_workload_idles_rather_than_scanning_ahead_of_its_demand(tmp_path: Path) -> None:
+    data = tmp_path / "f"
+    data.write_bytes(b"\x03" * (8 * MIB))
+    fake = FakeTime()
+    out = io.StringIO()
+    config = WorkloadConfig([data], "mmap", 0, 0.0, None, 0, None, 0, duration_sec=3.0, pace_mib_s=8.0)
+
+    Workload(config, out, clock=fake.clock, sleep=fake.sleep).run()
+
+    scans = [e for e in _events(out) if e["event"] == "scan"]
+    assert fake.slept  # it was ahead of 8 MiB/s and waited
+    # Never more than one chunk ahead of the demand.
+    assert all(e["mib"] <= 8.0 * e["t"] + 4.0 for e in scans)
+    assert scans[-1]["mib"] >= 8.0 * 2.5
