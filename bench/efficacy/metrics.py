@@ -12,7 +12,7 @@ avg10 decaying averages happened to be sampled.
 from __future__ import annotations
 
 import statistics
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from remediator.core.records import RecordType
 
@@ -49,6 +49,28 @@ def oom_kill_times(samples: Sequence[Mapping[str, Any]]) -> List[float]:
         times.extend([sample["t"]] * max(0, count - previous))
         previous = max(previous, count)
     return times
+
+
+def stall_while_alive(
+    samples: Sequence[Mapping[str, Any]], exits: Sequence[Mapping[str, Any]]
+) -> Tuple[float, float]:
+    """(seconds the workload lived in the window, full stall % over that time).
+
+    A workload killed early stalls for a shorter part of the window: its stall share of
+    the window says when it died more than how it lived. ``exits`` are the workload's
+    exits when it was not restarted (a restarted workload lives the whole window)."""
+    first, last = samples[0], samples[-1]
+    died = [float(e["at_sec"]) for e in exits if e.get("code") == -9]
+    if not died or died[0] >= last["t"]:
+        return round(last["t"] - first["t"], 2), round(stall_percent(first, last, "full_total_us"), 2)
+    end = died[0]
+    # No stall accrues once the cgroup is empty: the first sample after the death closes the span.
+    after = next((s for s in samples if s["t"] >= end), last)
+    span = end - first["t"]
+    if span <= 0:
+        return 0.0, 0.0
+    stalled_us = after["full_total_us"] - first["full_total_us"]
+    return round(span, 2), round(100.0 * stalled_us / (span * 1e6), 2)
 
 
 def _interval_stall(samples: Sequence[Mapping[str, Any]], key: str) -> List[Dict[str, float]]:
@@ -173,6 +195,8 @@ def summarize(run: Mapping[str, Any]) -> Dict[str, Any]:
         "events_max_delta": last["events"]["max"] - first["events"]["max"],
         "full_stall_by_interval": _interval_stall(samples, "full_total_us"),
     }
+    exits = [] if run.get("restart_on_oom_kill") else run.get("workload_exits", [])
+    metrics["alive_sec"], metrics["full_stall_pct_alive"] = stall_while_alive(samples, exits)
     if "records" in run:
         metrics["remediator"] = summarize_records(run["records"])
         metrics["remediator"]["cpu_sec"] = run.get("daemon_cpu_sec")

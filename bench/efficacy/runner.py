@@ -237,19 +237,23 @@ def _read_progress(stdout: Any, state: RunState, t0: float, incarnation: int) ->
             state.progress.append(event)
 
 
-class RestartingWorkload:
-    """The workload process, restarted when the OOM killer kills it, as systemd's
-    Restart=on-failure would: a service in a crash loop keeps stalling and being
-    killed, and each kill is counted (memory.events oom_kill)."""
+class WorkloadProcess:
+    """The workload process. After an OOM kill it stays dead (the kill is the finding, and one
+    life per run keeps runs comparable), unless ``restart`` asks for systemd's
+    Restart=on-failure: then a crash loop keeps stalling and being killed, each kill counted."""
 
-    def __init__(self, argv: Sequence[str], cgroup: BenchCgroup, state: RunState, t0: float) -> None:
+    def __init__(
+        self, argv: Sequence[str], cgroup: BenchCgroup, state: RunState, t0: float, restart: bool = False
+    ) -> None:
         self.argv = argv
         self.cgroup = cgroup
         self.state = state
         self.t0 = t0
+        self.restart = restart
         self.exits: List[Dict[str, Any]] = []
         self.readers: List[threading.Thread] = []
         self.process = self._start()
+        self.alive = True
 
     def _start(self) -> subprocess.Popen[str]:
         process = _start_workload(self.argv, self.cgroup)
@@ -261,15 +265,18 @@ class RestartingWorkload:
         return process
 
     def check(self) -> None:
-        """Restart after an OOM kill; any other exit means the workload is broken."""
-        code = self.process.poll()
+        """Note an OOM kill (and restart if asked); any other exit means the workload is broken."""
+        code = self.process.poll() if self.alive else None
         if code is None:
             return
         when = round(time.monotonic() - self.t0, 3)
         self.exits.append({"code": code, "at_sec": when})
         if code != -signal.SIGKILL:
             raise RuntimeError(f"the workload exited with status {code} after {when} s")
-        self.process = self._start()
+        if self.restart:
+            self.process = self._start()
+        else:
+            self.alive = False
 
     def stop(self) -> None:
         self.cgroup.kill()
@@ -393,6 +400,7 @@ class Run:
             "duration_sec": duration_sec,
             "cgroup": setup.cgroup,
             "memory_max": scenario.memory_max_bytes,
+            "restart_on_oom_kill": scenario.restart_on_oom_kill,
             "started_wall": time.time(),
         }
 
@@ -443,7 +451,7 @@ class Run:
         t0 = time.monotonic()
         sampler = Sampler(self.cgroup, self.state, t0)
         sampler.take()  # the baseline, right before the workload starts
-        workload = RestartingWorkload(argv, self.cgroup, self.state, t0)
+        workload = WorkloadProcess(argv, self.cgroup, self.state, t0, self.scenario.restart_on_oom_kill)
         sampler.start()
         if self.reclaim_loop is not None:
             self.reclaim_loop.start()

@@ -50,6 +50,7 @@ class Scenario:
     access: str = "mmap"  # "mmap" (map, touch every page, unmap) | "read" (plain read())
     dirty_mib: int = 0  # rewritten after every pass, never fsynced
     pace_mib_s: float = 0.0  # the loop's demand (0: flat out)
+    restart_on_oom_kill: bool = False  # Restart=on-failure: a crash loop instead of one life
     # What the scenario is for, in one sentence (shown in the results).
     purpose: str = ""
 
@@ -99,8 +100,8 @@ SCENARIOS: Dict[str, Scenario] = {
             anon_fraction=0.45,
             anon_ramp_sec=8.0,
             tmpfs_fraction=0.6,
-            purpose="nobody can save it without swap (the workload is OOM-killed and restarted, like a "
-            "service with Restart=on-failure): remediator must decline, with a record, and not make it worse",
+            purpose="nobody can save it without swap: the kernel OOM-kills the workload whatever is done; "
+            "remediator must decline, with a record, and neither add kills nor stall it more while it lives",
         ),
         # Variants of the seed for the workload's other options (not in the default set).
         Scenario(

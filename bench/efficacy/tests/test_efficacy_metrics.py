@@ -9,6 +9,7 @@ from bench.efficacy.metrics import (
     oom_kill_times,
     scanned_mib_by,
     stall_percent,
+    stall_while_alive,
     summarize,
     summarize_records,
 )
@@ -136,3 +137,18 @@ def test_summary_of_a_run_without_a_daemon_has_no_remediator_section() -> None:
     assert metrics["peak_current"] == 10 * MIB
     assert metrics["full_avg10_mean_second_half"] == 0.75  # samples at 5..10 s
     assert "remediator" not in metrics
+
+
+def test_stall_of_a_killed_workload_is_measured_over_its_life_not_the_window() -> None:
+    samples = [sample(0.0, 0), sample(5.0, 1_000_000), sample(10.5, 2_000_000), sample(30.0, 2_000_000)]
+
+    assert stall_while_alive(samples, [{"code": -9, "at_sec": 10.0}]) == (10.0, 20.0)
+    assert stall_while_alive(samples, []) == (30.0, round(100 * 2 / 30, 2))
+
+
+def test_a_workload_that_was_restarted_lived_the_whole_window() -> None:
+    samples = [sample(float(t), t * 100_000) for t in range(31)]
+    run = {"samples": samples, "progress": [], "workload_exits": [{"code": -9, "at_sec": 10.0}]}
+
+    assert summarize(run)["alive_sec"] == 10.0
+    assert summarize({**run, "restart_on_oom_kill": True})["alive_sec"] == 30.0
