@@ -353,7 +353,7 @@ def stall_not_worse(scenario: str, summary: Mapping[str, Any]) -> Target:
 def targets_for(scenario: str, summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> List[Target]:
     """The issue's targets that apply to a scenario (scenarios not in the issue only get the dry-run one)."""
     targets: List[Target] = []
-    if scenario in ("seed", "seed-read", "seed-dirty"):
+    if scenario.startswith("seed"):
         targets += [
             stall_at_most_fraction_of(scenario, summary, "none", 0.25),
             stall_at_most_fraction_of(scenario, summary, "static", 0.25),
