@@ -34,7 +34,8 @@ chmod 0644 "$ETC/remediator.yaml" "$ETC/policies.d/jtest.yaml"
 mkdir -p "$PARENT"
 echo "+memory" > "$PARENT/cgroup.subtree_control"
 
-systemd-run --unit="$UNIT" -p Type=notify -p NotifyAccess=main -p RuntimeDirectory="$UNIT" \
+# A generous start timeout: under TCG on a busy host the first start can take minutes.
+systemd-run --unit="$UNIT" -p Type=notify -p NotifyAccess=main -p TimeoutStartSec=600 -p RuntimeDirectory="$UNIT" \
     -p RuntimeDirectoryMode=0700 --setenv=PYTHONPATH=/payload/site \
     /usr/bin/python3 -m remediator --config "$ETC/remediator.yaml" run
 event started
