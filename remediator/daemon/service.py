@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -511,9 +512,29 @@ def build_service(
     )
 
 
+def raise_open_file_limit() -> Tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the (soft, hard) now in force.
+
+    Every armed trigger is an open fd, so a node with more watched cgroups than
+    the usual soft limit of 1024 would otherwise fail with EMFILE on arming and
+    on every read after it (measured: at 2000 cgroups the daemon never got ready;
+    bench/cost). systemd gives services 1024 soft and 524288 hard for this very
+    reason: programs that need many fds raise the soft limit themselves.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:  # already as high as it may go (RLIM_INFINITY included)
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft, hard  # keep what we have; arming reports EMFILE per target
+    return hard, hard
+
+
 def run_service(
     settings: Settings, once: bool = False, reload_settings: Optional[Callable[[], Settings]] = None
 ) -> int:
+    raise_open_file_limit()
     service = build_service(settings, SystemClock(), reload_settings)
     wake_fd = _install_signal_handlers(service)
     service.watcher.add_wakeup_fd(wake_fd)
@@ -534,4 +555,4 @@ def run_service(
                 pid_file.unlink()
 
 
-__all__ = ["Service", "build_service", "run_service"]
+__all__ = ["Service", "build_service", "raise_open_file_limit", "run_service"]
