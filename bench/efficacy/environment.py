@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 Value = Union[str, int, float, None]
 
@@ -26,17 +26,18 @@ def cpu_model(cpuinfo: str) -> str:
     return ""
 
 
-def emulation(cpuinfo: str, detect_virt: Optional[str]) -> str:
+def emulation(cpuinfo: str, detect_virt: Callable[[], Optional[str]]) -> str:
     """How the CPU is provided: native, a hypervisor, or software emulation (TCG)."""
     model = cpu_model(cpuinfo)
     if "QEMU TCG" in model:
         return "software emulation (qemu TCG)"
-    if detect_virt and detect_virt != "none":
-        return f"virtual machine ({detect_virt})"
+    virt = detect_virt()
+    if virt and virt != "none":
+        return f"virtual machine ({virt})"
     flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
     if " hypervisor" in flags:
         return "virtual machine (hypervisor flag)"
-    return "none (bare metal)" if detect_virt == "none" else "none seen (no hypervisor flag)"
+    return "none (bare metal)" if virt == "none" else "none seen (no hypervisor flag)"
 
 
 def _read(path: str) -> str:
@@ -46,20 +47,26 @@ def _read(path: str) -> str:
         return ""
 
 
-def _detect_virt() -> Optional[str]:
-    tool = shutil.which("systemd-detect-virt")
+def _first_line_of(argv: List[str]) -> Optional[str]:
+    """The first line a tool prints, or None: a missing or hanging tool must not cost a run
+    (systemd-detect-virt once hung for 10 s in the VM, which has no systemd)."""
+    tool = shutil.which(argv[0])
     if tool is None:
         return None
-    completed = subprocess.run([tool], capture_output=True, text=True, check=False, timeout=10)
-    return completed.stdout.strip() or None
+    try:
+        completed = subprocess.run([tool, *argv[1:]], capture_output=True, text=True, check=False, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = completed.stdout.strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def _detect_virt() -> Optional[str]:
+    return _first_line_of(["systemd-detect-virt"])
 
 
 def _qemu_version() -> Optional[str]:
-    tool = shutil.which("qemu-system-x86_64")
-    if tool is None:
-        return None
-    completed = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False, timeout=10)
-    return completed.stdout.splitlines()[0].strip() if completed.stdout else None
+    return _first_line_of(["qemu-system-x86_64", "--version"])
 
 
 def collect(role: str, with_qemu: bool = False) -> Dict[str, Value]:
@@ -83,7 +90,7 @@ def collect(role: str, with_qemu: bool = False) -> Dict[str, Value]:
         "kernel_version": uname.version,
         "cpu_model": cpu_model(cpuinfo),
         "cores": os.cpu_count() or 0,
-        "emulation": emulation(cpuinfo, _detect_virt()),
+        "emulation": emulation(cpuinfo, _detect_virt),
         "load_average": " ".join(load[:3]),
         "mem_total_mib": mem_total_kib // 1024,
     }

@@ -207,3 +207,19 @@ def test_paced_workload_idles_rather_than_scanning_ahead_of_its_demand(tmp_path:
     # Never more than one chunk ahead of the demand.
     assert all(e["mib"] <= 8.0 * e["t"] + 4.0 for e in scans)
     assert scans[-1]["mib"] >= 8.0 * 2.5
+
+
+def test_emulation_is_read_from_the_cpu_model_before_asking_any_tool() -> None:
+    from bench.efficacy.environment import emulation
+
+    def must_not_run() -> None:
+        raise AssertionError("systemd-detect-virt asked although the CPU model says TCG")
+
+    tcg = "model name\t: QEMU TCG CPU version 2.5+\nflags\t\t: fpu hypervisor\n"
+    kvm = "model name\t: AMD EPYC\nflags\t\t: fpu hypervisor\n"
+    metal = "model name\t: AMD EPYC\nflags\t\t: fpu\n"
+
+    assert emulation(tcg, must_not_run) == "software emulation (qemu TCG)"
+    assert emulation(kvm, lambda: "kvm") == "virtual machine (kvm)"
+    assert emulation(kvm, lambda: None) == "virtual machine (hypervisor flag)"
+    assert emulation(metal, lambda: "none") == "none (bare metal)"
