@@ -72,7 +72,12 @@ def test_reaction_events_end_in_a_timed_write_then_a_rollback(
         assert event["kernel_event"] is not None
         assert event["rolled_back"]
     baseline = doc["reaction"]["baseline"]
-    assert all("error" not in e for e in baseline["events"]), baseline["events"]
+    # The 1 s polling baseline is the comparison, not the product: on a loaded, emulated host its
+    # loop can miss an event's time limit (seen in a CI run next to three other VMs). It must run
+    # every event and fail only that way; how often it misses is a figure of the benchmark.
+    assert len(baseline["events"]) == EVENTS
+    missed = [e for e in baseline["events"] if "error" in e]
+    assert all(e["error"] == "no action within the time limit" for e in missed), missed
 
     results = report.summarize([doc], {"date": "smoke"})
     summaries = {r["mode"]: r for r in results["reaction"]}
