@@ -28,6 +28,11 @@ STALL_NOISE_REL = 0.25
 THROUGHPUT_NOISE_ABS_MIB_S = 5.0
 THROUGHPUT_NOISE_REL = 0.15
 
+# The stall compared between series "within noise": the full stall share while the workload
+# lived (the whole window unless it was OOM-killed; then a run killed later is not worse for
+# having lived longer).
+STALL_KEY = "full_stall_pct_alive"
+
 # Metrics summarized per series (key in run["metrics"], or a derived one below).
 NUMERIC_METRICS = (
     "full_stall_pct",
@@ -219,7 +224,7 @@ def no_oom_kills_where_none_has_none(scenario: str, summary: Mapping[str, Any]) 
 def not_worse_than_none(scenario: str, summary: Mapping[str, Any], series: str) -> Target:
     """Stall no higher and throughput no lower than none's, beyond noise."""
     name = f"{series} never worse than none (stall and throughput within noise)"
-    stall, stall_none = _stat(summary, series, "full_stall_pct"), _stat(summary, "none", "full_stall_pct")
+    stall, stall_none = _stat(summary, series, STALL_KEY), _stat(summary, "none", STALL_KEY)
     tput, tput_none = _stat(summary, series, "throughput_mib_s"), _stat(summary, "none", "throughput_mib_s")
     if stall is None or stall_none is None or tput is None or tput_none is None:
         return _missing(scenario, name, series, "none")
@@ -243,7 +248,7 @@ def within_noise_of_none(
 ) -> Target:
     """Dry-run: both directions within noise, and nothing written."""
     name = "dry-run within noise of none, and nothing changed"
-    stall, stall_none = _stat(summary, "dry-run", "full_stall_pct"), _stat(summary, "none", "full_stall_pct")
+    stall, stall_none = _stat(summary, "dry-run", STALL_KEY), _stat(summary, "none", STALL_KEY)
     tput, tput_none = (
         _stat(summary, "dry-run", "throughput_mib_s"),
         _stat(summary, "none", "throughput_mib_s"),
@@ -337,8 +342,8 @@ def oom_kills_at_most_none(scenario: str, summary: Mapping[str, Any]) -> Target:
 def stall_not_worse(scenario: str, summary: Mapping[str, Any]) -> Target:
     """Compared while the workload lived: one killed later would otherwise look worse for living."""
     name = "remediator stall no worse than none's while the workload lived (within noise)"
-    ours = _stat(summary, "remediator", "full_stall_pct_alive")
-    none = _stat(summary, "none", "full_stall_pct_alive")
+    ours = _stat(summary, "remediator", STALL_KEY)
+    none = _stat(summary, "none", STALL_KEY)
     if ours is None or none is None:
         return _missing(scenario, name, "remediator", "none")
     band = noise_band(none, ours, STALL_NOISE_ABS_PCT, STALL_NOISE_REL)
