@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -60,6 +61,21 @@ KEPT_RECORD_FIELDS = (
     "REMEDIATOR_RECLAIM_ASKED_BYTES",
     "REMEDIATOR_RECLAIM_COMPLETED_BYTES",
 )
+
+
+def source_commit() -> Optional[str]:
+    """The repository's commit, so results say which code and policies produced them."""
+    try:
+        completed = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return completed.stdout.strip() or None
 
 
 def shipped_policies(directory: Path = POLICIES_DIR) -> Dict[str, str]:
@@ -295,6 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "duration_sec": arguments.duration,
         "scenarios": list(arguments.scenarios),
         "policies_dir": str(arguments.policies),
+        "commit": source_commit(),
         "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "memory_max_mib": scenario_named(arguments.scenarios[0]).memory_max_mib,
     }

@@ -466,7 +466,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{results['repeats']} run(s) per series, {results['duration_sec']:g} s each; "
         f"memory.max {results.get('memory_max_mib', 256)} MiB, no swap; "
         f"finished {results.get('finished_utc')} "
-        f"in {results.get('elapsed_sec', 0) / 60:.1f} min. Cells are the median (min-max) over the runs.",
+        f"in {results.get('elapsed_sec', 0) / 60:.1f} min (commit {results.get('commit') or 'unknown'}). "
+        "Cells are the median (min-max) over the runs.",
         "",
         "## Environment",
         "",
