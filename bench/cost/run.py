@@ -59,7 +59,12 @@ class Series:
 
 
 def plan(
-    quick: bool, ns: Sequence[int], reaction_ns: Sequence[int], events: int, idle_sec: float
+    quick: bool,
+    ns: Sequence[int],
+    reaction_ns: Sequence[int],
+    events: int,
+    idle_sec: float,
+    reaction_mode: str = "both",
 ) -> List[Series]:
     series: List[Series] = []
     for n in ns:
@@ -74,10 +79,11 @@ def plan(
             )
         )
     for n in reaction_ns:
-        timeout = 600 + events * 40 + n * 0.5
-        series.append(
-            Series(f"reaction-{n}", ["reaction", "--n", str(n), "--events", str(events)], n, timeout)
-        )
+        # ~10 s per event and mode on a quiet host; several times that next to other VMs.
+        modes = 2 if reaction_mode == "both" else 1
+        timeout = 900 + events * 60 * modes + n * 0.5
+        args = ["reaction", "--n", str(n), "--events", str(events), "--mode", reaction_mode]
+        series.append(Series(f"reaction-{n}", args, n, timeout))
     return series
 
 
@@ -178,13 +184,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--ns", help="comma-separated N for the scale series")
     parser.add_argument("--reaction-ns", help="comma-separated N for the reaction series ('' for none)")
     parser.add_argument("--events", type=int)
+    parser.add_argument("--reaction-mode", choices=("both", "remediator", "baseline"), default="both")
     parser.add_argument("--idle-sec", type=float)
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--name", help="result file stem (default cost-<date>, cost-quick-<date> in quick mode)"
     )
     args = parser.parse_args(argv)
-    ns = [int(x) for x in args.ns.split(",")] if args.ns else list(QUICK_NS if args.quick else FULL_NS)
+    if args.ns is not None:
+        ns = [int(x) for x in args.ns.split(",") if x]
+    else:
+        ns = list(QUICK_NS if args.quick else FULL_NS)
     if args.reaction_ns is not None:
         reaction_ns = [int(x) for x in args.reaction_ns.split(",") if x]
     else:
@@ -199,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     raw: List[Json] = []
     with tempfile.TemporaryDirectory(prefix="remediator-bench-") as work_name:
-        for series in plan(args.quick, ns, reaction_ns, events, idle_sec):
+        for series in plan(args.quick, ns, reaction_ns, events, idle_sec, args.reaction_mode):
             raw.append(run_series(vm, series, Path(work_name)))
     facts = host_facts()
     facts.update(
