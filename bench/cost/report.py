@@ -20,8 +20,8 @@ TARGET_IDLE_CPU_RATIO = 0.1
 TARGET_WAKEUPS_PER_SEC = 1.0
 TARGET_REACTION_EXCESS_SEC = 0.050
 TARGET_RSS_RATIO = 1.5
-# "Grows at most linearly": the cost per added cgroup from the smallest N to the largest
-# may exceed the one from the smallest N to the middle one by at most this factor (noise).
+# "Grows at most linearly": the largest N may exceed the straight line through the two N below
+# it by at most this factor (emulated start-ups vary by tens of percent next to other VMs).
 LINEARITY_TOLERANCE = 1.5
 IDLE_CPU_N = 1000
 RSS_SMALL_N, RSS_LARGE_N = 10, 1000
@@ -199,15 +199,18 @@ def linear_fit(points: Sequence[Tuple[float, float]]) -> Optional[Tuple[float, f
 
 
 def superlinearity(points: Sequence[Tuple[float, float]]) -> Optional[float]:
-    """Cost per added cgroup from the smallest to the largest N, over the same from the smallest
-    to the middle N: 1 for a straight line, above 1 when the curve bends upwards."""
+    """The largest N's value over the straight line through the two N below it, extended to
+    the largest N: 1 on a line, above 1 when the curve bends upwards. (Two neighbours, not the
+    smallest N: at small N the fixed cost, Python's imports, is all there is, and its noise.)"""
     pts = sorted(points)
     if len(pts) < 3:
         return None
-    (x0, y0), (xm, ym), (xl, yl) = pts[0], pts[len(pts) // 2], pts[-1]
-    if x0 in (xm, xl) or ym == y0:
+    (xa, ya), (xb, yb), (xl, yl) = pts[-3], pts[-2], pts[-1]
+    if xb == xa:
         return None
-    return ((yl - y0) / (xl - x0)) / ((ym - y0) / (xm - x0))
+    line = yb + (yb - ya) / (xb - xa) * (xl - xb)
+    # A line through two noisy points can point down; growth is then judged against no growth.
+    return yl / max(line, yb) if max(line, yb) > 0 else None
 
 
 # ---- targets ---------------------------------------------------------------------------------
@@ -285,7 +288,7 @@ def evaluate_targets(rows: List[Json], reactions: List[Json], rescan_interval_se
                 None if bend is None else bend <= LINEARITY_TOLERANCE,
                 f"{key} by N: "
                 + ", ".join(f"{int(n)}: {v:.1f} s" for n, v in points)
-                + f"; cost per added cgroup, smallest->largest N over smallest->middle N: {_fmt(bend)}",
+                + f"; largest N over the line through the two N below it: {_fmt(bend)}",
                 f"<= {LINEARITY_TOLERANCE:g} (straight line = 1)",
             )
         )
