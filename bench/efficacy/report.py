@@ -416,7 +416,7 @@ def _actions_cell(stats: Mapping[str, Any], runs: int) -> str:
         return "-"
     parts = []
     for kind, info in sorted(actions.items()):
-        text = f"{kind} x{info['count'] / max(runs, 1):g}"
+        text = f"{kind} x{info['count'] / max(runs, 1):.3g}"
         if info.get("bytes"):
             text += f" ({info['bytes'] / MIB / max(runs, 1):.0f} MiB)"
         parts.append(text)
@@ -458,6 +458,12 @@ def environment_lines(environment: Mapping[str, Any]) -> List[str]:
     return lines
 
 
+def _policies_source(results: Mapping[str, Any]) -> str:
+    directory = str(results.get("policies_dir", "policies"))
+    shipped = directory.rstrip("/").endswith("/policies") or directory == "policies"
+    return "the shipped policies/" if shipped else f"{directory} (not the shipped ones)"
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     runs: Sequence[Mapping[str, Any]] = results["runs"]
     lines = [
@@ -466,8 +472,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{results['repeats']} run(s) per series, {results['duration_sec']:g} s each; "
         f"memory.max {results.get('memory_max_mib', 256)} MiB, no swap; "
         f"finished {results.get('finished_utc')} "
-        f"in {results.get('elapsed_sec', 0) / 60:.1f} min (commit {results.get('commit') or 'unknown'}). "
-        "Cells are the median (min-max) over the runs.",
+        f"in {results.get('elapsed_sec', 0) / 60:.1f} min (commit {results.get('commit') or 'unknown'}); "
+        f"the daemon's policies: {_policies_source(results)}. Cells are the median (min-max) over the runs.",
         "",
         "## Environment",
         "",
