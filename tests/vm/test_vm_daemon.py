@@ -14,18 +14,16 @@ The capability probe on the host itself needs no VM and runs with the unit tests
 from __future__ import annotations
 
 import json
-import shlex
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
 from remediator.core.records import RecordType
-from tests.vm import harness
+from tests.vm import harness, scenario_boot
+from tests.vm.scenario_boot import ScenarioBoot
 from tests.vm.scenarios import (
     child_high_events,
     crash_recovery,
@@ -37,36 +35,16 @@ from tests.vm.scenarios import (
     trigger_fires,
 )
 
-PYTHON = shlex.quote(sys.executable)
 # Generous: other engineers boot VMs on the same two cores, and TCG slows down with them.
 BOOT_TIMEOUT_SEC = 300.0
 DRIVE = "/dev/vdb"
 PAGE = 4096
 MIB = 1 << 20
 
-Report = Dict[str, Any]
 Record = Dict[str, Any]
 
 
 # ---- booting scenarios ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScenarioBoot:
-    """One VM that ran a group of scenarios, and their reports."""
-
-    result: harness.VmResult
-    out_dir: Path
-
-    def report(self, name: str) -> Report:
-        """The scenario's report; fails with the console's tail if it is missing or the scenario raised."""
-        path = self.out_dir / f"{name}.json"
-        if not path.exists():
-            pytest.fail(f"scenario {name} wrote no report\n{self.result.describe()}", pytrace=False)
-        report: Report = json.loads(path.read_text())
-        if report.get("error"):
-            pytest.fail(f"scenario {name} failed in the guest:\n{report['error']}", pytrace=False)
-        return report
 
 
 def boot_scenarios(
@@ -75,32 +53,11 @@ def boot_scenarios(
     scenarios: Sequence[Tuple[str, Sequence[str]]],
     disk_files_mib: Optional[Mapping[str, int]] = None,
 ) -> ScenarioBoot:
-    """Boot once and run each ``(scenario, args)`` in turn, whatever the previous one did.
-
-    ``disk_files_mib``: files (name -> MiB) for an ext4 drive, attached as DRIVE.
-    """
-    drives: List[Path] = []
-    if disk_files_mib:
-        files = out_dir / "disk-files"
-        files.mkdir(parents=True, exist_ok=True)
-        for file_name, mib in disk_files_mib.items():
-            # Not zeros: a file of zeros could be stored sparse, and holes are not real reads.
-            (files / file_name).write_bytes(b"\x5a" * (mib * MIB))
-        size_mib = sum(disk_files_mib.values()) * 5 // 4 + 32
-        drives.append(harness.make_ext4_image(out_dir / "disk.raw", size_mib, files_dir=files))
-        shutil.rmtree(files)
-    lines = ["status=0"]
-    for name, args in scenarios:
-        argv = " ".join(shlex.quote(arg) for arg in args)
-        lines.append(f"{PYTHON} -m tests.vm.scenarios.{name} {argv} || status=1")
-    lines.append("exit $status")
-    result = vm_light.boot("\n".join(lines), timeout_sec=BOOT_TIMEOUT_SEC, drives=drives, out_dir=out_dir)
-    for drive in drives:
-        # Hundreds of MiB each, and pytest keeps the folders of the last runs: keep the reports only.
-        drive.unlink()
-    names = ", ".join(name for name, _ in scenarios)
-    print(f"VM running {names}: {result.elapsed:.1f} s, exit {result.exit_code}")
-    return ScenarioBoot(result, out_dir)
+    """Boot once and run each ``(scenario, args)`` of tests/vm/scenarios in turn; drive at DRIVE."""
+    return scenario_boot.boot_scenarios(
+        vm_light, out_dir, scenarios, package="tests.vm.scenarios", timeout_sec=BOOT_TIMEOUT_SEC,
+        disk_files_mib=disk_files_mib,
+    )  # fmt: skip
 
 
 def show(label: str, seconds: float) -> None:

@@ -20,10 +20,7 @@ from __future__ import annotations
 import compileall
 import json
 import os
-import shlex
 import shutil
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -32,6 +29,7 @@ import pytest
 
 from remediator.core.records import RecordType
 from tests.vm import harness
+from tests.vm.scenario_boot import ScenarioBoot, boot_scenarios
 from tests.vm.scenarios_faults import reclaim_races
 
 FAULTS_DIR = Path(reclaim_races.__file__).resolve().parent
@@ -41,7 +39,6 @@ RUNTIME_PACKAGES = ("pydantic", "pydantic_core", "pydantic_settings", "tenacity"
 
 pytestmark = pytest.mark.vm
 
-PYTHON = shlex.quote(sys.executable)
 BOOT_TIMEOUT_SEC = 900.0
 DRIVE = "/dev/vdb"
 MIB = 1 << 20
@@ -58,19 +55,7 @@ CHURN_RSS_GROWTH_BOUND_KIB = 8 * 1024
 Report = Dict[str, Any]
 
 
-@dataclass(frozen=True)
-class FaultBoot:
-    result: harness.VmResult
-    out_dir: Path
-
-    def report(self, name: str) -> Report:
-        path = self.out_dir / f"{name}.json"
-        if not path.exists():
-            pytest.fail(f"scenario {name} wrote no report\n{self.result.describe()}", pytrace=False)
-        report: Report = json.loads(path.read_text())
-        if report.get("error"):
-            pytest.fail(f"scenario {name} failed in the guest:\n{report['error']}", pytrace=False)
-        return report
+FaultBoot = ScenarioBoot
 
 
 def boot_faults(
@@ -81,29 +66,10 @@ def boot_faults(
     mem_mib: int = 1024,
 ) -> FaultBoot:
     """Boot once and run each ``(scenario, args)`` of tests/vm/scenarios_faults in turn."""
-    drives: List[Path] = []
-    if disk_files_mib:
-        files = out_dir / "disk-files"
-        files.mkdir(parents=True, exist_ok=True)
-        for file_name, mib in disk_files_mib.items():
-            # Not zeros: a file of zeros could be stored sparse, and holes are not real reads.
-            with open(files / file_name, "wb") as f:
-                for _ in range(mib):
-                    f.write(b"\x5a" * MIB)
-        size_mib = sum(disk_files_mib.values()) * 5 // 4 + 32
-        drives.append(harness.make_ext4_image(out_dir / "disk.raw", size_mib, files_dir=files))
-    lines = ["status=0"]
-    for name, args in scenarios:
-        argv = " ".join(shlex.quote(arg) for arg in args)
-        lines.append(f"{PYTHON} -m tests.vm.scenarios_faults.{name} {argv} || status=1")
-    lines.append("exit $status")
-    result = vm_light.boot(
-        "\n".join(lines), timeout_sec=BOOT_TIMEOUT_SEC, drives=drives, out_dir=out_dir, mem_mib=mem_mib
-    )
-    for image in drives:
-        image.unlink(missing_ok=True)
-    print(f"VM running {', '.join(n for n, _ in scenarios)}: {result.elapsed:.1f} s, exit {result.exit_code}")
-    return FaultBoot(result, out_dir)
+    return boot_scenarios(
+        vm_light, out_dir, scenarios, package="tests.vm.scenarios_faults", timeout_sec=BOOT_TIMEOUT_SEC,
+        disk_files_mib=disk_files_mib, mem_mib=mem_mib,
+    )  # fmt: skip
 
 
 def fault_scenarios(kill_runs: int, seed: int) -> List[Tuple[str, Sequence[str]]]:
