@@ -42,10 +42,11 @@ The behaviour, step by step (this is the product's behaviour; tests pin it):
    the owner, vm.vfs_cache_pressure) we own, a value different from ours (from
    the value before our write, in dry-run) means another writer took over:
    STOOD_BACK + ReleaseOwnership, and it is never restored.
-7. Back-off. memory.high throttling is itself memory stall: when memory.events
-   ``high`` grew since our write and the stall rate is above the rate we wrote
-   it at, BACKED_OFF + RestoreMemoryHigh, and memory_high is barred for the
-   target until a full calm period (rollback.calm_sec) has passed.
+7. Back-off. memory.high throttling is itself memory stall: when, verify_sec
+   or more after our write, memory.events.local ``high`` grew since the write
+   and the stall rate over the whole time since the write is above the rate we
+   wrote it at, BACKED_OFF + RestoreMemoryHigh, and memory_high is barred for
+   the target until a full calm period (rollback.calm_sec) has passed.
 8. Rollback. Calm for rollback.calm_sec -> ROLLED_BACK + restore of every value
    the target owns. Reclaim and drop_caches have nothing to undo.
 9. wakeup_at is the earliest of: the pending rung's verify time, the sustained
@@ -356,11 +357,19 @@ class _Turn:
     def _check_self_throttling(self) -> None:
         snapshot = self.obs.snapshot
         owned = self.target.memory_high
-        rate = self.m.stall_rate
-        if owned is None or owned.restore_requested or owned.events_high_at_write is None or rate is None:
+        if owned is None or owned.restore_requested or owned.events_high_at_write is None:
             return
-        if not isinstance(snapshot, CgroupSnapshot):
+        if owned.stall_baseline is None or not isinstance(snapshot, CgroupSnapshot):
             return
+        # Judged like the rung (at its verify time) and over all of the time since: an observation
+        # moments after the write (a trigger event right behind it) has an interval of milliseconds
+        # whose rate says nothing, and backing off on it undid good clamps (the packaging VM test).
+        decided_at, total_then = owned.stall_baseline
+        since = self.now - decided_at
+        stalled_us = self.m.total_us - total_then
+        if since < self.policy.verify_sec or since <= 0 or stalled_us < 0:
+            return
+        rate = stalled_us / (since * 1e6)
         # The cgroup's own counter: a child breaching its own memory.high is not our clamp throttling.
         if snapshot.own_high_events <= owned.events_high_at_write or rate <= owned.stall_rate_at_write:
             return
@@ -522,7 +531,9 @@ class _Turn:
             events_high = (
                 self.obs.snapshot.own_high_events if isinstance(self.obs.snapshot, CgroupSnapshot) else 0
             )
-            target = replace(target, proposed_memory_high=ProposedWrite(action.value, rate, events_high))
+            baseline = (self.now, self.m.total_us)
+            write = ProposedWrite(action.value, rate, events_high, stall_baseline=baseline)
+            target = replace(target, proposed_memory_high=write)
         if (
             isinstance(action, SetSysctl)
             and action.name == VFS_CACHE_PRESSURE
@@ -687,6 +698,7 @@ def _note_memory_high_write(state: CoreState, action: SetMemoryHigh, result: str
         written_at=now,
         stall_rate_at_write=proposal.stall_rate if proposal is not None else 0.0,
         events_high_at_write=proposal.events_high if proposal is not None else None,
+        stall_baseline=proposal.stall_baseline if proposal is not None else None,
     )
     return state.with_target(key, replace(target, memory_high=owned))
 

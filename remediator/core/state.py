@@ -93,6 +93,8 @@ class ProposedWrite:
     value: int
     stall_rate: float
     events_high: int  # memory.events "high" when we asked; 0 for sysctls
+    # When we asked and the trigger kind's cumulative stall then (one observation's time and total).
+    stall_baseline: Optional[Tuple[float, int]] = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ class OwnedValue:
     written_at: float
     stall_rate_at_write: float
     events_high_at_write: Optional[int]  # None when unknown: no back-off judgement possible
+    # ProposedWrite.stall_baseline: the back-off judges the stall rate over the whole time since
+    # the write was decided, not over the last (possibly milliseconds-long) interval.
+    stall_baseline: Optional[Tuple[float, int]] = None
     restore_requested: bool = False  # a restore is in flight; do not ask twice
 
     @property

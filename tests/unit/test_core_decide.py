@@ -418,17 +418,19 @@ def test_backs_off_when_our_memory_high_throttles_the_cgroup() -> None:
     driver.observe(0.0)
     driver.observe(10.0, share=0.3, fired=True)  # written at a 30 % stall rate
     driver.events_high = 50
-    decision = driver.observe(20.0, share=0.6, fired=True)
+    # Judged at the rung's verify time (10 + 30), not at the first look after the write.
+    assert driver.observe(20.0, share=0.6, fired=True).actions == ()
+    decision = driver.observe(40.0, share=0.6)  # also: the ladder is exhausted
     (restore,) = decision.actions
     assert isinstance(restore, RestoreMemoryHigh)
     assert restore.ours == page_align_down(int(4 * GiB * 0.8))
     assert restore.cause.type is RecordType.BACKED_OFF
     assert "memory.events.local high rose from 0 to 50" in restore.cause.message
+    assert "stall rate from 30.0 % to 60.0 % since it was set" in restore.cause.message
     assert driver.kernel_high is None
     target = driver.state.target(driver.key)
     assert target.memory_high is None and target.memory_high_barred
     # Barred while pressure goes on ...
-    driver.observe(40.0, share=0.6)  # exhausted
     barred = driver.observe(45.0, share=0.6, fired=True)
     assert barred.actions == ()
     assert "backed off" in barred.records[-1].message
@@ -453,6 +455,31 @@ def test_no_back_off_when_only_a_childs_own_memory_high_breaches_rise() -> None:
     decision = driver.observe(20.0, share=0.6, fired=True)
     assert decision.actions == ()
     assert not [r for r in decision.records if r.type is RecordType.BACKED_OFF]
+    assert driver.state.target(driver.key).memory_high is not None
+
+
+def test_no_back_off_judged_from_a_look_moments_after_the_write() -> None:
+    # A trigger event 10 ms after the clamp: 5 ms stalled in 10 ms is a 50 % "rate" that says
+    # nothing about the clamp (backing off on it undid the clamp in the packaging VM test).
+    policy = make_policy(memory_high_rung(cooldown_sec=10.0), verify_sec=4.0, calm_sec=120.0)
+    driver = Driver(policy)
+    driver.observe(0.0)
+    driver.observe(10.0, share=0.3, fired=True)
+    driver.events_high = 50
+    assert driver.observe(10.01, share=0.9, fired=True).actions == ()
+    assert driver.state.target(driver.key).memory_high is not None
+
+
+def test_back_off_judges_the_stall_rate_over_all_the_time_since_the_write() -> None:
+    # A burst right after the write, then calm: over the verify period the rate fell (10 % < 30 %).
+    policy = make_policy(memory_high_rung(cooldown_sec=10.0), verify_sec=4.0, calm_sec=120.0)
+    driver = Driver(policy)
+    driver.observe(0.0)
+    driver.observe(10.0, share=0.3, fired=True)
+    driver.events_high = 50
+    driver.observe(10.4, share=1.0, fired=True)
+    decision = driver.observe(14.0, share=0.0)
+    assert not [a for a in decision.actions if isinstance(a, RestoreMemoryHigh)]
     assert driver.state.target(driver.key).memory_high is not None
 
 

@@ -1,9 +1,11 @@
 """Run in the VM by run.sh: wait until remediator clamps the victim's memory.high, then freeze the victim.
 
-The freeze must follow the clamp within milliseconds. With the readers still running, the clamp throttles
-them, the stall rate rises, and the daemon rightly backs off (restores memory.high) within a second
-(measured under TCG), so the package removal afterwards would find no clamp to restore. A frozen cgroup
-stalls no more, so the clamp stays until the daemon is stopped.
+With the readers still running, the clamp throttles them, the stall rate rises, and the daemon rightly
+backs off (restores memory.high) at the rung's verify time (verify_sec 4 in vm-victim.yaml), so the package
+removal afterwards would find no clamp to restore. A frozen cgroup stalls no more, so the clamp stays until
+the daemon is stopped. (Until the back-off was judged over the whole verify period, a trigger event
+milliseconds after the write made the daemon back off before this script could freeze the cgroup: CI
+failed on it.)
 
 Usage: python3 freeze_on_clamp.py CGROUP_DIR TIMEOUT_SEC; exit 0 once frozen with a clamp, 1 on timeout.
 """
