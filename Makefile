@@ -18,25 +18,26 @@ demo: bootstrap
 	$(VENV)/remediator --policies policies --config packaging/etc/remediator.yaml run --dry-run --once --log-target stderr
 
 lint: bootstrap
-	$(VENV)/ruff check remediator tests
-	$(VENV)/ruff format --check remediator tests
+	$(VENV)/ruff check $(PY_SOURCES)
+	$(VENV)/ruff format --check $(PY_SOURCES)
 	$(VENV)/mypy
 	$(VENV)/vermin --no-tips --violations --eval-annotations -t=3.9- remediator
 
 unit: bootstrap
-	$(VENV)/pytest -q -m "not vm and not vmfull" tests
+	$(VENV)/pytest -q -m "not vm and not vmfull"
 
 vm: bootstrap
 	bash .ci/vm-deps.sh --full
-	$(VENV)/pytest -q -m "vm or vmfull" tests
+	$(VENV)/pytest -q -m "vm or vmfull"
 
 clean-vm-cache:
 	rm -rf "$${REMEDIATOR_VM_CACHE:-$$HOME/.cache/remediator/vm}"
 
-# Everything CI runs: lint, unit tests, the real-kernel VM tests.
+# Everything CI runs: lint, unit tests, the real-kernel VM tests (tests/ and the efficacy
+# benchmark's own tests: pyproject's testpaths).
 test: lint
 	bash .ci/vm-deps.sh --full
-	$(VENV)/pytest -q tests
+	$(VENV)/pytest -q
 
 # .deb (Debian 12/13, Ubuntu 24.04) and .rpm (RHEL 9) into packaging/out/ (see "Install on a node" in README.md).
 packages:
@@ -50,8 +51,9 @@ bench-cost: bootstrap
 
 # The efficacy benchmark (issue 6, bench/efficacy/README.md): the seed, tmpfs-heavy and
 # beyond-the-limit scenarios x none/static/remediator/dry-run, 3 runs each, in light VMs
-# (under 30 min); writes bench/results/efficacy-*.{json,md,png}. QUICK=1 is what CI runs
-# (one 30 s run per series, into build/efficacy-quick/). EFFICACY_ARGS passes more options.
+# (under 30 min); writes bench/results/efficacy-*.{json,md,png}. QUICK=1: one 30 s run per
+# series, into build/efficacy-quick/ (CI runs the seed in small: tests/vm/test_vm_seed.py).
+# EFFICACY_ARGS passes more options.
 bench-efficacy: bootstrap
 	@$(VENV)/python -c 'import matplotlib' 2>/dev/null || $(VENV)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(VENV)/python -m bench.efficacy $(if $(QUICK),--quick,) $(EFFICACY_ARGS)
