@@ -17,9 +17,11 @@ The behaviour, step by step (this is the product's behaviour; tests pin it):
 1. Measure. The stall is the ``trigger.kind`` line of the snapshot's pressure
    (no ``full`` line: no stall). The first observation of a target only sets
    the baseline: an event right after arming a trigger can be spurious. A
-   fired observation is pressured if ``total`` grew by >= stall_us since the
-   previous observation; if not it is unconfirmed: no record and no effect
-   except moving the baseline. A timed observation is pressured if the stall
+   fired observation is pressured if the stall the trigger's window (ending
+   now) can hold by our own looks is >= stall_us: ``total`` less the total at
+   the newest look at or before the window's start (else at the oldest look
+   remembered); if not it is unconfirmed: no record and no effect except
+   moving the baseline. A timed observation is pressured if the stall
    rate ``delta_us / (dt * 1e6)`` is >= stall_us / window_us, else calm.
 2. Sustained. An episode opens (pressured_since) at the first pressured
    observation and closes at the first calm one (calm_since starts). The core
@@ -165,12 +167,44 @@ def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: fl
     rate = delta / (interval * 1e6) if interval > 0 else None
     pressured: Optional[bool]
     if obs.fired:
-        pressured = True if delta >= trigger.stall_us else None
+        pressured = True if window_stall_bound_us(trigger, target, total, now) >= trigger.stall_us else None
     elif rate is None:
         pressured = None
     else:
         pressured = rate >= trigger.threshold_fraction
     return Measurement(total, delta, interval, rate, pressured, fired=obs.fired)
+
+
+def window_stall_bound_us(trigger: TriggerSpec, target: TargetState, total_us: int, now: float) -> int:
+    """The most stall the kernel's trigger window (ending now) can hold, from our own looks.
+
+    The window began at ``now - window``; the newest look at or before that (else the oldest we
+    have: the baseline taken when the trigger was armed, before which the trigger saw nothing)
+    bounds it from below. An event whose bound is under stall_us cannot be the kernel's
+    threshold crossing (spurious, e.g. right after arming). Measuring only since the last look
+    rejected real events whose window began before a recent look: the daemon acted one window late.
+    """
+    window_start = now - trigger.window_us / 1e6
+    looks = target.recent_looks or (
+        ((target.last_at, target.last_total_us),)
+        if target.last_at is not None and target.last_total_us is not None
+        else ()
+    )
+    base: Optional[int] = None
+    for at, total in looks:  # oldest first
+        if base is None or at <= window_start:
+            base = total
+    return total_us - base if base is not None else 0
+
+
+def remember_look(
+    trigger: TriggerSpec, looks: Tuple[Tuple[float, int], ...], now: float, total_us: int
+) -> Tuple[Tuple[float, int], ...]:
+    """``looks`` plus this one, pruned to what ``window_stall_bound_us`` can still use."""
+    window_start = now - trigger.window_us / 1e6
+    kept = (*looks, (now, total_us))
+    older = [i for i, (at, _) in enumerate(kept) if at <= window_start]
+    return kept[older[-1] :] if older else kept
 
 
 def stall_text(trigger: TriggerSpec, m: Measurement) -> str:
@@ -207,8 +241,14 @@ class _Turn:
         self.config = config
         previous = state.target(obs.key)
         self.m = measure(policy.trigger, previous, obs, now)
+        # A new baseline (first look, counter reset) starts the history afresh.
+        looks = previous.recent_looks if self.m.delta_us is not None else ()
         self.target = replace(
-            previous, last_total_us=self.m.total_us, last_at=now, last_snapshot=obs.snapshot
+            previous,
+            last_total_us=self.m.total_us,
+            last_at=now,
+            recent_looks=remember_look(policy.trigger, looks, now, self.m.total_us),
+            last_snapshot=obs.snapshot,
         )
         self.node: NodeState = state.node
         self.evidence = evidence_from(obs.snapshot, self.m.delta_us)

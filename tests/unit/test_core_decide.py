@@ -87,6 +87,38 @@ def test_spurious_trigger_event_right_after_arming_is_ignored() -> None:
     assert driver.state.target(driver.key).pressured_since is None
 
 
+def test_trigger_event_whose_window_began_before_a_recent_look_is_confirmed() -> None:
+    # The kernel's 1 s window ending at 10.4 began at 9.4, before the look at 10.0: 120 ms since that
+    # look, but 170 ms since the look at 0.0 that precedes the window (the cost benchmark's late
+    # reactions: an event right after a rollback's look was rejected and the daemon acted a window late).
+    driver = Driver(make_policy(reclaim_rung()))
+    driver.observe(0.0)
+    driver.observe(9.5, share=0.0)
+    driver.observe(10.0, share=0.1)  # 50 ms in 0.5 s: calm
+    decision = driver.observe(10.4, share=0.3, fired=True)  # 120 ms since the last look
+    assert [type(a) for a in decision.actions] == [Reclaim]
+    assert driver.state.target(driver.key).pressured_since == 10.4
+
+
+def test_trigger_event_is_unconfirmed_when_even_its_whole_window_holds_too_little_stall() -> None:
+    driver = Driver(make_policy(reclaim_rung()))
+    driver.observe(0.0)
+    driver.observe(5.0, share=0.0)
+    # Window [5.5, 6.5]: at most the 75 ms since the look at 5.0, under the trigger's 150 ms.
+    decision = driver.observe(6.5, share=0.05, fired=True)
+    assert decision.actions == () and decision.records == ()
+    assert driver.state.target(driver.key).pressured_since is None
+
+
+def test_look_history_keeps_only_what_the_trigger_window_can_use() -> None:
+    driver = Driver(make_policy(reclaim_rung()))
+    for tick in range(100):
+        driver.observe(tick * 0.25)
+    looks = driver.state.target(driver.key).recent_looks
+    # The 1 s window ending at 24.75 starts at 23.75: that look and the four after it.
+    assert [at for at, _ in looks] == [23.75, 24.0, 24.25, 24.5, 24.75]
+
+
 def test_missing_full_line_counts_as_no_stall() -> None:
     driver = Driver(make_policy(reclaim_rung(), kind="full"))
     driver.snapshot_overrides = {"with_full": False}
