@@ -52,7 +52,7 @@ bench-cost: bootstrap
 # The efficacy benchmark (issue 6, bench/efficacy/README.md): the seed, tmpfs-heavy and
 # beyond-the-limit scenarios x none/static/remediator/dry-run, 3 runs each, in light VMs
 # (under 30 min); writes bench/results/efficacy-*.{json,md,png}. QUICK=1: one 30 s run per
-# series, into build/efficacy-quick/ (CI runs the seed in small: tests/vm/test_vm_seed.py).
+# series, into build/efficacy-quick/ (`make test` runs it too: tests/vm/test_vm_efficacy_quick.py).
 # EFFICACY_ARGS passes more options.
 bench-efficacy: bootstrap
 	@$(VENV)/python -c 'import matplotlib' 2>/dev/null || $(VENV)/pip install -q --disable-pip-version-check -e '.[dev,bench]'
