@@ -29,7 +29,14 @@ MAX_LISTED = 20
 def describe_rung(action: object) -> str:
     if isinstance(action, ReclaimAction):
         cap = f", at most {format_bytes(action.max_bytes)}" if action.max_bytes else ""
-        return f"reclaim {action.fraction:g} of the reclaimable cache{cap}"
+        follow = action.follow_up
+        follow_up = (
+            f" (then again at {follow.min_usage_fraction_of_max:g} x memory.max, looking every "
+            f"{follow.every_sec:g} s for {follow.for_sec:g} s)"
+            if follow is not None
+            else ""
+        )
+        return f"reclaim {action.fraction:g} of the reclaimable cache{cap}{follow_up}"
     if isinstance(action, MemoryHighAction):
         return f"memory_high {action.fraction:g} x memory.{action.relative_to}"
     if isinstance(action, VfsCachePressureAction):

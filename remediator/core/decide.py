@@ -57,7 +57,20 @@ The behaviour, step by step (this is the product's behaviour; tests pin it):
    while an episode is open (or we own something and calm has not started),
    a re-check after verify_sec: pressure that ends produces no kernel event,
    so only a timed look can see the episode close and the rollback start.
-   None when nothing is pending: an idle target costs nothing.
+   None when nothing is pending: an idle target costs nothing. While a
+   reclaim follow-up period runs (step 10), also now + follow_up.every_sec.
+10. Follow-up. When a reclaim rung whose spec has ``follow_up`` is judged
+   helpful (calm at its verify time) and was taken for a pressure, a
+   follow-up period of follow_up.for_sec starts. On every calm look within
+   it, with no rung pending, memory.current >= min_usage_fraction_of_max x
+   memory.max, the policy's conditions holding and the rung's limits allowing,
+   the rung is taken again (ACTION_APPLIED with FOLLOW_UP=1, pending like any
+   rung: pressure at its verify time escalates). A cache that refills in
+   seconds is reclaimed before it stalls the cgroup again, instead of after
+   every refill's first window of stall. Only a pressure relieved by reclaim
+   starts or extends a period, so proactive reclaim stops for_sec after the
+   last proof of need; a follow-up that wrote nothing (dry-run, refused,
+   failed) ends the period.
 
 ACTION_DECLINED records are limited to one per target per reason per
 ``DECLINE_RECORD_INTERVAL_SEC``, so a pressured cgroup does not flood the journal.
@@ -70,6 +83,7 @@ from typing import List, Mapping, Optional, Tuple
 
 from remediator.core.actions import (
     Action,
+    Reclaim,
     ReleaseOwnership,
     RestoreMemoryHigh,
     RestoreSysctl,
@@ -80,6 +94,7 @@ from remediator.core.ladder import (
     VFS_CACHE_PRESSURE,
     RungContext,
     RungDecline,
+    RungTake,
     describe_target,
     evaluate_rung,
     failed_condition,
@@ -100,7 +115,14 @@ from remediator.core.state import (
     initial_state,
 )
 from remediator.diagnosis.composition import compose
-from remediator.policy.compiled import NODE_WIDE_KINDS, ActionSpec, Policy, TriggerSpec
+from remediator.policy.compiled import (
+    NODE_WIDE_KINDS,
+    ActionSpec,
+    Policy,
+    ReclaimAction,
+    ReclaimFollowUp,
+    TriggerSpec,
+)
 from remediator.readings import CgroupSnapshot, NodeSnapshot
 from remediator.sizes import format_bytes
 
@@ -129,6 +151,8 @@ MEMORY_HIGH_FILE = "memory.high"
 
 # Executor outcomes that mean the value is now (or, in dry-run, would be) in the kernel.
 _WRITTEN = frozenset({"applied", "partial"})
+# Extra record field (REMEDIATOR_FOLLOW_UP=1) on a reclaim taken as a follow-up, not for a pressure.
+FOLLOW_UP_FIELD = "FOLLOW_UP"
 _SIMULATED = "would"
 # A failed restore leaves the value ours: asked again at the next calm observation.
 _RESTORE_RETRY = "failed"
@@ -329,10 +353,12 @@ class _Turn:
             return  # baseline only
         self._check_other_writers()
         self._check_self_throttling()
+        self._expire_follow_up()
         if self.m.pressured is True:
             self._on_pressure()
         elif self.m.pressured is False:
             self._on_calm()
+            self._follow_up()
 
     def _restore_orphaned_vfs(self) -> None:
         """vm.vfs_cache_pressure raised for a cgroup that is gone (forgotten) has nobody
@@ -461,9 +487,55 @@ class _Turn:
         if rung is not None and self.now >= rung.taken_at + self.policy.verify_sec:
             # The rung helped: the next pressure starts again at the bottom.
             self.target = replace(self.target, rung=None)
+            found = follow_up_rung(self.policy)
+            if not rung.follow_up and found is not None and found[0] == rung.index:
+                # A reclaim relieved this pressure: follow up as the cache refills (step 10).
+                self.target = replace(self.target, follow_up_since=self.now)
         if self._calm_lasted():
             self.target = replace(self.target, memory_high_barred=False)
             self._roll_back()
+
+    def _expire_follow_up(self) -> None:
+        since = self.target.follow_up_since
+        found = follow_up_rung(self.policy)
+        if since is not None and (found is None or self.now - since >= found[2].for_sec):
+            self.target = replace(self.target, follow_up_since=None)
+
+    def _follow_up(self) -> None:
+        """Step 10 of the module docstring: reclaim again on a calm look once usage nears memory.max."""
+        since = self.target.follow_up_since
+        found = follow_up_rung(self.policy)
+        snapshot = self.obs.snapshot
+        if since is None or found is None or self.target.rung is not None or not self.policy.enabled:
+            return
+        if not isinstance(snapshot, CgroupSnapshot) or not snapshot.max_bytes:
+            return
+        index, spec, follow = found
+        usage = snapshot.current_bytes / snapshot.max_bytes
+        if usage < follow.min_usage_fraction_of_max:
+            return
+        # Routine "not now" answers (conditions, cooldown, too little cache) are not recorded:
+        # a follow-up is an offer made every every_sec, not a decision about a pressure.
+        ctx = self._rung_context()
+        if failed_condition(self.policy.conditions, snapshot, ctx.composition, ctx.owned_memory_high):
+            return
+        if self._limit_blocking(index, spec) is not None:
+            return
+        outcome = evaluate_rung(spec, index, ctx)
+        if not isinstance(outcome, RungTake) or not isinstance(outcome.action, Reclaim):
+            return
+        action = outcome.action
+        cause = replace(
+            action.cause,
+            message=(
+                f"follow-up {self.now - since:.0f} s into the {follow.for_sec:g} s after a pressure reclaim "
+                f"relieved: usage {format_bytes(snapshot.current_bytes)} is {format_share(usage)} of "
+                f"memory.max (follow_up at {format_share(follow.min_usage_fraction_of_max)}); "
+                + action.cause.message
+            ),
+            extra={**action.cause.extra, FOLLOW_UP_FIELD: "1"},
+        )
+        self._take(index, spec, replace(action, cause=cause), follow_up=True)
 
     def _confirm(self) -> None:
         if self.target.confirmed_recorded:
@@ -558,13 +630,14 @@ class _Turn:
                 )
         return None
 
-    def _take(self, index: int, spec: ActionSpec, action: Action) -> None:
+    def _take(self, index: int, spec: ActionSpec, action: Action, follow_up: bool = False) -> None:
         rate = self.m.stall_rate if self.m.stall_rate is not None else 0.0
         self.actions.append(action)
         target = self.target.with_rung_taken(index, self.now, HOUR_SEC)
-        target = replace(
-            target, rung=PendingRung(index=index, kind=spec.kind, taken_at=self.now, stall_rate=rate)
+        pending = PendingRung(
+            index=index, kind=spec.kind, taken_at=self.now, stall_rate=rate, follow_up=follow_up
         )
+        target = replace(target, rung=pending)
         if spec.kind in NODE_WIDE_KINDS:
             self.node = replace(self.node, actions_at=(*_recent(self.node.actions_at, self.now), self.now))
         if isinstance(action, SetMemoryHigh) and action.value is not None:
@@ -639,6 +712,11 @@ class _Turn:
                 candidates.append(target.calm_since + policy.rollback.calm_sec)
             else:
                 candidates.append(recheck)
+        found = follow_up_rung(policy)
+        if target.follow_up_since is not None and found is not None and policy.enabled:
+            end = target.follow_up_since + found[2].for_sec
+            if self.now < end:
+                candidates.append(min(self.now + found[2].every_sec, end))
         return min(candidates) if candidates else None
 
     def _limit_expiries(self) -> List[float]:
@@ -662,6 +740,14 @@ class _Turn:
         return Decision(
             state=state, actions=tuple(self.actions), records=tuple(self.records), wakeup_at=self._wakeup()
         )
+
+
+def follow_up_rung(policy: Policy) -> Optional[Tuple[int, ReclaimAction, ReclaimFollowUp]]:
+    """The ladder's reclaim rung with a follow_up, if any (a ladder has each kind at most once)."""
+    for index, spec in enumerate(policy.ladder):
+        if isinstance(spec, ReclaimAction) and spec.follow_up is not None:
+            return index, spec, spec.follow_up
+    return None
 
 
 def _recent(times: Tuple[float, ...], now: float) -> Tuple[float, ...]:
@@ -706,6 +792,16 @@ def note_outcome(state: CoreState, action: Action, result: str, now: float) -> C
         owned = target.memory_high
         memory_high = replace(owned, restore_requested=False) if result == _RESTORE_RETRY else None
         return state.with_target(key, replace(target, memory_high=memory_high))
+    if (
+        isinstance(action, Reclaim)
+        and action.cause.extra.get(FOLLOW_UP_FIELD) == "1"
+        and result not in _WRITTEN
+    ):
+        # A follow-up that reclaimed nothing (dry-run's "would", refused, failed) changes nothing the
+        # next look could see: asking again every every_sec would only repeat the record.
+        key = TargetKey(action.cause.policy, action.cgroup)
+        target = state.targets.get(key)
+        return state if target is None else state.with_target(key, replace(target, follow_up_since=None))
     if isinstance(action, SetSysctl) and action.name == VFS_CACHE_PRESSURE:
         return _note_vfs_write(state, action, result, now)
     if isinstance(action, RestoreSysctl) and action.name == VFS_CACHE_PRESSURE:

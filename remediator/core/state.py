@@ -83,6 +83,7 @@ class PendingRung:
     kind: str
     taken_at: float
     stall_rate: float  # share of wall time stalled when the rung was taken
+    follow_up: bool = False  # a reclaim follow-up (taken on a calm look), not an answer to pressure
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ class TargetState:
     proposed_memory_high: Optional[ProposedWrite] = None
     # Set when our memory.high caused throttling: not used again until a full calm period.
     memory_high_barred: bool = False
+    # When a reclaim with follow_up relieved a pressure: its follow-up period runs from here.
+    follow_up_since: Optional[float] = None
     # For records emitted without a fresh read (on exit).
     last_snapshot: Optional[Union[CgroupSnapshot, NodeSnapshot]] = None
 

@@ -19,6 +19,7 @@ from remediator.policy.compiled import (
     Policy,
     RateLimit,
     ReclaimAction,
+    ReclaimFollowUp,
     Rollback,
     Target,
     TriggerSpec,
@@ -92,6 +93,13 @@ def compile_action(action: ActionModel) -> ActionSpec:
             max_bytes=action.max_bytes,
             timeout_sec=float(action.timeout_sec),
             limits=limits,
+            follow_up=None
+            if action.follow_up is None
+            else ReclaimFollowUp(
+                every_sec=float(action.follow_up.every_sec),
+                min_usage_fraction_of_max=action.follow_up.min_usage_fraction_of_max,
+                for_sec=float(action.follow_up.for_sec),
+            ),
         )
     if isinstance(action, MemoryHighModel):
         return MemoryHighAction(

@@ -115,6 +115,16 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class ReclaimFollowUp:
+    """After a pressure the reclaim relieved: look every ``every_sec`` for ``for_sec`` and reclaim
+    again once memory.current reaches ``min_usage_fraction_of_max`` of memory.max."""
+
+    every_sec: float
+    min_usage_fraction_of_max: float
+    for_sec: float
+
+
+@dataclass(frozen=True)
 class ReclaimAction:
     """Write ``memory.reclaim``: ``fraction`` of the reclaimable-cache estimate, capped."""
 
@@ -123,6 +133,7 @@ class ReclaimAction:
     max_bytes: Optional[int]  # cap per write
     timeout_sec: float  # time budget for the write
     limits: RateLimit
+    follow_up: Optional[ReclaimFollowUp] = None
     kind: str = field(default="reclaim", init=False)
 
 

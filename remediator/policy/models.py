@@ -205,6 +205,25 @@ class ConditionsModel(_Strict):
 # Actions (the ladder)
 
 
+class ReclaimFollowUpModel(_Strict):
+    """After a pressure that this reclaim relieved, keep looking and reclaim again as the cache refills."""
+
+    every_sec: float = Field(
+        1.0, ge=0.1, le=60, description="How often to look at the cgroup meanwhile, [0.1, 60]. Default 1."
+    )
+    min_usage_fraction_of_max: UnitFraction = Field(
+        0.85,
+        description="(0, 1]: reclaim again once memory.current / memory.max is at least this. Default 0.85.",
+    )
+    for_sec: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="How long after the relieved pressure; then a new pressure must show the need "
+        "again. (0, 3600]. Default 300.",
+    )
+
+
 class ReclaimModel(_Strict):
     """Ask the kernel to reclaim page cache from the cgroup (``memory.reclaim``)."""
 
@@ -220,6 +239,11 @@ class ReclaimModel(_Strict):
     cooldown_sec: float = Field(30.0, ge=0, description="Minimum time between two writes. Default 30.")
     max_per_hour: int = Field(
         20, ge=1, description="At most this many writes per hour per cgroup. Default 20."
+    )
+    follow_up: Optional[ReclaimFollowUpModel] = Field(
+        None,
+        description="Reclaim again before the next stall while the cache refills, for a while after a "
+        "pressure this reclaim relieved (needs memory.max). Default: off.",
     )
 
 

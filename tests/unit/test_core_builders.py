@@ -33,6 +33,7 @@ from remediator.policy.compiled import (
     Policy,
     RateLimit,
     ReclaimAction,
+    ReclaimFollowUp,
     Rollback,
     TriggerSpec,
     VfsCachePressureAction,
@@ -125,6 +126,7 @@ def reclaim_rung(
     max_bytes: Optional[int] = None,
     cooldown_sec: float = 300.0,
     max_per_hour: int = 6,
+    follow_up: Optional[ReclaimFollowUp] = None,
 ) -> ReclaimAction:
     return ReclaimAction(
         fraction=fraction,
@@ -132,6 +134,7 @@ def reclaim_rung(
         max_bytes=max_bytes,
         timeout_sec=10.0,
         limits=limits(cooldown_sec, max_per_hour),
+        follow_up=follow_up,
     )
 
 

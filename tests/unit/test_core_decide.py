@@ -19,7 +19,7 @@ from remediator.core.decide import decide, forget, on_exit
 from remediator.core.records import RecordType
 from remediator.core.state import CoreConfig, Observation, TargetKey, initial_state
 from remediator.diagnosis.composition import page_align_down
-from remediator.policy.compiled import Conditions
+from remediator.policy.compiled import Conditions, ReclaimFollowUp
 from remediator.readings import CgroupSnapshot, MemoryEvents, MemoryStat, Pressure, PressureLine
 from tests.fakefs import SEED_EVENTS, SEED_PRESSURE, SEED_STAT
 from tests.unit.test_core_builders import (
@@ -523,6 +523,97 @@ def test_no_back_off_when_stall_fell_after_our_write() -> None:
     decision = driver.observe(20.0, share=0.2, fired=True)
     assert decision.actions == ()
     assert driver.state.target(driver.key).memory_high is not None
+
+
+# ------------------------------------------------------------------ reclaim follow-up
+
+
+FOLLOW_UP = ReclaimFollowUp(every_sec=1.0, min_usage_fraction_of_max=0.85, for_sec=60.0)
+
+
+def follow_up_driver(mode: str = "applied", cooldown_sec: float = 2.0) -> Driver:
+    # A reclaim for a pressure at 10, judged helpful (calm) at its verify time 12.
+    driver = Driver(
+        make_policy(reclaim_rung(cooldown_sec=cooldown_sec, follow_up=FOLLOW_UP), verify_sec=2.0), mode=mode
+    )
+    driver.observe(0.0)
+    assert [type(a) for a in driver.observe(10.0, share=0.5, fired=True).actions] == [Reclaim]
+    driver.snapshot_overrides["current"] = 2 * GiB  # the reclaim made room
+    assert driver.observe(12.0).actions == ()
+    return driver
+
+
+def test_reclaim_that_relieved_a_pressure_reclaims_again_on_a_calm_look_once_the_cache_refills() -> None:
+    driver = follow_up_driver()
+    assert driver.history[-1].wakeup_at == 13.0  # looks every every_sec meanwhile
+    assert driver.observe(13.0).actions == ()  # 50 % of memory.max: room left
+    driver.snapshot_overrides["current"] = int(3.6 * GiB)  # refilled to 90 %
+    (reclaim,) = driver.observe(14.0).actions
+    assert isinstance(reclaim, Reclaim)
+    assert reclaim.cause.type is RecordType.ACTION_APPLIED
+    assert reclaim.cause.extra["FOLLOW_UP"] == "1"
+    assert reclaim.cause.message.startswith("follow-up 2 s into the 60 s after a pressure reclaim relieved")
+    assert "90.0 % of memory.max (follow_up at 85.0 %)" in reclaim.cause.message
+
+
+def test_follow_up_period_ends_for_sec_after_the_relieved_pressure_and_follow_ups_do_not_extend_it() -> None:
+    driver = follow_up_driver()
+    driver.snapshot_overrides["current"] = int(3.6 * GiB)
+    assert [type(a) for a in driver.observe(14.0).actions] == [Reclaim]
+    driver.observe(16.0)  # the follow-up is judged helpful: that starts no new period
+    assert driver.state.target(driver.key).follow_up_since == 12.0
+    assert [type(a) for a in driver.observe(71.0).actions] == [Reclaim]
+    assert driver.observe(72.0).actions == ()  # 12 + 60: over
+    assert driver.state.target(driver.key).follow_up_since is None
+    decision = driver.observe(73.0)  # the last follow-up's verify time: then nothing is pending
+    assert decision.actions == ()
+    assert decision.wakeup_at is None
+
+
+def test_follow_up_respects_the_rungs_cooldown_without_records() -> None:
+    driver = follow_up_driver(cooldown_sec=5.0)
+    driver.snapshot_overrides["current"] = int(3.6 * GiB)
+    decision = driver.observe(14.0)  # reclaimed at 10: cooldown until 15
+    assert decision.actions == () and decision.records == ()
+    assert [type(a) for a in driver.observe(15.0).actions] == [Reclaim]
+
+
+def test_follow_up_that_wrote_nothing_ends_the_period_so_dry_run_records_it_once() -> None:
+    driver = follow_up_driver(mode="would")
+    driver.snapshot_overrides["current"] = int(3.6 * GiB)
+    assert [type(a) for a in driver.observe(14.0).actions] == [Reclaim]
+    assert driver.state.target(driver.key).follow_up_since is None
+    driver.observe(16.0)
+    assert driver.observe(17.0).actions == ()
+
+
+def test_no_follow_up_without_the_policy_option() -> None:
+    driver = Driver(make_policy(reclaim_rung(cooldown_sec=2.0), verify_sec=2.0))
+    driver.observe(0.0)
+    driver.observe(10.0, share=0.5, fired=True)
+    decision = driver.observe(12.0)
+    assert decision.wakeup_at is None
+    driver.snapshot_overrides["current"] = int(3.6 * GiB)
+    assert driver.observe(14.0).actions == ()
+    assert driver.state.target(driver.key).follow_up_since is None
+
+
+def test_follow_up_reclaim_that_does_not_keep_pressure_off_escalates_at_its_verify_time() -> None:
+    policy = make_policy(
+        reclaim_rung(cooldown_sec=2.0, follow_up=FOLLOW_UP),
+        memory_high_rung(cooldown_sec=2.0),
+        verify_sec=2.0,
+    )
+    driver = Driver(policy)
+    driver.observe(0.0)
+    driver.observe(10.0, share=0.5, fired=True)
+    driver.snapshot_overrides["current"] = 2 * GiB
+    driver.observe(12.0)
+    driver.snapshot_overrides["current"] = int(3.6 * GiB)
+    assert [type(a) for a in driver.observe(14.0).actions] == [Reclaim]
+    decision = driver.observe(16.0, share=0.5, fired=True)
+    assert [type(a) for a in decision.actions] == [SetMemoryHigh]
+    assert [r.type for r in decision.records] == [RecordType.PRESSURE_CONFIRMED, RecordType.ESCALATED]
 
 
 # ------------------------------------------------------------------ rollback and wakeups
