@@ -77,7 +77,8 @@ def run_in_vm(
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = {"runs": list(runs), "policies": dict(policies), "scratch_drive": scratch_drive}
     (out_dir / "plan.json").write_text(json.dumps(plan, indent=2))
-    drives: List[Path] = [ensure_data_image()]
+    # Read-only: the cached image is shared by every VM, also by concurrent runs (a test beside a benchmark).
+    drives: List[harness.Drive] = [harness.ReadOnlyDrive(ensure_data_image())]
     with contextlib.ExitStack() as stack:
         if scratch_drive:
             scratch_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="efficacy-scratch-")))

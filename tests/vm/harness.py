@@ -49,7 +49,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 # Part of every cache key, next to a digest of the texts that go into each
 # artifact (init script, module lists, unit, package list). Bump it when code
@@ -843,6 +843,17 @@ def _virtfs(path: Path, tag: str, *, readonly: bool) -> List[str]:
     return ["-virtfs", options + (",readonly=on" if readonly else "")]
 
 
+@dataclass(frozen=True)
+class ReadOnlyDrive:
+    """A drive attached with readonly=on: qemu then takes a shared lock, so VMs (a test and a
+    benchmark, say) can use the same cached image at once; a read-write drive is locked exclusively."""
+
+    path: Path
+
+
+Drive = Union[Path, ReadOnlyDrive]
+
+
 def _virtio_drive(path: Path, *, snapshot: bool, readonly: bool = False) -> List[str]:
     options = f"file={qemu_option_value(str(path.resolve()))},format=raw,if=virtio"
     options += ",snapshot=on" if snapshot else ""
@@ -1005,7 +1016,7 @@ def boot_light(
     timeout_sec: float,
     mem_mib: int = 1024,
     smp: int = 2,
-    drives: Sequence[Path] = (),
+    drives: Sequence[Drive] = (),
     out_dir: Path,
 ) -> VmResult:
     """Boot the light VM and run `command` as root in it; see the module docstring.
@@ -1035,7 +1046,7 @@ class LightVm:
         timeout_sec: float,
         mem_mib: int = 1024,
         smp: int = 2,
-        drives: Sequence[Path] = (),
+        drives: Sequence[Drive] = (),
         out_dir: Path,
         guest_limit_sec: Optional[int] = None,
     ) -> VmResult:
@@ -1092,7 +1103,7 @@ class LightVm:
         nonce: str,
         mem_mib: int,
         smp: int,
-        drives: Sequence[Path],
+        drives: Sequence[Drive],
         guest_limit: int,
         interactive: bool,
     ) -> List[str]:
@@ -1112,7 +1123,10 @@ class LightVm:
             # extra drive the same name in both shapes: vdb, vdc, ...
             argv += _virtio_drive(_reserved_vda(), snapshot=False, readonly=True)
         for drive in drives:
-            argv += _virtio_drive(Path(drive), snapshot=False)
+            if isinstance(drive, ReadOnlyDrive):
+                argv += _virtio_drive(drive.path, snapshot=False, readonly=True)
+            else:
+                argv += _virtio_drive(Path(drive), snapshot=False)
         return argv
 
 
