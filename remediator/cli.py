@@ -161,7 +161,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from remediator.policy.loader import load_policy_dir
 
         roots = KernelRoots(settings.cgroup_root, settings.proc_root)
-        policy_set = load_policy_dir(settings.policies_dir)
+        policy_set = load_policy_dir(
+            settings.policies_dir, allow_untrusted=settings.insecure_allow_untrusted_files
+        )
         if not args.cgroups and not args.all and policy_set.issues:
             for issue in policy_set.issues:
                 sys.stderr.write(f"remediator: policy ignored: {issue}\n")

@@ -64,7 +64,14 @@ def run_check(settings: Settings, config_file: Optional[Path], out: TextIO, err:
         f"settings: {'file ' + str(config_file) if config_file else 'defaults (no settings file)'}; "
         f"mode: {'dry-run (audit)' if settings.dry_run else 'enforcing'}\n"
     )
-    policy_set = load_policy_dir(settings.policies_dir)
+    allow_untrusted = settings.insecure_allow_untrusted_files
+    if allow_untrusted:
+        # As `run` would load them: checking with stricter rules than the daemon applies would lie.
+        err.write(
+            "remediator: warning: insecure_allow_untrusted_files is set: the ownership and mode of "
+            "the settings and policy files are not checked\n"
+        )
+    policy_set = load_policy_dir(settings.policies_dir, allow_untrusted=allow_untrusted)
     for issue in policy_set.issues:
         err.write(f"{issue}\n")
     caps = probe(roots)

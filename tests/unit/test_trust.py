@@ -297,6 +297,24 @@ def test_check_refuses_an_untrusted_policy_with_its_mode(
     assert f"policies.d/web.yaml:1:1: (file): not trusted: {policies / 'web.yaml'} (mode 0664" in err
 
 
+def test_check_and_status_load_an_untrusted_policy_like_run_when_the_override_is_set(
+    tmp_path: Path, policies: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kernel = FakeKernel(tmp_path / "kernel")
+    (policies / "web.yaml").chmod(0o664)
+    config = _config(tmp_path, "insecure_allow_untrusted_files: true\n", 0o644)
+    common = ["--cgroup-root", str(kernel.cgroup_root), "--proc-root", str(kernel.proc_root),
+              "--config", str(config), "--policies", str(policies)]  # fmt: skip
+
+    assert main([*common, "check"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: insecure_allow_untrusted_files is set" in err
+    assert "not trusted" not in err
+
+    main([*common, "status"])
+    assert "not trusted" not in capsys.readouterr().err
+
+
 def test_run_refuses_with_an_untrusted_settings_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
