@@ -483,7 +483,13 @@ def _write_pid_file(settings: Settings) -> Optional[Path]:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{os.getpid()}\n")
+        # Never through a link someone planted (root writing its pid through /run/x.tmp -> /etc/...):
+        # a fresh file, created exclusively, then renamed over the name (rename replaces a link itself).
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(tmp, flags, 0o644), "w") as out:
+            out.write(f"{os.getpid()}\n")
         os.replace(tmp, path)
         return path
     except OSError:

@@ -322,3 +322,22 @@ def test_any_json_either_loads_only_allowed_entries_or_is_quarantined(scratch: P
         else:
             assert owned.name in OWNABLE_SYSCTLS
             assert owned.original is not None and 0 <= owned.original < 2**31
+
+
+def test_pid_file_is_never_written_through_a_planted_symlink(tmp_path: Path) -> None:
+    from remediator.daemon.service import _write_pid_file
+    from remediator.settings import Settings
+
+    state_dir = tmp_path / "run"
+    state_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (state_dir / "remediator.tmp").symlink_to(victim)
+    (state_dir / "remediator.pid").symlink_to(victim)
+
+    written = _write_pid_file(Settings(state_file=state_dir / "state.json"))
+
+    assert written == state_dir / "remediator.pid"
+    assert victim.read_text() == "precious\n"
+    assert not written.is_symlink()
+    assert written.read_text() == f"{os.getpid()}\n"
