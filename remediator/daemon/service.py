@@ -101,6 +101,9 @@ class Service:
     state: CoreState = field(default_factory=initial_state)
     wakeups: Dict[TargetKey, float] = field(default_factory=dict)
     _fallback_reported: Set[Tuple[str, str]] = field(default_factory=set)
+    # Targets whose watch began (armed, sampling, or fallen back to sampling): only those get a
+    # WATCH_ENDED, so a cgroup that vanished while being armed leaves no end without a start.
+    _watching: Set[TargetKey] = field(default_factory=set)
     _next_rescan: float = 0.0
     _next_watchdog: Optional[float] = None
     _stop: bool = False
@@ -184,6 +187,8 @@ class Service:
     # ---- watching ------------------------------------------------------
     def _report_change(self, change: WatchChange) -> None:
         key = change.key
+        if change.kind in ("armed", "sampling", "fallback"):
+            self._watching.add(key)
         if change.kind == "fallback":
             reason_key = (key.policy, change.errno_name or change.reason)
             first = reason_key not in self._fallback_reported
@@ -218,6 +223,9 @@ class Service:
     def _forget(self, key: TargetKey, why: str) -> None:
         self.state = forget(self.state, key)
         self.wakeups.pop(key, None)
+        if key not in self._watching:
+            return
+        self._watching.discard(key)
         self.emit(
             Record(
                 RecordType.WATCH_ENDED,

@@ -225,6 +225,17 @@ def test_a_removed_cgroup_is_forgotten_without_error_records(enforcing: Rig) -> 
     assert len(enforcing.of(RecordType.WATCH_ENDED)) == 1
 
 
+def test_a_cgroup_gone_while_being_armed_gets_no_watch_ended_without_a_start(enforcing: Rig) -> None:
+    import errno
+
+    enforcing.kernel.add_cgroup("system.slice/brief.service", current=1 << 20, max_bytes=1 << 30)
+    enforcing.triggers.refuse("system.slice/brief.service", errno.ENODEV)  # rmdir'ed meanwhile
+    enforcing.advance(enforcing.service.settings.rescan_interval_sec)
+    brief = [r for r in enforcing.writer.records if r.cgroup == "system.slice/brief.service"]
+    assert brief == []
+    assert not enforcing.of(RecordType.ACTION_FAILED)
+
+
 def test_a_new_cgroup_is_watched_by_the_next_rescan(enforcing: Rig) -> None:
     enforcing.kernel.add_cgroup("system.slice/new.service", current=1 << 20, max_bytes=1 << 30)
     enforcing.advance(enforcing.service.settings.rescan_interval_sec)
