@@ -408,12 +408,12 @@ class Executor:
                 record_type=RecordType.STOOD_BACK,
             )
         # StateUnwritable from here means "refused": nothing has been written yet.
-        ledger.record_original(kind, name, current, ctx.cause.policy, self._clock.wall())
         records: List[Record] = []
         if self._dry_run:
+            ledger.record_original(kind, name, current, ctx.cause.policy, self._clock.wall())
             ledger.update_ours(kind, name, value)
         else:
-            ledger.begin_write(kind, name, value)
+            ledger.record_and_begin_write(kind, name, current, ctx.cause.policy, self._clock.wall(), value)
             data = _limit_text(value).encode("ascii")
             try:
                 self._retry(lambda: self._io.write(target, data))

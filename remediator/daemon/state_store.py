@@ -12,9 +12,10 @@ back. Hence:
   cannot undo.
 - **First original wins.** Recording an already-owned value again is a no-op,
   so the value from before our *first* write survives any number of changes.
-- **Crash window.** Each write is announced (``begin_write``) before it is
-  made and confirmed (``update_ours``) after, so a crash between the two still
-  leaves a store that recognises the value in the kernel as ours.
+- **Crash window.** Each write is announced (``begin_write``; with the
+  original in the same save, ``record_and_begin_write``) before it is made and
+  confirmed (``update_ours``) after, so a crash between the two still leaves a
+  store that recognises the value in the kernel as ours. Two saves per write.
 - **Distrust on load.** The file is validated strictly (schema version,
   allowed kinds and names only, integers in range, canonical cgroup names,
   owner and mode). Anything else is moved aside to ``<name>.quarantine.<n>``
@@ -293,6 +294,26 @@ class StateStore:
         """Announce that ``value`` is about to be written (persisted before the write)."""
         key = validate_key(kind, name)
         entry = self._require(key)
+        self._commit({**self._entries, key: replace(entry, pending=PendingWrite(value))})
+
+    def record_and_begin_write(
+        self,
+        kind: str,
+        name: str,
+        original: Optional[int],
+        policy: str,
+        wall_time: float,
+        value: Optional[int],
+    ) -> None:
+        """``record_original`` and ``begin_write`` in one persisted step.
+
+        The same two facts reach the disk before the write, with one fsync'd save instead of two
+        on the reaction's path (a first write of an episode is always a first recording).
+        """
+        key = validate_key(kind, name)
+        entry = self._entries.get(key) or OwnedValue(
+            kind=key[0], name=key[1], original=original, ours=original, policy=policy, recorded_at=wall_time
+        )
         self._commit({**self._entries, key: replace(entry, pending=PendingWrite(value))})
 
     def update_ours(self, kind: str, name: str, value: Optional[int]) -> None:

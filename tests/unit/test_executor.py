@@ -519,9 +519,9 @@ def test_a_write_that_cannot_be_confirmed_still_counts_as_ours(
     calls = {"n": 0}
 
     def disk_fills_after_the_announcement(fd: int) -> None:
-        # record_original and begin_write persist (2 fsyncs each); update_ours finds the disk full.
+        # record_and_begin_write persists (2 fsyncs: file and directory); update_ours finds the disk full.
         calls["n"] += 1
-        if calls["n"] > 4:
+        if calls["n"] > 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 

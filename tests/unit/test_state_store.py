@@ -83,6 +83,27 @@ def test_directory_is_private_and_file_is_0600(state_path: Path) -> None:
     assert stat.S_IMODE(state_path.stat().st_mode) == 0o600
 
 
+def test_record_and_begin_write_persists_the_original_and_the_announcement_at_once(state_path: Path) -> None:
+    store = StateStore(state_path)
+    store.record_and_begin_write(KIND_MEMORY_HIGH, APP, None, "p", WALL, 3 << 30)
+    fresh = StateStore(state_path)
+    assert fresh.load() == ()
+    (first,) = fresh.entries()
+    assert (first.original, first.ours, first.pending) == (None, None, PendingWrite(3 << 30))
+    store.update_ours(KIND_MEMORY_HIGH, APP, 3 << 30)
+    # An owned value keeps its first original: the second announcement only adds the pending value.
+    store.record_and_begin_write(KIND_MEMORY_HIGH, APP, 3 << 30, "p", WALL + 60, 2 << 30)
+    reloaded = StateStore(state_path)
+    assert reloaded.load() == ()
+    (second,) = reloaded.entries()
+    assert (second.original, second.ours, second.pending, second.recorded_at) == (
+        None,
+        3 << 30,
+        PendingWrite(2 << 30),
+        WALL,
+    )
+
+
 def test_persisting_leaves_no_temporary_files(state_path: Path) -> None:
     store = StateStore(state_path)
     store.record_original(KIND_MEMORY_HIGH, APP, None, "p", WALL)
