@@ -17,12 +17,13 @@ The behaviour, step by step (this is the product's behaviour; tests pin it):
 1. Measure. The stall is the ``trigger.kind`` line of the snapshot's pressure
    (no ``full`` line: no stall). The first observation of a target only sets
    the baseline: an event right after arming a trigger can be spurious. A
-   fired observation is pressured if the stall the trigger's window (ending
-   now) can hold by our own looks is >= stall_us: ``total`` less the total at
-   the newest look at or before the window's start (else at the oldest look
-   remembered); if not it is unconfirmed: no record and no effect except
-   moving the baseline. A timed observation is pressured if the stall
-   rate ``delta_us / (dt * 1e6)`` is >= stall_us / window_us, else calm.
+   fired observation is pressured if the stall the kernel's trigger can have
+   counted, by our own looks, is >= stall_us: ``total`` less the total at the
+   newest look at or before now - 2 x window (the kernel adds a share of the
+   previous window's growth), else at the oldest look remembered; if not it is
+   unconfirmed: no record and no effect except moving the baseline. A timed
+   observation is pressured if the stall rate ``delta_us / (dt * 1e6)`` is
+   >= stall_us / window_us, else calm.
 2. Sustained. An episode opens (pressured_since) at the first pressured
    observation and closes at the first calm one (calm_since starts). The core
    acts once it lasted sustained_sec, emitting one PRESSURE_CONFIRMED per
@@ -199,16 +200,22 @@ def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: fl
     return Measurement(total, delta, interval, rate, pressured, fired=obs.fired)
 
 
-def window_stall_bound_us(trigger: TriggerSpec, target: TargetState, total_us: int, now: float) -> int:
-    """The most stall the kernel's trigger window (ending now) can hold, from our own looks.
+# How many trigger windows back the kernel's trigger growth reaches (the current one + the previous).
+KERNEL_HISTORY_WINDOWS = 2
 
-    The window began at ``now - window``; the newest look at or before that (else the oldest we
-    have: the baseline taken when the trigger was armed, before which the trigger saw nothing)
-    bounds it from below. An event whose bound is under stall_us cannot be the kernel's
-    threshold crossing (spurious, e.g. right after arming). Measuring only since the last look
-    rejected real events whose window began before a recent look: the daemon acted one window late.
+
+def window_stall_bound_us(trigger: TriggerSpec, target: TargetState, total_us: int, now: float) -> int:
+    """The most stall the kernel's trigger can have counted for an event now, from our own looks.
+
+    The kernel's growth is the stall since its window began (at most one window ago) plus a share
+    of the previous window's growth (kernel/sched/psi.c window_update), so it counts stall from
+    as far back as two windows. The newest look at or before ``now - 2 x window`` (else the oldest
+    we have: the baseline taken when the trigger was armed, before which it saw nothing) bounds
+    that from below. An event whose bound is under stall_us cannot be the kernel's threshold
+    crossing (spurious, e.g. right after arming). Measuring only since the last look rejected real
+    events whose window began before a recent look: the daemon acted one window late.
     """
-    window_start = now - trigger.window_us / 1e6
+    window_start = now - KERNEL_HISTORY_WINDOWS * trigger.window_us / 1e6
     looks = target.recent_looks or (
         ((target.last_at, target.last_total_us),)
         if target.last_at is not None and target.last_total_us is not None
@@ -225,7 +232,7 @@ def remember_look(
     trigger: TriggerSpec, looks: Tuple[Tuple[float, int], ...], now: float, total_us: int
 ) -> Tuple[Tuple[float, int], ...]:
     """``looks`` plus this one, pruned to what ``window_stall_bound_us`` can still use."""
-    window_start = now - trigger.window_us / 1e6
+    window_start = now - KERNEL_HISTORY_WINDOWS * trigger.window_us / 1e6
     kept = (*looks, (now, total_us))
     older = [i for i, (at, _) in enumerate(kept) if at <= window_start]
     return kept[older[-1] :] if older else kept

@@ -126,8 +126,8 @@ class TargetState:
     # PSI baseline: the previous observation's cumulative stall and time.
     last_total_us: Optional[int] = None
     last_at: Optional[float] = None
-    # (time, cumulative stall) of the looks within the trigger's last window, plus the newest one
-    # before it: a trigger event is checked against the stall the kernel's whole window can hold,
+    # (time, cumulative stall) of the looks within the trigger's last two windows, plus the newest
+    # one before: a trigger event is checked against the stall the kernel can have counted for it,
     # which starts before the last look when that look was recent.
     recent_looks: Tuple[Tuple[float, int], ...] = ()
     # The open pressure episode (None = not pressured) and whether its

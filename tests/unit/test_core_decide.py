@@ -88,9 +88,10 @@ def test_spurious_trigger_event_right_after_arming_is_ignored() -> None:
 
 
 def test_trigger_event_whose_window_began_before_a_recent_look_is_confirmed() -> None:
-    # The kernel's 1 s window ending at 10.4 began at 9.4, before the look at 10.0: 120 ms since that
-    # look, but 170 ms since the look at 0.0 that precedes the window (the cost benchmark's late
-    # reactions: an event right after a rollback's look was rejected and the daemon acted a window late).
+    # The kernel's count for an event at 10.4 reaches back to 8.4 (its 1 s window plus a share of the
+    # previous one), before the look at 10.0: 120 ms since that look, but 170 ms since the look at 0.0
+    # that precedes it (the cost benchmark's late reactions: an event right after a rollback's look
+    # was rejected and the daemon acted a window late).
     driver = Driver(make_policy(reclaim_rung()))
     driver.observe(0.0)
     driver.observe(9.5, share=0.0)
@@ -103,8 +104,9 @@ def test_trigger_event_whose_window_began_before_a_recent_look_is_confirmed() ->
 def test_trigger_event_is_unconfirmed_when_even_its_whole_window_holds_too_little_stall() -> None:
     driver = Driver(make_policy(reclaim_rung()))
     driver.observe(0.0)
+    driver.observe(3.0, share=0.0)
     driver.observe(5.0, share=0.0)
-    # Window [5.5, 6.5]: at most the 75 ms since the look at 5.0, under the trigger's 150 ms.
+    # The kernel's count reaches back to 4.5: at most the 75 ms since the look at 3.0, under 150 ms.
     decision = driver.observe(6.5, share=0.05, fired=True)
     assert decision.actions == () and decision.records == ()
     assert driver.state.target(driver.key).pressured_since is None
@@ -115,8 +117,8 @@ def test_look_history_keeps_only_what_the_trigger_window_can_use() -> None:
     for tick in range(100):
         driver.observe(tick * 0.25)
     looks = driver.state.target(driver.key).recent_looks
-    # The 1 s window ending at 24.75 starts at 23.75: that look and the four after it.
-    assert [at for at, _ in looks] == [23.75, 24.0, 24.25, 24.5, 24.75]
+    # The kernel's count for an event at 24.75 reaches back two 1 s windows, to 22.75: that look on.
+    assert [at for at, _ in looks] == [22.75 + 0.25 * i for i in range(9)]
 
 
 def test_missing_full_line_counts_as_no_stall() -> None:
