@@ -237,7 +237,9 @@ class Service:
         )
 
     def rescan(self) -> None:
-        self._next_rescan = self.clock.monotonic() + self.settings.rescan_interval_sec
+        started = self.clock.monotonic()
+        interval = self.settings.rescan_interval_sec
+        self._next_rescan = started + interval
         try:
             desired = desired_targets(self.roots, list(self.policies.values()))
         except KernelError as exc:
@@ -260,6 +262,11 @@ class Service:
                 # The baseline read: a trigger event right after arming may be spurious,
                 # and the core confirms every event against the total delta since this read.
                 self.observe(change.key, fired=False, tick=tick)
+        # The next walk starts early by this one's duration (walk, arming, baselines), so that a
+        # cgroup created just after the walk passed it is watched within rescan_interval_sec: the
+        # bound the settings document. Never more often than twice per interval.
+        took = self.clock.monotonic() - started
+        self._next_rescan = started + max(interval - took, interval / 2)
 
     # ---- deciding and acting -------------------------------------------
     def _node(self, tick: _Tick) -> Optional[NodeSnapshot]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
@@ -234,6 +234,24 @@ def test_a_cgroup_gone_while_being_armed_gets_no_watch_ended_without_a_start(enf
     brief = [r for r in enforcing.writer.records if r.cgroup == "system.slice/brief.service"]
     assert brief == []
     assert not enforcing.of(RecordType.ACTION_FAILED)
+
+
+def test_a_cgroup_created_just_after_a_slow_rescan_is_watched_within_the_rescan_interval(
+    enforcing: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import remediator.daemon.service as service_module
+    from remediator.daemon.discovery import desired_targets as real_walk
+
+    def slow_walk(*args: Any, **kwargs: Any) -> Any:
+        enforcing.clock.advance(3.0)  # a large tree (measured: 1.6 s at 2000 cgroups under TCG)
+        return real_walk(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "desired_targets", slow_walk)
+    interval = enforcing.service.settings.rescan_interval_sec
+    enforcing.advance(interval)  # a rescan from 10 s to 13 s
+    enforcing.kernel.add_cgroup("system.slice/late.service", current=1 << 20, max_bytes=1 << 30)
+    enforcing.advance(interval - 6.0)  # 17 s: the next rescan started early by the last one's 3 s
+    assert len(enforcing.triggers.live("system.slice/late.service")) == 1  # watched at 20 s: 7 s after
 
 
 def test_a_new_cgroup_is_watched_by_the_next_rescan(enforcing: Rig) -> None:
