@@ -389,6 +389,8 @@ def run_reaction(n: int, events: int, mode: str) -> Json:
                 WAIT_SEC,
             )
 
+        since_last_action = [0.0]
+
         def after_action(record: Json) -> Json:
             fields = {
                 "result": record.get("REMEDIATOR_RESULT"),
@@ -396,7 +398,21 @@ def run_reaction(n: int, events: int, mode: str) -> Json:
                 "decided": _us_field(record, "DECIDED_MONOTONIC_US"),
                 "written": _us_field(record, "WRITTEN_MONOTONIC_US"),
                 "record_arrived": record["_ARRIVED"],
+                # What the daemon said about the event cgroup since the previous action: a late
+                # action's story (a decline, a second event) is read from here.
+                "records": [
+                    {
+                        "arrived": r["_ARRIVED"],
+                        "woken": _us_field(r, "WOKEN_MONOTONIC_US"),
+                        "message_id": r.get("MESSAGE_ID"),
+                        "message": str(r.get("MESSAGE", ""))[:300],
+                    }
+                    for r in list(daemon.records)
+                    if r.get("REMEDIATOR_CGROUP") == EVENT_CGROUP
+                    and since_last_action[0] < r["_ARRIVED"] <= record["_ARRIVED"]
+                ],
             }
+            since_last_action[0] = record["_ARRIVED"]
             rolled = daemon.wait_for(
                 lambda r: (
                     r.get("MESSAGE_ID") == rolled_id
