@@ -59,7 +59,9 @@ The behaviour, step by step (this is the product's behaviour; tests pin it):
    a re-check after verify_sec: pressure that ends produces no kernel event,
    so only a timed look can see the episode close and the rollback start.
    None when nothing is pending: an idle target costs nothing. While a
-   reclaim follow-up period runs (step 10), also now + follow_up.every_sec.
+   reclaim follow-up period runs (step 10), also now + follow_up.every_sec;
+   after an unconfirmed trigger event, now + a quarter of the trigger window
+   (the kernel may have counted old stall while the new stall is only starting).
 10. Follow-up. When a reclaim rung whose spec has ``follow_up`` is judged
    helpful (calm at its verify time) and was taken for a pressure, a
    follow-up period of follow_up.for_sec starts. On every calm look within
@@ -148,6 +150,11 @@ DECLINE_RECORD_INTERVAL_SEC = 60.0
 # Floor for the re-check interval of an open episode, so a policy with a
 # tiny verify_sec cannot make the watcher spin.
 MIN_RECHECK_SEC = 1.0
+# After an unconfirmed trigger event, look again after this share of the trigger's window. The
+# kernel raises an event on the stall since its window began, which after an idle spell can be the
+# tail of an episode long gone; the new stall may only be starting, and the kernel's next event
+# comes a whole window later (one per window). Measured: 1 of 30 reactions a window (2.08 s) late.
+UNCONFIRMED_RECHECK_WINDOW_SHARE = 0.25
 MEMORY_HIGH_FILE = "memory.high"
 
 # Executor outcomes that mean the value is now (or, in dry-run, would be) in the kernel.
@@ -719,6 +726,8 @@ class _Turn:
                 candidates.append(target.calm_since + policy.rollback.calm_sec)
             else:
                 candidates.append(recheck)
+        if self.m.fired and self.m.pressured is None and self.m.delta_us is not None:
+            candidates.append(self.now + UNCONFIRMED_RECHECK_WINDOW_SHARE * policy.trigger.window_us / 1e6)
         found = follow_up_rung(policy)
         if target.follow_up_since is not None and found is not None and policy.enabled:
             end = target.follow_up_since + found[2].for_sec

@@ -112,6 +112,19 @@ def test_trigger_event_is_unconfirmed_when_even_its_whole_window_holds_too_littl
     assert driver.state.target(driver.key).pressured_since is None
 
 
+def test_unconfirmed_trigger_event_is_looked_at_again_a_quarter_window_later() -> None:
+    # After an idle spell the kernel counts stall from its stale window start (an old episode's
+    # tail): little new stall yet, so unconfirmed; the new stall is starting and the kernel's next
+    # event would come a whole window later.
+    driver = Driver(make_policy(reclaim_rung()))
+    driver.observe(0.0)
+    driver.observe(5.0)
+    decision = driver.observe(8.0, share=0.01, fired=True)  # 30 ms since the look before 6.0
+    assert decision.actions == () and decision.records == ()
+    assert decision.wakeup_at == 8.25  # window 1 s
+    assert [type(a) for a in driver.observe(8.25, share=0.9).actions] == [Reclaim]
+
+
 def test_look_history_keeps_only_what_the_trigger_window_can_use() -> None:
     driver = Driver(make_policy(reclaim_rung()))
     for tick in range(100):
