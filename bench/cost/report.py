@@ -63,13 +63,13 @@ TARGET_NOTES: Dict[str, str] = {
     "pickup_linear": "pick-up is the rescan interval plus one rescan; see pickup_bound.",
     "pickup_bound_at_2000": (
         "the bound (rescan_interval_sec) leaves out the arming of what appeared: a cgroup created just "
-        "after a rescan passed is found by the next walk, then armed and baselined with every other "
-        "cgroup that appeared (tens of ms each under TCG, the psimon thread creation included). The "
-        "first run measured 11.6 s; since then the next walk starts early by the previous rescan's "
-        "duration, which leaves 10.6 s: the rest is arming and baselining the 100 that appeared at "
-        "once (all triggers are armed first; each WATCH_STARTED record, which this times, comes with "
-        "its baseline read, so the last one waits for 99 reads). Next: emit a burst's records before "
-        "its baseline reads, or spread the reads over the following ticks."
+        "after a rescan passed is found by the next walk, then armed (on 6.1 each trigger creates a "
+        "psimon kernel thread) and baselined with every other cgroup that appeared. The first run "
+        "measured 11.6 s. Since then the next walk starts early by the previous rescan's duration "
+        "(10.6 s), and a burst's WATCH_STARTED records come once its triggers are armed, before the "
+        "baseline reads (10.3 s): what is left is arming 100 triggers at once under emulation. Next: "
+        "start the walk earlier by an allowance for arming, measured per trigger, or arm a large burst "
+        "from a worker so that the walk's own bound holds."
     ),
 }
 
