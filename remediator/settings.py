@@ -86,8 +86,8 @@ class Settings(BaseSettings):
         10.0,
         ge=1,
         le=300,
-        description="How often the cgroup tree is rescanned: a new cgroup is watched within this plus one "
-        "rescan. 1..300, default 10.",
+        description="How often the cgroup tree is rescanned: the longest a new cgroup waits to be watched "
+        "(plus the arming of a burst of new ones). 1..300, default 10.",
     )
     sampling_interval_sec: float = Field(
         2.0,

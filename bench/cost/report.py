@@ -38,20 +38,20 @@ TARGET_NOTES: Dict[str, str] = {
     ),
     "idle_wakeups": "each rescan is one wake-up; a wake-up rate above 1/s means something polls.",
     "reaction_p99_at_1": (
-        "judged on emulated time, and decided by the rare late event. From the kernel's event to the "
-        "write the daemon takes 35 ms at p50 (p95 53 ms at N = 1) under TCG, all Python: reading 9 "
-        "interface files, the decision, the executor's re-read, two write-ahead saves of the state file "
-        "with fsync, the write. The p99 is an event where the daemon acted one trigger window (2.08 s) "
-        "late (1 of 30 at N = 1, 2 of 30 at N = 1000), each right after the previous episode's rollback. "
-        "Confirming an event against the stall the kernel counts for it (its window plus a share of "
-        "the previous one) instead of the stall since the daemon's last read cut these from 3 of 30 "
-        "(cost-2026-11-26) to 1; why the rest is rejected or late is not established, because the "
-        "benchmark does not keep the daemon's records of a late event: keep them next, and judge the "
-        "50 ms on real hardware (KVM or bare metal), where the Python path is 10-30x shorter."
+        "judged on emulated time. From the kernel's event to the write the daemon takes about 30 ms at "
+        "p50 under TCG, all Python: reading 9 interface files, the decision, the executor's re-read, "
+        "two write-ahead saves of the state file with fsync, the write. Earlier runs' p99 was an event "
+        "acted on one trigger window (2.08 s) late, right after the previous episode's rollback: the "
+        "daemon's records (kept with each event since) showed why. After an idle spell the kernel "
+        "counts stall from its trigger's stale window start, so the tail of the previous episode "
+        "raised the event while the new stall was only starting; the daemon found too little new "
+        "stall, and the kernel's next event came a window later. The daemon now looks again a quarter "
+        "window after an unconfirmed event (cost-reaction-n1-2026-11-26: no late event in 30). What "
+        "is left is the Python path under emulation (10-30x slower than a real CPU): judge the 50 ms "
+        "on real hardware (KVM or bare metal)."
     ),
     "reaction_p99_at_1000": (
-        "as at N = 1: the same path (N adds only the poll() over N fds: p50 35 ms at both N), and the "
-        "p99 is again a late event (2 of 30)."
+        "as at N = 1: the same path (N adds only the poll() over N fds); see the N = 1 note."
     ),
     "rss_1000_vs_10": "the per-target state (the last snapshot kept for records on exit) dominates.",
     "startup_linear": (
