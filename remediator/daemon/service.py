@@ -66,11 +66,12 @@ class _Tick:
     woken_at: Optional[float] = None
 
 
-# Extra fields on the records of an observation a trigger prompted, in
+# Extra fields on the records of an observation made in the loop (a trigger
+# event or a timed look, such as the re-check after an unconfirmed event), in
 # microseconds of the monotonic clock (CLOCK_MONOTONIC, comparable with other
 # processes on the host): when the loop woke, when the core had decided, and
 # (on each action's record) when the executor had finished the write. They
-# show where reaction time goes; only fired observations pay the clock reads.
+# show where reaction time goes, whichever look acted.
 WOKEN_FIELD = "WOKEN_MONOTONIC_US"
 DECIDED_FIELD = "DECIDED_MONOTONIC_US"
 WRITTEN_FIELD = "WRITTEN_MONOTONIC_US"
@@ -319,7 +320,7 @@ class Service:
         now = self.clock.monotonic()
         decision = decide(policy, self.state, obs, now, CoreConfig(self.settings.node_actions_max_per_hour))
         timing: Optional[Dict[str, str]] = None
-        if fired and tick.woken_at is not None:
+        if tick.woken_at is not None:
             timing = {
                 WOKEN_FIELD: _monotonic_us(tick.woken_at),
                 DECIDED_FIELD: _monotonic_us(self.clock.monotonic()),
