@@ -43,13 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from remediator.errors import RemediatorError
-from remediator.policy.issues import DOCUMENT_KEY, FILE_KEY, PolicyIssue, format_issues, sorted_issues
-from remediator.policy.located_yaml import (
+from remediator.located.issues import DOCUMENT_KEY, FILE_KEY, PolicyIssue, format_issues, sorted_issues
+from remediator.located.validation import describe_value, translate_validation_error, validation_issues
+from remediator.located.yaml_doc import (
     decode_utf8,
-    describe_value,
     parse_located_yaml,
-    translate_validation_error,
-    validation_issues,
 )
 from remediator.trust import OVERRIDE_SETTING, check_file
 

@@ -23,15 +23,14 @@ from typing import Dict, List, Optional, Tuple
 
 from pydantic import ValidationError
 
+from remediator.located.issues import DOCUMENT_KEY, FILE_KEY, PolicyIssue, sorted_issues
+from remediator.located.validation import describe_value, validation_issues
+from remediator.located.yaml_doc import (
+    decode_utf8,
+    parse_located_yaml,
+)
 from remediator.policy.compile import compile_policy
 from remediator.policy.compiled import Policy
-from remediator.policy.issues import DOCUMENT_KEY, FILE_KEY, PolicyIssue, sorted_issues
-from remediator.policy.located_yaml import (
-    decode_utf8,
-    describe_value,
-    parse_located_yaml,
-    validation_issues,
-)
 from remediator.policy.models import PolicyDocument
 from remediator.trust import check_directory, check_file
 

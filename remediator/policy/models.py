@@ -30,8 +30,9 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from remediator.located.validation import KeyedValueError, describe_value
+from remediator.located.yaml_doc import KeyPath
 from remediator.policy.compiled import NODE_WIDE_KINDS, glob_to_regex
-from remediator.policy.located_yaml import KeyedValueError, KeyPath, describe_value
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -6,8 +6,8 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from remediator.policy.issues import PolicyIssue, format_key_path
-from remediator.policy.located_yaml import (
+from remediator.located.issues import PolicyIssue, format_key_path
+from remediator.located.yaml_doc import (
     LocatedDocument,
     Position,
     decode_utf8,

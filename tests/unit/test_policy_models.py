@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Type
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from remediator.policy.located_yaml import KeyedValueError
+from remediator.located.validation import KeyedValueError
 from remediator.policy.models import (
     CgroupsTargetModel,
     ConditionsModel,

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from remediator.policy.compile import compile_policy
 from remediator.policy.compiled import Policy
-from remediator.policy.issues import PolicyIssue
+from remediator.located.issues import PolicyIssue
 from remediator.policy.loader import load_policy_text, parse_policy_text
-from remediator.policy.located_yaml import decode_utf8
+from remediator.located.yaml_doc import decode_utf8
 from remediator.policy.models import PolicyDocument
 
 FILE = "policies.d/p.yaml"

@@ -302,7 +302,7 @@ def test_reload_with_valid_policies_swaps_them(enforcing: Rig) -> None:
 
 
 def test_reload_with_invalid_settings_keeps_the_running_ones(enforcing: Rig) -> None:
-    from remediator.policy.issues import PolicyIssue
+    from remediator.located.issues import PolicyIssue
     from remediator.settings import SettingsError
 
     def broken() -> Settings:
