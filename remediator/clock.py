@@ -18,8 +18,15 @@ class Clock(Protocol):
     def wall(self) -> float:
         """Seconds since the epoch (only for records shown to people)."""
 
+    @property
+    def passes_while_waiting(self) -> bool:
+        """Whether this clock moves while the process blocks in poll(): a simulated
+        clock does not, so waiting for a deadline on it would block for ever."""
+
 
 class SystemClock:
+    passes_while_waiting = True
+
     def monotonic(self) -> float:
         return time.monotonic()
 
@@ -29,6 +36,8 @@ class SystemClock:
 
 class FakeClock:
     """A clock that moves only when told to; for tests and replays."""
+
+    passes_while_waiting = False
 
     def __init__(self, start: float = 1000.0, wall_offset: float = 1_700_000_000.0) -> None:
         self._now = start

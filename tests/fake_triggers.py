@@ -36,9 +36,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from remediator.errors import CgroupGone, KernelError, KernelFileMissing, kernel_error_from_oserror
-from remediator.kernel.psi_trigger import REFUSAL_ERRNOS, TriggerRefused
+from remediator.kernel.psi_trigger import REFUSAL_ERRNOS, PsiTrigger, TriggerRefused
 from remediator.kernel.roots import KernelRoots
-from remediator.policy.compiled import TriggerSpec
 
 # How long fire()/remove_cgroup() wait for the readiness they caused to become
 # visible. AF_UNIX delivery is synchronous; loopback TCP may lag a softirq.
@@ -51,7 +50,7 @@ class FakeTrigger:
     """One armed fake trigger: the watcher owns ``fd``; ``peer`` scripts it."""
 
     path: Path
-    spec: TriggerSpec
+    spec: PsiTrigger
     written: bytes
     fd: int
     peer: socket.socket
@@ -141,7 +140,7 @@ class FakeTriggers:
         path = self.path_of(cgroup)
         return [t for t in self.armed if t.path == path and not t.removed and not t.closed_by_owner()]
 
-    def fire(self, cgroup: Optional[str], spec: Optional[TriggerSpec] = None) -> int:
+    def fire(self, cgroup: Optional[str], spec: Optional[PsiTrigger] = None) -> int:
         """Fire every live trigger on the file (only those with ``spec`` if given); returns how many.
 
         Raises when nothing could fire: a test that fires nothing proves nothing.
@@ -185,7 +184,7 @@ class FakeTriggers:
             trigger.peer.close()
 
     # ---- the arm function ---------------------------------------------------
-    def arm(self, path: Path, spec: TriggerSpec, cgroup_dir: Optional[Path] = None) -> int:
+    def arm(self, path: Path, spec: PsiTrigger, cgroup_dir: Optional[Path] = None) -> int:
         """Like ``arm_trigger``: checks the file exists, then hands out a trigger fd."""
         refusal = self._refusals.get(path, self._refuse_all)
         if refusal is not None:
@@ -206,7 +205,7 @@ class FakeTriggers:
         return trigger.fd
 
     @staticmethod
-    def _error(path: Path, cgroup_dir: Optional[Path], spec: TriggerSpec, errno: int) -> KernelError:
+    def _error(path: Path, cgroup_dir: Optional[Path], spec: PsiTrigger, errno: int) -> KernelError:
         if errno in REFUSAL_ERRNOS:
             spec_text = spec.kernel_bytes().rstrip(b"\0").decode("ascii")
             return TriggerRefused(path, f"trigger {spec_text!r} refused: {os.strerror(errno)}", errno)

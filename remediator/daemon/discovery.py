@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from remediator.core.state import TargetKey
+from remediator.kernel.psi_trigger import PsiTrigger
 from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
-from remediator.policy.compiled import CgroupSelector, Policy, TriggerSpec
+from remediator.policy.compiled import CgroupSelector, Policy
 
 CgroupWalker = Callable[[KernelRoots], Iterable[str]]
 """Yields cgroup names relative to the root, like ``cgroup_tree.walk_cgroups``."""
@@ -41,7 +42,7 @@ class Discovery:
     the cgroups it selects now, in walk order.
     """
 
-    targets: Dict[TargetKey, TriggerSpec]
+    targets: Dict[TargetKey, PsiTrigger]
     selection_by_policy: Dict[str, Tuple[str, ...]]
 
 
@@ -82,7 +83,7 @@ def discover(
     partial walk would look like cgroups disappearing, so the caller should
     keep the targets it has.
     """
-    targets: Dict[TargetKey, TriggerSpec] = {}
+    targets: Dict[TargetKey, PsiTrigger] = {}
     selections: Dict[str, List[str]] = {}
     cgroup_policies: List[Tuple[Policy, CgroupSelector]] = []
     for policy in policies:
@@ -90,7 +91,7 @@ def discover(
             cgroup_policies.append((policy, policy.target))
             selections[policy.name] = []
         elif policy.enabled:
-            targets[TargetKey(policy.name, None)] = policy.trigger
+            targets[TargetKey(policy.name, None)] = policy.trigger.psi
     if cgroup_policies:
         daemon_cgroup = own_cgroup(roots)
         walker = walk if walk is not None else _default_walk()
@@ -101,13 +102,13 @@ def discover(
                 if selector.matches(cgroup):
                     selections[policy.name].append(cgroup)
                     if policy.enabled:
-                        targets[TargetKey(policy.name, cgroup)] = policy.trigger
+                        targets[TargetKey(policy.name, cgroup)] = policy.trigger.psi
     return Discovery(targets, {name: tuple(names) for name, names in selections.items()})
 
 
 def desired_targets(
     roots: KernelRoots, policies: Sequence[Policy], walk: Optional[CgroupWalker] = None
-) -> Dict[TargetKey, TriggerSpec]:
+) -> Dict[TargetKey, PsiTrigger]:
     """What the watcher should watch now: (enabled policy, cgroup or None for the node) -> trigger."""
     return discover(roots, policies, walk).targets
 

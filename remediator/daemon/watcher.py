@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Set, Tuple, Union
 
-from remediator.clock import Clock, FakeClock
+from remediator.clock import Clock
 from remediator.core.state import TargetKey
 from remediator.errors import CgroupGone, KernelError, kernel_error_from_oserror
+from remediator.kernel.psi_trigger import PsiTrigger
 from remediator.kernel.roots import KernelRoots
-from remediator.policy.compiled import TriggerSpec
 
-ArmTrigger = Callable[[Path, TriggerSpec, Optional[Path]], int]
+ArmTrigger = Callable[[Path, PsiTrigger, Optional[Path]], int]
 """``arm(pressure_file, spec, cgroup_dir) -> fd``; raises a domain ``KernelError``."""
 
 
@@ -150,20 +150,14 @@ class WatchStats:
 @dataclass
 class _Armed:
     fd: int
-    spec: TriggerSpec
+    spec: PsiTrigger
 
 
 @dataclass
 class _Sampled:
-    spec: TriggerSpec
+    spec: PsiTrigger
     # The sequence number of this target's one live heap entry; older entries are stale.
     heap_seq: int
-
-
-def _same_kernel_trigger(a: TriggerSpec, b: TriggerSpec) -> bool:
-    # sustained_sec is the daemon's business, not the kernel's: changing it
-    # alone must not tear down and re-arm a trigger.
-    return a.kernel_bytes() == b.kernel_bytes()
 
 
 def _flag_names(revents: int) -> str:
@@ -201,9 +195,9 @@ class Watcher:
         self._arm = arm if arm is not None else _default_arm()
         self._poll = poll_factory()
         self._use_triggers = use_triggers
-        # A fake clock never moves while poll() blocks: poll without blocking
-        # and let the test move the clock.
-        self._never_block = isinstance(clock, FakeClock)
+        # A simulated clock never moves while poll() blocks: poll without blocking
+        # and let its owner move it.
+        self._never_block = not clock.passes_while_waiting
         self._armed: Dict[TargetKey, _Armed] = {}
         self._key_by_fd: Dict[int, TargetKey] = {}
         self._sampled: Dict[TargetKey, _Sampled] = {}
@@ -212,7 +206,7 @@ class Watcher:
         self._wakeup_fds: Set[int] = set()
 
     # ---- targets -------------------------------------------------------
-    def sync(self, desired: Mapping[TargetKey, TriggerSpec]) -> List[WatchChange]:
+    def sync(self, desired: Mapping[TargetKey, PsiTrigger]) -> List[WatchChange]:
         """Make the watched set equal to ``desired``: arm new targets, close
         removed ones, re-arm those whose trigger changed. Returns one change per
         target touched."""
@@ -223,8 +217,7 @@ class Watcher:
         now = self._clock.monotonic()
         for key, spec in desired.items():
             current = self._spec_of(key)
-            if current is not None and _same_kernel_trigger(current, spec):
-                self._set_spec(key, spec)
+            if current == spec:
                 continue
             changes.append(self._start(key, spec, now))
         return changes
@@ -358,7 +351,7 @@ class Watcher:
         return Woken(fd, data)
 
     # ---- arming and sampling -------------------------------------------
-    def _start(self, key: TargetKey, spec: TriggerSpec, now: float) -> WatchChange:
+    def _start(self, key: TargetKey, spec: PsiTrigger, now: float) -> WatchChange:
         """Watch ``key`` with ``spec``, replacing whatever watched it before."""
         path = pressure_file(self._roots, key.cgroup)
         if not self._use_triggers:
@@ -386,7 +379,7 @@ class Watcher:
         self._start_sampling(key, spec, now)
         return WatchChange("fallback", key, path, error.errno, error.message, error.errno_name)
 
-    def _start_sampling(self, key: TargetKey, spec: TriggerSpec, now: float) -> None:
+    def _start_sampling(self, key: TargetKey, spec: PsiTrigger, now: float) -> None:
         # Due at once: the first sample is the baseline the next one is compared with.
         self._sampled[key] = _Sampled(spec, heap_seq=-1)
         self._schedule_sample(key, now)
@@ -426,18 +419,12 @@ class Watcher:
         return due
 
     # ---- bookkeeping ---------------------------------------------------
-    def _spec_of(self, key: TargetKey) -> Optional[TriggerSpec]:
+    def _spec_of(self, key: TargetKey) -> Optional[PsiTrigger]:
         armed = self._armed.get(key)
         if armed is not None:
             return armed.spec
         sampled = self._sampled.get(key)
         return sampled.spec if sampled is not None else None
-
-    def _set_spec(self, key: TargetKey, spec: TriggerSpec) -> None:
-        if key in self._armed:
-            self._armed[key].spec = spec
-        elif key in self._sampled:
-            self._sampled[key].spec = spec
 
     def _release_fd(self, fd: int, *, close: bool) -> None:
         self._key_by_fd.pop(fd, None)

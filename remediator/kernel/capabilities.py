@@ -29,9 +29,8 @@ from remediator.errors import KernelError, KernelParseError
 from remediator.kernel.cgroup_tree import walk_cgroups
 from remediator.kernel.file_io import read_text
 from remediator.kernel.psi import NODE_PRESSURE_FILE, read_node_pressure
-from remediator.kernel.psi_trigger import TriggerCheck, check_trigger
+from remediator.kernel.psi_trigger import PsiTrigger, TriggerCheck, check_trigger
 from remediator.kernel.roots import KernelRoots
-from remediator.policy.compiled import TriggerSpec
 
 MOUNTS_FILE = "self/mounts"
 STATUS_FILE = "self/status"
@@ -42,9 +41,9 @@ RECLAIM_FILE = "memory.reclaim"
 
 # A 2 s window: accepted from privileged writers on every PSI kernel and, since
 # 6.5, from unprivileged ones too, so its refusal means "no triggers at all".
-PROBE_TRIGGER = TriggerSpec(kind="some", stall_us=100_000, window_us=2_000_000)
+PROBE_TRIGGER = PsiTrigger(kind="some", stall_us=100_000, window_us=2_000_000)
 # A 1 s window: since 6.5 only writers with CAP_SYS_RESOURCE may arm it.
-PROBE_SHORT_WINDOW_TRIGGER = TriggerSpec(kind="some", stall_us=150_000, window_us=1_000_000)
+PROBE_SHORT_WINDOW_TRIGGER = PsiTrigger(kind="some", stall_us=150_000, window_us=1_000_000)
 # Unprivileged triggers (6.5+) must use windows that are multiples of this.
 UNPRIVILEGED_WINDOW_MULTIPLE_US = 2_000_000
 
@@ -56,7 +55,7 @@ LAYOUT_HYBRID = "hybrid"  # cgroup2 mounted, memory controller bound to v1
 LAYOUT_LEGACY = "legacy"  # no cgroup2, memory controller on v1
 LAYOUT_NONE = "none"  # neither cgroup2 nor a v1 memory hierarchy is mounted
 
-TriggerChecker = Callable[[Path, TriggerSpec], TriggerCheck]
+TriggerChecker = Callable[[Path, PsiTrigger], TriggerCheck]
 
 
 @dataclass(frozen=True)

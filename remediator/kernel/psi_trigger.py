@@ -1,7 +1,7 @@
 """Arming PSI triggers (Documentation/accounting/psi.rst, "Monitoring for pressure thresholds").
 
 Open the pressure file O_RDWR|O_NONBLOCK, write ``"<some|full> <stall_us>
-<window_us>"`` (with the trailing NUL that ``TriggerSpec.kernel_bytes`` adds:
+<window_us>"`` (with the trailing NUL that ``PsiTrigger.kernel_bytes`` adds:
 6.1's /proc/pressure writer eats the last byte), then poll the fd for POLLPRI.
 The trigger lives as long as the fd; the caller owns it.
 
@@ -16,16 +16,37 @@ import errno as errno_mod
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 from remediator.errors import KernelError, KernelOther, kernel_error_from_oserror
-from remediator.policy.compiled import TriggerSpec
 
 # EBUSY is not here: it means this fd already holds a trigger (a caller bug),
 # and it stays a KernelTransient through the ordinary classification.
 REFUSAL_ERRNOS = frozenset(
     {errno_mod.EINVAL, errno_mod.EPERM, errno_mod.EACCES, errno_mod.ENOTSUP, errno_mod.EOPNOTSUPP}
 )
+
+
+StallKind = Literal["some", "full"]
+
+
+@dataclass(frozen=True)
+class PsiTrigger:
+    """A PSI trigger in the kernel's terms: "<some|full> <stall_us> <window_us>"."""
+
+    kind: StallKind
+    stall_us: int
+    window_us: int
+
+    @property
+    def threshold_fraction(self) -> float:
+        """Stall share of wall time the trigger stands for (stall / window)."""
+        return self.stall_us / self.window_us
+
+    def kernel_bytes(self) -> bytes:
+        # The trailing NUL matters: 6.1's /proc/pressure writer overwrites the
+        # buffer's last byte, which turned "... 1000000" into a 100 ms window.
+        return f"{self.kind} {self.stall_us} {self.window_us}".encode("ascii") + b"\0"
 
 
 class TriggerRefused(KernelError):
@@ -37,7 +58,7 @@ class TriggerRefused(KernelError):
     """
 
 
-def _trigger_error(exc: OSError, path: Path, cgroup_dir: Optional[Path], spec: TriggerSpec) -> KernelError:
+def _trigger_error(exc: OSError, path: Path, cgroup_dir: Optional[Path], spec: PsiTrigger) -> KernelError:
     if exc.errno in REFUSAL_ERRNOS:
         spec_text = spec.kernel_bytes().rstrip(b"\0").decode("ascii")
         message = f"trigger {spec_text!r} refused: {exc.strerror or exc}"
@@ -45,7 +66,7 @@ def _trigger_error(exc: OSError, path: Path, cgroup_dir: Optional[Path], spec: T
     return kernel_error_from_oserror(exc, path, cgroup_dir)
 
 
-def arm_trigger(path: Path, spec: TriggerSpec, cgroup_dir: Optional[Path] = None) -> int:
+def arm_trigger(path: Path, spec: PsiTrigger, cgroup_dir: Optional[Path] = None) -> int:
     """Arm ``spec`` on the pressure file ``path`` and return the fd (the caller
     closes it). Raises ``TriggerRefused`` when the kernel refuses, another
     ``KernelError`` otherwise (``CgroupGone`` if ``cgroup_dir`` vanished).
@@ -85,7 +106,7 @@ class TriggerCheck:
         return errno_mod.errorcode.get(self.errno, str(self.errno)) if self.errno is not None else ""
 
 
-def check_trigger(path: Path, spec: TriggerSpec) -> TriggerCheck:
+def check_trigger(path: Path, spec: PsiTrigger) -> TriggerCheck:
     """Arm ``spec`` on ``path`` and close it at once; never raises a KernelError.
 
     Arming writes no setting: the trigger exists only while the fd is open.
@@ -102,7 +123,7 @@ def check_trigger(path: Path, spec: TriggerSpec) -> TriggerCheck:
     return TriggerCheck(accepted=True, reason=f"PSI triggers are accepted on {path}")
 
 
-def trigger_support(path: Path, spec: TriggerSpec) -> Tuple[bool, str]:
+def trigger_support(path: Path, spec: PsiTrigger) -> Tuple[bool, str]:
     """(accepted, reason): whether ``spec`` can be armed on ``path``, and in words why not."""
     check = check_trigger(path, spec)
     return check.accepted, check.reason

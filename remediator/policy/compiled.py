@@ -11,25 +11,27 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
+from remediator.kernel.psi_trigger import PsiTrigger, StallKind
+
 
 @dataclass(frozen=True)
 class TriggerSpec:
-    """A PSI trigger in the kernel's terms, plus how long it must be sustained."""
+    """A policy's pressure trigger: the kernel trigger, plus how long it must be sustained."""
 
-    kind: str  # "some" | "full"
+    kind: StallKind
     stall_us: int
     window_us: int
     sustained_sec: float = 0.0
 
     @property
+    def psi(self) -> PsiTrigger:
+        """What the watcher arms (sustained_sec is the core's business, not the kernel's)."""
+        return PsiTrigger(self.kind, self.stall_us, self.window_us)
+
+    @property
     def threshold_fraction(self) -> float:
         """Stall share of wall time that counts as "under pressure" (stall / window)."""
-        return self.stall_us / self.window_us
-
-    def kernel_bytes(self) -> bytes:
-        # The trailing NUL matters: 6.1's /proc/pressure writer overwrites the
-        # buffer's last byte, which turned "... 1000000" into a 100 ms window.
-        return f"{self.kind} {self.stall_us} {self.window_us}".encode("ascii") + b"\0"
+        return self.psi.threshold_fraction
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:

@@ -38,8 +38,8 @@ from remediator.kernel.psi import parse_pressure
 from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
 from remediator.kernel.sysctl_vm import parse_sysctl_int
 from remediator.located.issues import PolicyIssue
-from remediator.policy.loader import load_policy_text
 from remediator.located.yaml_doc import decode_utf8
+from remediator.policy.loader import load_policy_text
 from remediator.settings import read_settings_file
 
 # The name a rejection must carry: what a kernel reader passes as ``source``.

@@ -89,7 +89,7 @@ def test_node_policy_targets_the_node_without_walking(kernel: FakeKernel) -> Non
 
     targets = desired_targets(kernel.roots, [policy("node", NodeTarget(), NODE_SPEC)], walk=walker)
 
-    assert targets == {TargetKey("node", None): NODE_SPEC}
+    assert targets == {TargetKey("node", None): NODE_SPEC.psi}
     assert walker.calls == 0
 
 
@@ -112,8 +112,8 @@ def test_cgroup_selected_by_two_policies_is_one_target_per_policy(kernel: FakeKe
 
     targets = desired_targets(kernel.roots, policies, walk=CountingWalker(TREE))
 
-    assert targets[TargetKey("web", "system.slice/web.service")] == SPEC
-    assert targets[TargetKey("services", "system.slice/web.service")] == NODE_SPEC
+    assert targets[TargetKey("web", "system.slice/web.service")] == SPEC.psi
+    assert targets[TargetKey("services", "system.slice/web.service")] == NODE_SPEC.psi
     assert cgroups_of(targets, "services") == ["system.slice/web.service", "system.slice/db.service"]
 
 
@@ -209,3 +209,13 @@ def test_default_walker_reads_the_cgroup_tree(kernel: FakeKernel) -> None:
     targets = desired_targets(kernel.roots, [policy("all", select("**"))])
 
     assert sorted(k.cgroup or "" for k in targets) == ["system.slice", "system.slice/web.service"]
+
+
+def test_a_policy_change_of_sustained_time_alone_asks_for_the_same_kernel_trigger(kernel: FakeKernel) -> None:
+    # sustained_sec is the core's business: the watcher must not tear down and re-arm for it.
+    slow = TriggerSpec("some", 150_000, 1_000_000, sustained_sec=30.0)
+    services = select("system.slice/*.service")
+    before = desired_targets(kernel.roots, [policy("web", services)], walk=CountingWalker(TREE))
+    after = desired_targets(kernel.roots, [policy("web", services, slow)], walk=CountingWalker(TREE))
+    assert before
+    assert before == after

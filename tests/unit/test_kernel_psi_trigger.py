@@ -11,11 +11,16 @@ from typing import Iterator, List
 import pytest
 
 from remediator.errors import CgroupGone, KernelFileMissing, KernelOther, KernelTransient
-from remediator.kernel.psi_trigger import TriggerRefused, arm_trigger, check_trigger, trigger_support
-from remediator.policy.compiled import TriggerSpec
+from remediator.kernel.psi_trigger import (
+    PsiTrigger,
+    TriggerRefused,
+    arm_trigger,
+    check_trigger,
+    trigger_support,
+)
 from tests.fakefs import QUIET_PRESSURE, FakeKernel
 
-SPEC = TriggerSpec("some", 150_000, 1_000_000)
+SPEC = PsiTrigger("some", 150_000, 1_000_000)
 
 
 class FdLedger:
@@ -75,7 +80,7 @@ def test_arm_trigger_writes_the_spec_with_its_trailing_nul_and_returns_the_open_
 
 
 def test_arm_trigger_opens_read_write_nonblocking_close_on_exec(pressure_file: Path) -> None:
-    fd = arm_trigger(pressure_file, TriggerSpec("full", 100_000, 2_000_000))
+    fd = arm_trigger(pressure_file, PsiTrigger("full", 100_000, 2_000_000))
     try:
         flags = os.get_blocking(fd), os.get_inheritable(fd)
         assert flags == (False, False)

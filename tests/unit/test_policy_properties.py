@@ -13,11 +13,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from remediator.located.issues import PolicyIssue
+from remediator.located.yaml_doc import decode_utf8
 from remediator.policy.compile import compile_policy
 from remediator.policy.compiled import Policy
-from remediator.located.issues import PolicyIssue
 from remediator.policy.loader import load_policy_text, parse_policy_text
-from remediator.located.yaml_doc import decode_utf8
 from remediator.policy.models import PolicyDocument
 
 FILE = "policies.d/p.yaml"

@@ -39,8 +39,7 @@ from remediator.daemon.watcher import Watcher
 from remediator.errors import KernelError
 from remediator.kernel.capabilities import probe
 from remediator.kernel.cgroup_tree import walk_cgroups
-from remediator.kernel.psi_trigger import TriggerCheck, arm_trigger
-from remediator.policy.compiled import TriggerSpec
+from remediator.kernel.psi_trigger import PsiTrigger, TriggerCheck, arm_trigger
 from remediator.policy.loader import load_policy_text
 from remediator.settings import load_settings
 from tests.fake_triggers import FakeTriggers
@@ -118,7 +117,7 @@ def test_psi_trigger_never_follows_a_symlinked_pressure_file(kernel: FakeKernel,
     os.symlink(outside / "shadow", pressure)
 
     with pytest.raises(KernelError):
-        arm_trigger(pressure, TriggerSpec("full", 100_000, 2_000_000))
+        arm_trigger(pressure, PsiTrigger("full", 100_000, 2_000_000))
 
     assert (outside / "shadow").read_text() == "untouched\n"
 

@@ -22,12 +22,12 @@ from remediator.daemon.watcher import (
     Woken,
     poll_timeout_ms,
 )
-from remediator.policy.compiled import TriggerSpec
+from remediator.kernel.psi_trigger import PsiTrigger
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import FakeKernel
 
-SPEC = TriggerSpec("some", 150_000, 1_000_000)
-OTHER_SPEC = TriggerSpec("full", 100_000, 2_000_000)
+SPEC = PsiTrigger("some", 150_000, 1_000_000)
+OTHER_SPEC = PsiTrigger("full", 100_000, 2_000_000)
 INTERVAL = 5.0
 
 
@@ -161,10 +161,10 @@ def test_changed_trigger_spec_rearms_with_the_new_spec(watcher: Watcher, trigger
     assert watcher.wait(None) == [Fired(A)]
 
 
-def test_changed_sustained_time_alone_does_not_rearm(watcher: Watcher, triggers: FakeTriggers) -> None:
+def test_the_same_kernel_trigger_again_does_not_rearm(watcher: Watcher, triggers: FakeTriggers) -> None:
     watcher.sync({A: SPEC})
 
-    changes = watcher.sync({A: TriggerSpec("some", 150_000, 1_000_000, sustained_sec=30.0)})
+    changes = watcher.sync({A: PsiTrigger("some", 150_000, 1_000_000)})
 
     assert changes == []
     assert len(triggers.armed) == 1
@@ -346,7 +346,7 @@ def test_sampling_only_watcher_never_arms(
 
 
 def test_raw_oserror_from_arm_is_classified(kernel: FakeKernel, clock: FakeClock) -> None:
-    def arm(path: Path, spec: TriggerSpec, cgroup_dir: Optional[Path]) -> int:
+    def arm(path: Path, spec: PsiTrigger, cgroup_dir: Optional[Path]) -> int:
         raise OSError(errno.EACCES, "Permission denied")
 
     with Watcher(kernel.roots, clock, INTERVAL, arm=arm) as w:
@@ -395,11 +395,13 @@ def test_close_leaves_wakeup_fds_open(watcher: Watcher) -> None:
         os.close(write_fd)
 
 
-# ---- timeouts (a clock that is not a FakeClock, so the watcher computes them) --------
+# ---- timeouts (a clock that moves while poll() blocks, so the watcher computes them) --------
 
 
 class ManualClock:
     """A clock the scripted poll moves, as real time moves while poll() blocks."""
+
+    passes_while_waiting = True
 
     def __init__(self, now: float = 500.0) -> None:
         self.now = now
@@ -439,7 +441,7 @@ class ScriptedPoll:
         return []
 
 
-def no_arm(path: Path, spec: TriggerSpec, cgroup_dir: Optional[Path]) -> int:
+def no_arm(path: Path, spec: PsiTrigger, cgroup_dir: Optional[Path]) -> int:
     raise AssertionError("not armed in these tests")
 
 
