@@ -10,31 +10,42 @@ and is skipped and counted in production.
 Values are passed as fields, never formatted into a larger string: a cgroup
 name is whatever the container runtime chose, so it may contain newlines or
 terminal escapes. In MESSAGE (read by people in ``journalctl`` output) and on
-stderr (read line by line by log shippers) control characters are escaped, so
+stderr (read line by line by log shippers) they are escaped by
+``remediator.text.escape_text`` (controls, line separators, bidi controls), so
 one record is one line and no name can forge a second record.
 
 Writers never raise: losing the journal (journald restarting) must not stop
 remediation, so a failed send goes to stderr for that record and the journal
-is tried again for the next one.
+is tried again for the next one. libsystemd reports success when journald's
+socket does not exist at all (no journald: a container, a rescue shell), so
+the socket is probed at start and looked at before each send; while it is
+unreachable, records go to stderr after one notice that says so.
 """
 
 from __future__ import annotations
 
+import errno as errno_mod
 import json
 import os
 import re
+import socket
+import stat
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, TextIO, Tuple
 
 from remediator.clock import Clock, SystemClock
-from remediator.core.records import Record
+from remediator.core.records import PRIORITY_INFO, PRIORITY_WARNING, Record
 from remediator.errors import RemediatorError
+from remediator.text import escape_text
 
 SYSLOG_IDENTIFIER = "remediator"
 FIELD_PREFIX = "REMEDIATOR_"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+# The writers' own notice: records change destination (the journal became unreachable, or is back).
+# Written to stderr only (it is about the journal being unreachable), so it has no catalog entry.
+LOG_TARGET_CHANGED_MESSAGE_ID = "e767ecc9b9ae480a9e606851c4a272ac"
 
 # journald's rule for field names (journal-file.c: field_is_valid), which also
 # reserves names starting with "_" for trusted fields it adds itself.
@@ -105,26 +116,8 @@ def record_fields(record: Record) -> Fields:
 
 
 # ---- escaping (stderr lines and MESSAGE) ----------------------------------------
-
-_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(char: str) -> str:
-    named = _NAMED_ESCAPES.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-# C0 and C1 controls, DEL, and the Unicode line/paragraph separators some
-# viewers treat as newlines; plus the backslash, so that escapes stay unambiguous.
-_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def escape_text(text: str) -> str:
-    """``text`` with every control character spelled out (``\\n``, ``\\x1b``, ...)."""
-    return _UNSAFE.sub(lambda m: _escape_char(m.group(0)), text)
+# One function for every human output (remediator.text): controls, separators, bidi controls, and the
+# backslash, so that escapes stay unambiguous and a stderr line parses back to exactly its fields.
 
 
 def _quote_value(value: str) -> str:
@@ -142,6 +135,31 @@ def iso_time(wall: float) -> str:
 # ---- writers --------------------------------------------------------------------
 
 
+def format_stderr_line(wall: float, priority: int, fields: Fields) -> str:
+    """``<ISO time> <PRIORITY> <MESSAGE> | KEY=value ...``; ``fields`` start with MESSAGE."""
+    message = fields[0][1]
+    rest = " ".join(
+        f"{name[len(FIELD_PREFIX) :] if name.startswith(FIELD_PREFIX) else name}={_quote_value(value)}"
+        for name, value in fields[1:]
+        if name != "PRIORITY"
+    )
+    # "|" is spelled \x7c in the message, so the first " | " always ends it: a cgroup
+    # name in the message cannot start a forged field list ("x | MESSAGE_ID=...").
+    shown = escape_text(message).replace("|", "\\x7c")
+    return f"{iso_time(wall)} {PRIORITY_NAMES.get(priority, str(priority))} {shown} | {rest}"
+
+
+def notice_fields(message: str, priority: int, extra: Mapping[str, str]) -> Fields:
+    """The fields of the writers' own notice (``LOG_TARGET_CHANGED``), in record order."""
+    fields: Fields = [
+        ("MESSAGE", message),
+        ("MESSAGE_ID", LOG_TARGET_CHANGED_MESSAGE_ID),
+        ("PRIORITY", str(priority)),
+    ]
+    fields.extend((FIELD_PREFIX + key, value) for key, value in extra.items() if value)
+    return fields
+
+
 class _LineWriter:
     """One line per record on stderr (or a given stream); subclasses choose the format."""
 
@@ -151,12 +169,22 @@ class _LineWriter:
         self.failed_writes = 0
 
     def format(self, record: Record) -> str:
+        return self.format_fields(record.effective_priority, record_fields(record))
+
+    def format_fields(self, priority: int, fields: Fields) -> str:
         raise NotImplementedError
 
     def write(self, record: Record) -> None:
+        self._write_line(self.format(record))
+
+    def notice(self, message: str, priority: int, extra: Mapping[str, str]) -> None:
+        """A line of the writers' own (MESSAGE_ID ``LOG_TARGET_CHANGED``): where records go now, and why."""
+        self._write_line(self.format_fields(priority, notice_fields(message, priority, extra)))
+
+    def _write_line(self, line: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
         try:
-            stream.write(self.format(record) + "\n")
+            stream.write(line + "\n")
             stream.flush()
         except (OSError, ValueError):
             # stderr closed or broken: there is nowhere left to say so.
@@ -166,19 +194,8 @@ class _LineWriter:
 class StderrWriter(_LineWriter):
     """``<ISO time> <PRIORITY> <MESSAGE> | KEY=value ...``, one line per record."""
 
-    def format(self, record: Record) -> str:
-        fields = record_fields(record)
-        message = fields[0][1]
-        rest = " ".join(
-            f"{name[len(FIELD_PREFIX) :] if name.startswith(FIELD_PREFIX) else name}={_quote_value(value)}"
-            for name, value in fields[1:]
-            if name != "PRIORITY"
-        )
-        priority = PRIORITY_NAMES.get(record.effective_priority, str(record.effective_priority))
-        # "|" is spelled \x7c in the message, so the first " | " always ends it: a cgroup
-        # name in the message cannot start a forged field list ("x | MESSAGE_ID=...").
-        shown = escape_text(message).replace("|", "\\x7c")
-        return f"{iso_time(self._clock.wall())} {priority} {shown} | {rest}"
+    def format_fields(self, priority: int, fields: Fields) -> str:
+        return format_stderr_line(self._clock.wall(), priority, fields)
 
 
 class JsonLinesWriter(_LineWriter):
@@ -189,35 +206,80 @@ class JsonLinesWriter(_LineWriter):
     json.dumps escapes control characters, so one record is always one line.
     """
 
-    def format(self, record: Record) -> str:
+    def format_fields(self, priority: int, fields: Fields) -> str:
         doc: Dict[str, str] = {
             "TIMESTAMP": iso_time(self._clock.wall()),
             "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
         }
-        for name, value in record_fields(record):
+        for name, value in fields:
             # As in the journal: an evidence/extra key never shadows a standard field.
             doc.setdefault(name, value)
         return json.dumps(doc, ensure_ascii=True, sort_keys=False)
 
 
+def journal_socket_problem(path: Path) -> Optional[str]:
+    """None when journald's native socket at ``path`` takes a datagram; otherwise why it does not.
+
+    libsystemd's ``sd_journal_send`` returns success when the socket does not
+    exist (journal-send.c: "fail silently if the journal is not available"), so
+    every record would vanish without an error: this is the only way to know.
+    A connect() on a datagram socket reaches the receiver without sending
+    anything: ENOENT (no journald), ECONNREFUSED (a stale socket nobody reads).
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(os.fsencode(path))
+    except OSError as exc:
+        return _describe_os_error(path, exc)
+    finally:
+        probe.close()
+    return None
+
+
+def _describe_os_error(path: Path, exc: OSError) -> str:
+    name = errno_mod.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    reason = exc.strerror or str(exc)
+    return f"{path}: {reason}" + (f" ({name})" if name else "")
+
+
 class JournalWriter:
-    """Records as native journal entries, with ``REMEDIATOR_*`` fields."""
+    """Records as native journal entries, with ``REMEDIATOR_*`` fields.
+
+    When journald cannot be reached (its socket is absent, or a send fails)
+    the record goes to ``fallback`` (stderr), and the first such record of an
+    outage is preceded there by one ``LOG_TARGET_CHANGED`` notice saying why;
+    the journal is tried again for the next record, and when it takes one a
+    second notice says the records are back in the journal. ``socket_path`` is
+    journald's socket, looked at before every send because libsystemd reports
+    success when it is missing; None (a stand-in ``send`` in tests) never looks.
+    With the real libsystemd send it defaults to ``JOURNAL_SOCKET``, which is
+    also probed at construction so that an unreachable journal is said at start.
+    """
 
     def __init__(
         self,
         send: Optional[JournalSend] = None,
-        fallback: Optional[RecordWriter] = None,
+        fallback: Optional[_LineWriter] = None,
         strict: bool = False,
+        socket_path: Optional[Path] = None,
     ) -> None:
         if send is None:
             from systemd.journal import send as journal_send
 
             send = journal_send
+            if socket_path is None:
+                socket_path = JOURNAL_SOCKET
         self._send: JournalSend = send
-        self._fallback: RecordWriter = fallback if fallback is not None else StderrWriter()
+        self._fallback: _LineWriter = fallback if fallback is not None else StderrWriter()
         self._strict = strict
+        self._socket_path = socket_path
         self.dropped_fields = 0
         self.failed_sends = 0
+        self.falling_back = False
+        if socket_path is not None:
+            problem = journal_socket_problem(socket_path)
+            if problem is not None:
+                self._fall_back(problem)
 
     def journal_fields(self, record: Record) -> Dict[str, str]:
         """The keyword arguments for ``systemd.journal.send`` (MESSAGE included)."""
@@ -237,16 +299,55 @@ class JournalWriter:
             out[name] = escape_text(value) if name == "MESSAGE" else value
         return out
 
+    def _socket_missing(self) -> Optional[str]:
+        # One lstat per record (about a microsecond): the case libsystemd hides.
+        if self._socket_path is None:
+            return None
+        try:
+            st = os.lstat(self._socket_path)
+        except OSError as exc:
+            return _describe_os_error(self._socket_path, exc)
+        if not stat.S_ISSOCK(st.st_mode):
+            return f"{self._socket_path}: not a socket"
+        return None
+
+    def _fall_back(self, reason: str) -> None:
+        if self.falling_back:
+            return
+        self.falling_back = True
+        self._fallback.notice(
+            f"journal unreachable ({reason}): records go to stderr until it takes one again",
+            PRIORITY_WARNING,
+            {"LOG_TARGET": "stderr", "REASON": reason},
+        )
+
     def write(self, record: Record) -> None:
         fields = self.journal_fields(record)
         message = fields.pop("MESSAGE")
-        try:
-            self._send(message, **fields)
-        except Exception:
-            # journald restarting, socket buffer full, a value it refused: this
-            # record goes to stderr and the journal is tried again next time.
-            self.failed_sends += 1
-            self._fallback.write(record)
+        problem = self._socket_missing()
+        if problem is None:
+            try:
+                self._send(message, **fields)
+            except OSError as exc:
+                # journald gone or restarting, its socket buffer full: an outage.
+                problem = _describe_os_error(self._socket_path or JOURNAL_SOCKET, exc)
+            except Exception:
+                # A value it refused: this record only; the journal itself is fine.
+                self.failed_sends += 1
+                self._fallback.write(record)
+                return
+            else:
+                if self.falling_back:
+                    self.falling_back = False
+                    self._fallback.notice(
+                        "journal reachable again: records go to the journal",
+                        PRIORITY_INFO,
+                        {"LOG_TARGET": "journal"},
+                    )
+                return
+        self.failed_sends += 1
+        self._fall_back(problem)
+        self._fallback.write(record)
 
 
 class CapturingWriter:
@@ -262,19 +363,6 @@ class CapturingWriter:
 # ---- choosing -------------------------------------------------------------------
 
 
-def stderr_is_journal(environ: Mapping[str, str], stderr_fd: int = 2) -> bool:
-    """Whether systemd connected our stderr to the journal (JOURNAL_STREAM=<dev>:<ino>)."""
-    value = environ.get("JOURNAL_STREAM", "")
-    device, _, inode = value.partition(":")
-    if not (device.isdigit() and inode.isdigit()):
-        return False
-    try:
-        st = os.fstat(stderr_fd)
-    except OSError:
-        return False
-    return st.st_dev == int(device) and st.st_ino == int(inode)
-
-
 def _journal_send() -> Optional[JournalSend]:
     try:
         from systemd.journal import send
@@ -284,31 +372,27 @@ def _journal_send() -> Optional[JournalSend]:
     return journal_send
 
 
-def make_writer(
-    target: str,
-    *,
-    environ: Optional[Mapping[str, str]] = None,
-    journal_socket: Path = JOURNAL_SOCKET,
-    stderr_fd: int = 2,
-) -> RecordWriter:
+def make_writer(target: str, *, root: Path = Path("/"), stream: Optional[TextIO] = None) -> RecordWriter:
     """``auto`` | ``journal`` | ``stderr`` | ``json`` (JSON lines on stderr).
 
-    auto picks the journal when stderr is already connected to it or its
-    socket exists, and systemd.journal imports; otherwise stderr.
+    ``root`` is where journald's socket is looked for (``<root>/run/systemd/journal/socket``;
+    tests point it at a directory of their own); ``stream`` replaces stderr.
+    auto picks the journal when systemd.journal imports and its socket takes a
+    datagram; otherwise stderr, without a notice (that is what auto means).
+    journal falls back to stderr, with one notice, while the socket is unreachable.
     """
     if target == "stderr":
-        return StderrWriter()
+        return StderrWriter(stream)
     if target == "json":
-        return JsonLinesWriter()
+        return JsonLinesWriter(stream)
+    socket_path = root / JOURNAL_SOCKET.relative_to("/")
     send = _journal_send()
     if target == "journal":
         if send is None:
             raise JournalUnavailable("log target 'journal' needs the systemd Python module (systemd-python)")
-        return JournalWriter(send)
+        return JournalWriter(send, fallback=StderrWriter(stream), socket_path=socket_path)
     if target != "auto":
         raise ValueError(f"unknown log target {target!r} (auto, journal, stderr or json)")
-    env = environ if environ is not None else os.environ
-    reachable = stderr_is_journal(env, stderr_fd) or os.path.exists(journal_socket)
-    if send is not None and reachable:
-        return JournalWriter(send)
-    return StderrWriter()
+    if send is not None and journal_socket_problem(socket_path) is None:
+        return JournalWriter(send, fallback=StderrWriter(stream), socket_path=socket_path)
+    return StderrWriter(stream)

@@ -6,11 +6,13 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -18,14 +20,15 @@ from remediator.clock import FakeClock
 from remediator.core.records import PRIORITY_DEBUG, Record, RecordType
 from remediator.daemon.journal import (
     JOURNAL_SOCKET,
+    LOG_TARGET_CHANGED_MESSAGE_ID,
     CapturingWriter,
     InvalidFieldName,
     JournalWriter,
     JsonLinesWriter,
     StderrWriter,
     escape_text,
+    journal_socket_problem,
     make_writer,
-    stderr_is_journal,
 )
 
 APP = "system.slice/app.service"
@@ -145,14 +148,121 @@ def test_hostile_cgroup_name_is_a_raw_field_and_an_escaped_message() -> None:
 
 def test_failed_journal_send_goes_to_stderr_and_the_journal_is_retried() -> None:
     send = CapturedSend(fail_times=1)
-    fallback = CapturingWriter()
-    writer = JournalWriter(send, fallback=fallback)
-    first, second = applied_record(result="applied"), applied_record(result="partial")
-    writer.write(first)
-    writer.write(second)
-    assert fallback.records == [first]
+    stream = io.StringIO()
+    writer = JournalWriter(send, fallback=StderrWriter(stream, FakeClock()))
+    writer.write(applied_record(result="applied"))
+    writer.write(applied_record(result="partial"))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3  # the notice, the failed record, the notice that the journal is back
+    assert "journal unreachable" in lines[0] and "Connection refused (ECONNREFUSED)" in lines[0]
+    assert "RESULT=applied" in lines[1]
+    assert "journal reachable again" in lines[2]
     assert [fields["REMEDIATOR_RESULT"] for _, fields in send.calls] == ["partial"]
     assert writer.failed_sends == 1
+
+
+# ---- an unreachable journal (libsystemd reports success when its socket is missing) --------------
+
+
+@pytest.fixture
+def short_root() -> Iterator[Path]:
+    """A root for run/systemd/journal/socket whose path fits in sun_path (108 bytes; pytest's are long)."""
+    root = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))
+    (root / "run/systemd/journal").mkdir(parents=True)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+def bind_journal_socket(root: Path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(root / "run/systemd/journal/socket"))
+    return listener
+
+
+def notices(text: str) -> List[str]:
+    return [line for line in text.splitlines() if f"MESSAGE_ID={LOG_TARGET_CHANGED_MESSAGE_ID}" in line]
+
+
+def test_journal_target_without_journald_says_so_once_at_start_and_writes_records_to_stderr(
+    short_root: Path,
+) -> None:
+    stream = io.StringIO()
+    writer = make_writer("journal", root=short_root, stream=stream)
+    assert isinstance(writer, JournalWriter) and writer.falling_back
+    said = notices(stream.getvalue())
+    assert len(said) == 1, "the notice comes at start, before any record"
+    socket_path = short_root / "run/systemd/journal/socket"
+    assert f"journal unreachable ({socket_path}: No such file or directory (ENOENT))" in said[0]
+    assert " WARNING " in said[0] and "LOG_TARGET=stderr" in said[0]
+    writer.write(applied_record(result="applied"))
+    writer.write(applied_record(result="partial"))
+    lines = stream.getvalue().splitlines()
+    assert len(notices(stream.getvalue())) == 1
+    assert ["RESULT=applied" in lines[1], "RESULT=partial" in lines[2]] == [True, True]
+
+
+def test_records_go_to_stderr_when_the_journal_socket_disappears_and_return_when_it_is_back(
+    short_root: Path,
+) -> None:
+    send = CapturedSend()  # like libsystemd: succeeds whether or not the socket is there
+    stream = io.StringIO()
+    listener = bind_journal_socket(short_root)
+    socket_path = short_root / "run/systemd/journal/socket"
+    writer = JournalWriter(send, fallback=StderrWriter(stream, FakeClock()), socket_path=socket_path)
+    writer.write(applied_record(result="applied"))
+    assert stream.getvalue() == "" and len(send.calls) == 1
+
+    listener.close()
+    socket_path.unlink()
+    writer.write(applied_record(result="partial"))
+    writer.write(applied_record(result="failed"))
+    assert len(send.calls) == 1, "nothing is handed to a send that would drop it silently"
+    lines = stream.getvalue().splitlines()
+    assert len(notices(stream.getvalue())) == 1 and "journal unreachable" in lines[0]
+    assert "RESULT=partial" in lines[1] and "RESULT=failed" in lines[2]
+
+    listener = bind_journal_socket(short_root)
+    try:
+        writer.write(applied_record(result="restored"))
+    finally:
+        listener.close()
+    assert [fields["REMEDIATOR_RESULT"] for _, fields in send.calls] == ["applied", "restored"]
+    last = stream.getvalue().splitlines()[-1]
+    assert "journal reachable again" in last and "LOG_TARGET=journal" in last
+
+
+def test_a_stale_journal_socket_nobody_reads_is_unreachable(short_root: Path) -> None:
+    socket_path = short_root / "run/systemd/journal/socket"
+    bind_journal_socket(short_root).close()  # the file stays, nobody receives
+    assert socket_path.exists()
+    problem = journal_socket_problem(socket_path)
+    assert problem == f"{socket_path}: Connection refused (ECONNREFUSED)"
+
+
+def test_auto_picks_the_journal_only_when_its_socket_takes_a_datagram(short_root: Path) -> None:
+    assert isinstance(make_writer("auto", root=short_root), StderrWriter)
+    (short_root / "run/systemd/journal/socket").touch()  # a file, not a socket
+    assert isinstance(make_writer("auto", root=short_root), StderrWriter)
+    (short_root / "run/systemd/journal/socket").unlink()
+    listener = bind_journal_socket(short_root)
+    try:
+        writer = make_writer("auto", root=short_root)
+    finally:
+        listener.close()
+    assert isinstance(writer, JournalWriter) and not writer.falling_back
+
+
+def test_a_record_the_journal_refuses_goes_to_stderr_without_an_outage_notice() -> None:
+    def refuse(message: str, **fields: Any) -> None:
+        raise ValueError("embedded null byte")
+
+    stream = io.StringIO()
+    writer = JournalWriter(refuse, fallback=StderrWriter(stream, FakeClock()))
+    writer.write(applied_record())
+    assert notices(stream.getvalue()) == [] and "RESULT=applied" in stream.getvalue()
+    assert writer.failed_sends == 1 and not writer.falling_back
 
 
 # ---- stderr ---------------------------------------------------------------------------
@@ -222,46 +332,16 @@ def test_capturing_writer_keeps_records_in_order() -> None:
 # ---- choosing a writer -----------------------------------------------------------------
 
 
-def test_stderr_is_journal_compares_device_and_inode(tmp_path: Path) -> None:
-    with (tmp_path / "f").open("w") as f:
-        st = os.fstat(f.fileno())
-        assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, f.fileno())
-        assert not stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"}, f.fileno())
-        assert not stderr_is_journal({"JOURNAL_STREAM": "garbage"}, f.fileno())
-        assert not stderr_is_journal({}, f.fileno())
-
-
-def test_auto_picks_the_journal_when_stderr_is_connected_to_it(tmp_path: Path) -> None:
-    with (tmp_path / "f").open("w") as f:
-        st = os.fstat(f.fileno())
-        writer = make_writer(
-            "auto",
-            environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
-            journal_socket=tmp_path / "no-socket",
-            stderr_fd=f.fileno(),
-        )
-    assert isinstance(writer, JournalWriter)
-
-
-def test_auto_picks_the_journal_when_its_socket_exists(tmp_path: Path) -> None:
-    socket_path = tmp_path / "socket"
-    socket_path.touch()
-    assert isinstance(make_writer("auto", environ={}, journal_socket=socket_path), JournalWriter)
-
-
-def test_auto_falls_back_to_stderr_without_a_journal(tmp_path: Path) -> None:
-    assert isinstance(make_writer("auto", environ={}, journal_socket=tmp_path / "none"), StderrWriter)
-
-
 def test_valid_field_names_pass_at_the_length_limit() -> None:
     send = CapturedSend()
     JournalWriter(send, strict=True).write(applied_record(extra={"X" * 53: "v"}))
     assert send.calls[0][1]["REMEDIATOR_" + "X" * 53] == "v"
 
 
-def test_explicit_targets_and_unknown_ones() -> None:
+def test_explicit_targets_and_unknown_ones(short_root: Path) -> None:
     assert isinstance(make_writer("stderr"), StderrWriter)
-    assert isinstance(make_writer("journal"), JournalWriter)
+    assert isinstance(make_writer("json"), JsonLinesWriter)
+    assert isinstance(make_writer("journal", root=short_root, stream=io.StringIO()), JournalWriter)
     with pytest.raises(ValueError):
         make_writer("syslog")
 
