@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, TextIO, Tuple
 
 from remediator.clock import Clock, SystemClock
-from remediator.core.records import PRIORITY_INFO, PRIORITY_WARNING, Record
 from remediator.errors import RemediatorError
-from remediator.text import escape_text
+from remediator.records import PRIORITY_INFO, PRIORITY_WARNING, Record
+
+# Re-exported for remediator.daemon.notify until it imports remediator.text itself.
+from remediator.text import escape_text as escape_text
 
 SYSLOG_IDENTIFIER = "remediator"
 FIELD_PREFIX = "REMEDIATOR_"

@@ -17,7 +17,6 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 from remediator.clock import FakeClock
-from remediator.core.records import PRIORITY_DEBUG, Record, RecordType
 from remediator.daemon.journal import (
     JOURNAL_SOCKET,
     LOG_TARGET_CHANGED_MESSAGE_ID,
@@ -26,10 +25,11 @@ from remediator.daemon.journal import (
     JournalWriter,
     JsonLinesWriter,
     StderrWriter,
-    escape_text,
     journal_socket_problem,
     make_writer,
 )
+from remediator.records import PRIORITY_DEBUG, Record, RecordType
+from remediator.text import escape_text
 
 APP = "system.slice/app.service"
 
@@ -371,7 +371,7 @@ def test_records_reach_the_real_journal_with_their_fields() -> None:
 # datagram socket where the real systemd.journal.send (libsystemd) delivers.
 _STAND_IN_JOURNALD = r"""
 import json, socket, struct, sys
-from remediator.core.records import Record, RecordType
+from remediator.records import Record, RecordType
 from remediator.daemon.journal import JournalWriter
 import os
 os.makedirs("/run/systemd/journal")
