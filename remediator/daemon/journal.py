@@ -39,8 +39,7 @@ from remediator.clock import Clock, SystemClock
 from remediator.errors import RemediatorError
 from remediator.records import PRIORITY_INFO, PRIORITY_WARNING, Record
 
-# Re-exported for remediator.daemon.notify until it imports remediator.text itself.
-from remediator.text import escape_text as escape_text
+from remediator.text import escape_text
 
 SYSLOG_IDENTIFIER = "remediator"
 FIELD_PREFIX = "REMEDIATOR_"
@@ -398,3 +397,26 @@ def make_writer(target: str, *, root: Path = Path("/"), stream: Optional[TextIO]
     if send is not None and journal_socket_problem(socket_path) is None:
         return JournalWriter(send, fallback=StderrWriter(stream), socket_path=socket_path)
     return StderrWriter(stream)
+
+
+__all__ = [
+    "FIELD_PREFIX",
+    "JOURNAL_SOCKET",
+    "LOG_TARGET_CHANGED_MESSAGE_ID",
+    "SYSLOG_IDENTIFIER",
+    "CapturingWriter",
+    "InvalidFieldName",
+    "JournalUnavailable",
+    "JournalWriter",
+    "JsonLinesWriter",
+    "RecordWriter",
+    "StderrWriter",
+    "escape_text",  # re-exported for remediator.daemon.notify until it imports remediator.text itself
+    "format_stderr_line",
+    "is_valid_field_name",
+    "iso_time",
+    "journal_socket_problem",
+    "make_writer",
+    "notice_fields",
+    "record_fields",
+]
