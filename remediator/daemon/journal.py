@@ -38,7 +38,6 @@ from typing import Callable, Dict, List, Mapping, Optional, Protocol, TextIO, Tu
 from remediator.clock import Clock, SystemClock
 from remediator.errors import RemediatorError
 from remediator.records import PRIORITY_INFO, PRIORITY_WARNING, Record
-
 from remediator.text import escape_text
 
 SYSLOG_IDENTIFIER = "remediator"
