@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+from remediator.identity import QosClass
 from remediator.policy.compiled import (
     ActionSpec,
     CgroupSelector,
     Conditions,
     DropCachesAction,
+    KubernetesSelector,
     MemoryHighAction,
     NodeTarget,
     Policy,
@@ -29,6 +31,7 @@ from remediator.policy.models import (
     ActionModel,
     CgroupsTargetModel,
     ConditionsModel,
+    KubernetesSelectionModel,
     MemoryHighModel,
     PolicyDocument,
     ReclaimModel,
@@ -61,8 +64,22 @@ def compile_policy(document: PolicyDocument, name: str, source: str) -> Policy:
 
 def compile_target(target: TargetModel) -> Target:
     if isinstance(target, CgroupsTargetModel):
-        return CgroupSelector(include=tuple(target.include), exclude=tuple(target.exclude))
+        return CgroupSelector(
+            include=tuple(target.include),
+            exclude=tuple(target.exclude),
+            kubernetes=compile_kubernetes(target.kubernetes),
+        )
     return NodeTarget()
+
+
+def compile_kubernetes(selection: Optional[KubernetesSelectionModel]) -> Optional[KubernetesSelector]:
+    if selection is None:
+        return None
+    return KubernetesSelector(
+        qos=None if selection.qos is None else frozenset(QosClass(qos) for qos in selection.qos),
+        namespaces=None if selection.namespaces is None else frozenset(selection.namespaces),
+        exclude_namespaces=frozenset(selection.exclude_namespaces),
+    )
 
 
 def compile_trigger(trigger: TriggerModel) -> TriggerSpec:

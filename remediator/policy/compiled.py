@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import FrozenSet, Optional, Tuple, Union
 
+from remediator.identity import Identity, QosClass
 from remediator.kernel.psi_trigger import PsiTrigger, StallKind
 
 
@@ -72,11 +73,41 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
 
 
 @dataclass(frozen=True)
+class KubernetesSelector:
+    """``target.kubernetes``: which Kubernetes cgroups, by QoS class and namespace.
+
+    ``None`` means "any". A cgroup that is not Kubernetes' (``identity.kubernetes``
+    false) always matches: the selector narrows pods, it does not exclude services.
+    With namespaces to select or exclude, a Kubernetes cgroup whose namespace is
+    unknown does not match: unknown is not "outside kube-system".
+    """
+
+    qos: Optional[FrozenSet[QosClass]] = None
+    namespaces: Optional[FrozenSet[str]] = None
+    exclude_namespaces: FrozenSet[str] = frozenset()
+
+    def matches(self, identity: Identity) -> bool:
+        if not identity.kubernetes:
+            return True
+        if self.qos is not None and identity.qos_class not in self.qos:
+            return False
+        if self.namespaces is None and not self.exclude_namespaces:
+            return True
+        namespace = identity.pod_namespace
+        if namespace is None:
+            return False
+        if self.namespaces is not None and namespace not in self.namespaces:
+            return False
+        return namespace not in self.exclude_namespaces
+
+
+@dataclass(frozen=True)
 class CgroupSelector:
-    """Which cgroups a policy watches: globs relative to the cgroup root."""
+    """Which cgroups a policy watches: globs relative to the cgroup root, narrowed for Kubernetes."""
 
     include: Tuple[str, ...]
     exclude: Tuple[str, ...] = ()
+    kubernetes: Optional[KubernetesSelector] = None
     _include_re: Tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _exclude_re: Tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
@@ -85,9 +116,16 @@ class CgroupSelector:
         object.__setattr__(self, "_exclude_re", tuple(glob_to_regex(p) for p in self.exclude))
 
     def matches(self, cgroup: str) -> bool:
+        """The globs alone (no identity needed)."""
         if not any(r.match(cgroup) for r in self._include_re):
             return False
         return not any(r.match(cgroup) for r in self._exclude_re)
+
+    def selects(self, identity: Identity) -> bool:
+        """The globs on ``identity.cgroup``, then ``kubernetes`` on the identity."""
+        if not self.matches(identity.cgroup):
+            return False
+        return self.kubernetes is None or self.kubernetes.matches(identity)
 
 
 @dataclass(frozen=True)

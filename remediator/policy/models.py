@@ -30,6 +30,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from remediator.identity import is_dns_label
 from remediator.located.validation import KeyedValueError, describe_value
 from remediator.located.yaml_doc import KeyPath
 from remediator.policy.compiled import NODE_WIDE_KINDS, glob_to_regex
@@ -136,6 +137,58 @@ class CgroupsTargetModel(_Strict):
     exclude: List[CgroupGlob] = Field(
         default_factory=list, description="Globs never watched even if included. Default: none."
     )
+    kubernetes: Optional[KubernetesSelectionModel] = Field(
+        None,
+        description="Narrow the Kubernetes cgroups selected by QoS class and namespace "
+        "(qos, namespaces, exclude_namespaces). Default: no narrowing.",
+    )
+
+
+def check_namespace(name: str) -> str:
+    """A Kubernetes namespace name is a DNS label: a name that is not one can never match a pod."""
+    if not is_dns_label(name):
+        raise ValueError(
+            "not a Kubernetes namespace name: lower-case letters, digits and '-', at most 63, "
+            f"starting and ending with a letter or digit (got {describe_value(name)})"
+        )
+    return name
+
+
+Namespace = Annotated[str, AfterValidator(check_namespace)]
+
+
+class KubernetesSelectionModel(_Strict):
+    """Narrow which Kubernetes cgroups (those in the kubelet's kubepods tree) the globs select.
+
+    Cgroups that are not Kubernetes' (systemd services) are selected by the globs alone. The
+    namespace is read from the node's /var/log/pods: with ``namespaces`` or ``exclude_namespaces``
+    set, a Kubernetes cgroup whose namespace is unknown (a QoS-class cgroup, a pod without a log
+    directory) is not selected.
+    """
+
+    qos: Optional[List[Literal["guaranteed", "burstable", "besteffort"]]] = Field(
+        None,
+        min_length=1,
+        description="QoS classes to select (guaranteed, burstable, besteffort). Default: every class.",
+    )
+    namespaces: Optional[List[Namespace]] = Field(
+        None, min_length=1, description="Only pods in these namespaces. Default: every namespace."
+    )
+    exclude_namespaces: List[Namespace] = Field(
+        default_factory=list, description="Never pods in these namespaces. Default: none."
+    )
+
+    @model_validator(mode="after")
+    def _not_both(self) -> KubernetesSelectionModel:
+        selected = set(self.namespaces or ())
+        problems: List[Tuple[KeyPath, str]] = [
+            (("exclude_namespaces", index), f"{name!r} is also in namespaces: select it or exclude it")
+            for index, name in enumerate(self.exclude_namespaces)
+            if name in selected
+        ]
+        if problems:
+            raise KeyedValueError(problems)
+        return self
 
 
 class NodeTargetModel(_Strict):
