@@ -9,18 +9,36 @@ the host at /host, or on a bug report's copied tree.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence, TextIO
 
 from remediator import __version__
+from remediator.text import escape_name
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 
 DEFAULT_CONFIG = Path("/etc/remediator/remediator.yaml")
+CONFIG_ENV = "REMEDIATOR_CONFIG"
+
+
+def _path_argument(text: str) -> Path:
+    """A directory named on the command line: relative to the caller's working directory.
+
+    Settings refuse relative paths (a daemon's working directory is nobody's
+    choice), so the command line resolves its own, as every tool does with a
+    path argument (``--policies policies`` in a checkout). Empty is refused.
+    """
+    if text == "":
+        raise argparse.ArgumentTypeError("must not be empty")
+    try:
+        return Path(text).absolute()
+    except OSError as exc:  # the working directory was removed
+        raise argparse.ArgumentTypeError(f"cannot be made absolute: {exc.strerror or exc}") from exc
 
 
 def _add_global(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -32,24 +50,24 @@ def _add_global(parser: argparse.ArgumentParser, suppress: bool) -> None:
         type=Path,
         default=default,
         metavar="FILE",
-        help=f"settings file (default {DEFAULT_CONFIG}; env REMEDIATOR_CONFIG)",
+        help=f"settings file (default {DEFAULT_CONFIG}; env {CONFIG_ENV})",
     )
     parser.add_argument(
         "--policies",
-        type=Path,
+        type=_path_argument,
         default=default,
         metavar="DIR",
         help="policies directory (default /etc/remediator/policies.d)",
     )
     parser.add_argument(
         "--cgroup-root",
-        type=Path,
+        type=_path_argument,
         default=default,
         metavar="DIR",
         help="cgroup v2 root (default /sys/fs/cgroup)",
     )
     parser.add_argument(
-        "--proc-root", type=Path, default=default, metavar="DIR", help="proc root (default /proc)"
+        "--proc-root", type=_path_argument, default=default, metavar="DIR", help="proc root (default /proc)"
     )
 
 
@@ -75,13 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon (systemd Type=notify)")
     _add_global(run, suppress=True)
-    run.add_argument(
+    # One or the other: with both, the last one used to win silently (a usage error now, exit 2).
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument(
         "--dry-run",
         action="store_true",
         default=None,
         help="decide and record, write nothing (REMEDIATOR_DRY_RUN=1 on every record)",
     )
-    run.add_argument(
+    mode.add_argument(
         "--enforce",
         dest="dry_run",
         action="store_false",
@@ -123,13 +143,45 @@ def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
 def _config_path(args: argparse.Namespace) -> tuple[Path, bool]:
     if getattr(args, "config", None) is not None:
         return args.config, True
-    env = os.environ.get("REMEDIATOR_CONFIG")
-    if env:
+    env = os.environ.get(CONFIG_ENV)
+    if env is not None:
         return Path(env), True
     return DEFAULT_CONFIG, False
 
 
+def _write_lines(stream: TextIO, lines: Iterable[object]) -> None:
+    # Issues name files and repeat values: a newline or an escape in either must not reach the terminal raw.
+    for line in lines:
+        stream.write(escape_name(str(line)) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; returns the exit code.
+
+    Output to a pipe that closes early (``remediator check | head -1``) ends
+    quietly with exit 1, as Python's documentation recommends (signal module,
+    "Note on SIGPIPE"), instead of a BrokenPipeError traceback.
+    """
+    try:
+        code = _main(argv)
+        # Flushed here, not at exit: a closed pipe must be seen while it can still be handled.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_INVALID
+    return code
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit; point it at /dev/null so that flush has nowhere to fail.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file (tests capture it): nothing will be flushed at exit
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -139,14 +191,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
 
-    from remediator.settings import Settings, SettingsError, load_settings
+    from remediator.settings import Settings, SettingsError, load_settings, path_text_problem
 
     config_path, explicit = _config_path(args)
+    env_config = os.environ.get(CONFIG_ENV)
+    # The settings' rule for paths applies to the one that names the settings file too.
+    problem = path_text_problem(env_config) if args.config is None and env_config is not None else None
+    if problem is not None:
+        _write_lines(sys.stderr, [f"env:{CONFIG_ENV}: {problem}"])
+        return EXIT_INVALID
     try:
         settings = load_settings(config_path, explicit, _overrides(args), os.environ)
     except SettingsError as exc:
-        for issue in exc.issues:
-            sys.stderr.write(f"{issue}\n")
+        _write_lines(sys.stderr, exc.issues)
         return EXIT_INVALID
 
     if args.command == "check":
@@ -165,8 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             settings.policies_dir, allow_untrusted=settings.insecure_allow_untrusted_files
         )
         if not args.cgroups and not args.all and policy_set.issues:
-            for issue in policy_set.issues:
-                sys.stderr.write(f"remediator: policy ignored: {issue}\n")
+            _write_lines(sys.stderr, (f"remediator: policy ignored: {issue}" for issue in policy_set.issues))
         return run_status(
             roots, policy_set.policies, args.cgroups, args.all, args.json, sys.stdout, sys.stderr
         )

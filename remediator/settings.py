@@ -37,28 +37,64 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Tuple, Type
+from typing import Annotated, Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, Type
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from remediator.errors import RemediatorError
 from remediator.located.issues import DOCUMENT_KEY, FILE_KEY, PolicyIssue, format_issues, sorted_issues
 from remediator.located.validation import describe_value, translate_validation_error, validation_issues
 from remediator.located.yaml_doc import (
+    LocatedDocument,
     decode_utf8,
     parse_located_yaml,
 )
-from remediator.trust import OVERRIDE_SETTING, check_file
+from remediator.trust import OVERRIDE_SETTING, check_file, state_path_problem
 
 DEFAULT_CONFIG_PATH = Path("/etc/remediator/remediator.yaml")
 ENV_PREFIX = "REMEDIATOR_"
 COMMAND_LINE = "command line"
 MAX_SETTINGS_FILE_BYTES = 1 << 20
 
+DEFAULTS = "default"  # the "file" of an issue about a value nobody set
+
+
+def path_text_problem(text: str) -> Optional[str]:
+    """Why ``text`` cannot name a file the daemon uses, or None.
+
+    One rule for every path-valued setting, from every source: not empty
+    (``Path("")`` is ``.``, the working directory), no NUL byte (no system call
+    takes one: the daemon would crash at the first open), and absolute (a
+    relative path would be resolved against whatever directory the daemon was
+    started from: ``/`` under systemd, elsewhere by hand). The command line
+    makes its relative arguments absolute against the caller's directory, as
+    every command-line tool does, before they get here.
+    """
+    if text == "":
+        return "must not be empty"
+    if "\0" in text:
+        return "must not contain a NUL byte"
+    if not text.startswith("/"):
+        return (
+            f"must be an absolute path (got {describe_value(text)}): a relative one would depend on "
+            "the directory the daemon was started from"
+        )
+    return None
+
+
+def _checked_path(value: Any) -> Any:
+    # Before pydantic turns it into a Path: Path("") is "." and would pass as a (relative) path.
+    if isinstance(value, (str, os.PathLike)):
+        problem = path_text_problem(os.fspath(value) if isinstance(value, os.PathLike) else value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
 # Paths come from YAML strings, environment strings and argparse Paths alike:
 # the only fields where a string is converted rather than refused.
-_PathSetting = Annotated[Path, Field(strict=False)]
+_PathSetting = Annotated[Path, BeforeValidator(_checked_path), Field(strict=False)]
 
 
 class Settings(BaseSettings):
@@ -190,43 +226,53 @@ def read_settings_file(
     "10"`` are errors, as they would be in a policy. A file someone other than
     root could have written is refused unless ``allow_untrusted``.
     """
+    values, issues, _document = _read_settings_document(path, explicit, allow_untrusted)
+    return values, issues
+
+
+_FileResult = Tuple[Dict[str, Any], List[PolicyIssue], Optional[LocatedDocument]]
+
+
+def _read_settings_document(path: Path, explicit: bool, allow_untrusted: bool) -> _FileResult:
+    """``read_settings_file``, and the document (for locating a later problem with a value)."""
     file = str(path)
     try:
         status = os.stat(path)
     except FileNotFoundError:
         if explicit:
-            return {}, [_file_issue(file, "settings file does not exist")]
-        return {}, []
+            return {}, [_file_issue(file, "settings file does not exist")], None
+        return {}, [], None
     except OSError as error:
-        return {}, [_file_issue(file, f"cannot read: {error.strerror or error}")]
+        return {}, [_file_issue(file, f"cannot read: {error.strerror or error}")], None
     if not stat.S_ISREG(status.st_mode):
-        return {}, [_file_issue(file, "not a regular file")]
+        return {}, [_file_issue(file, "not a regular file")], None
     if status.st_size > MAX_SETTINGS_FILE_BYTES:
-        return {}, [_file_issue(file, f"too large ({status.st_size} bytes)")]
+        return {}, [_file_issue(file, f"too large ({status.st_size} bytes)")], None
     untrusted = None if allow_untrusted else check_file(path)
     if untrusted is not None:
-        return {}, [_file_issue(file, untrusted.message())]
+        return {}, [_file_issue(file, untrusted.message())], None
     try:
         data = path.read_bytes()
     except OSError as error:
-        return {}, [_file_issue(file, f"cannot read: {error.strerror or error}")]
+        return {}, [_file_issue(file, f"cannot read: {error.strerror or error}")], None
     text, issues = decode_utf8(data, file)
     if text is None:
-        return {}, issues
+        return {}, issues, None
     document, issues = parse_located_yaml(text, file)
     if document.value is None:
         # No document at all (empty, only comments) means "all defaults".
-        return {}, issues
+        return {}, issues, document
     if not isinstance(document.value, dict):
         got = describe_value(document.value)
-        return {}, [
-            *issues,
-            PolicyIssue(file, 1, 1, DOCUMENT_KEY, f"must be a mapping of settings (got {got})"),
-        ]
+        return (
+            {},
+            [*issues, PolicyIssue(file, 1, 1, DOCUMENT_KEY, f"must be a mapping of settings (got {got})")],
+            document,
+        )
     values, problem = _validate_layer(document.value, SettingsFileValues)
     if problem is not None:
         issues = issues + validation_issues(document, problem, SettingsFileValues)
-    return (values if not issues else {}), issues
+    return (values if not issues else {}), issues, document
 
 
 def read_environment(environ: Mapping[str, str]) -> Tuple[Dict[str, Any], List[PolicyIssue]]:
@@ -282,9 +328,33 @@ def load_settings(
     flag_values, flag_issues = read_overrides(overrides or {})
     # Only the environment or a flag may excuse the file: a file cannot vouch for itself.
     file_excused = bool({**env_values, **flag_values}.get(OVERRIDE_SETTING, False))
-    file_values, file_issues = read_settings_file(path, explicit, allow_untrusted=file_excused)
+    file_values, file_issues, document = _read_settings_document(path, explicit, file_excused)
     issues = file_issues + env_issues + flag_issues
     if issues:
         raise SettingsError(sorted_issues(issues))
     merged = {**file_values, **env_values, **flag_values}
-    return Settings(**merged)
+    settings = Settings(**merged)
+    # The state file is judged on the disk, once the winning value is known: check and run alike.
+    problem = state_path_problem(settings.state_file)
+    if problem is not None:
+        where = _source_of("state_file", flag_values, env_values, file_values, document)
+        raise SettingsError([where(problem)])
+    return settings
+
+
+def _source_of(
+    field: str,
+    flag_values: Mapping[str, Any],
+    env_values: Mapping[str, Any],
+    file_values: Mapping[str, Any],
+    document: Optional[LocatedDocument],
+) -> Callable[[str], PolicyIssue]:
+    """How to locate an issue with the value of ``field`` that won (flag > env > file > default)."""
+    if field in flag_values:
+        return lambda message: PolicyIssue(COMMAND_LINE, None, None, field, message)
+    if field in env_values:
+        return lambda message: PolicyIssue(f"env:{env_var_name(field)}", None, None, field, message)
+    if field in file_values and document is not None:
+        located = document
+        return lambda message: located.issue((field,), message)
+    return lambda message: PolicyIssue(DEFAULTS, None, None, field, message)

@@ -61,6 +61,10 @@ class UntrustedFile:
     uid: int
     mode: int  # permission bits only (stat.S_IMODE)
     reason: str
+    # Whether the culprit is a directory above the subject, not the subject itself: said in the
+    # message. (Comparing paths was wrong for a file reached by a relative path or a symlink, whose
+    # culprit is the resolved path: a group-writable policy file was called a "directory".)
+    culprit_is_above: bool = False
 
     @property
     def mode_text(self) -> str:
@@ -68,7 +72,7 @@ class UntrustedFile:
 
     def message(self) -> str:
         """One line for a located issue: names the culprit, its mode and owner, and the way out."""
-        above = "" if self.culprit == self.subject else "directory "
+        above = "directory " if self.culprit_is_above else ""
         facts = f" (mode {self.mode_text}, owner uid {self.uid})" if self.uid >= 0 else ""
         what = f"{above}{self.culprit}{facts} {self.reason}"
         return (
@@ -92,7 +96,7 @@ def _writers(mode: int) -> str:
 
 
 def _examine(
-    subject: Path, path: Path, owners: FrozenSet[int], *, sticky_ok: bool
+    subject: Path, path: Path, owners: FrozenSet[int], *, sticky_ok: bool, above: bool
 ) -> Optional[UntrustedFile]:
     try:
         st = os.lstat(path)
@@ -100,14 +104,16 @@ def _examine(
         # Existence is the caller's business ("does not exist" is its own issue).
         return None
     except OSError as exc:
-        return UntrustedFile(subject, path, -1, 0, f"cannot be examined ({exc.strerror or exc})")
+        return UntrustedFile(subject, path, -1, 0, f"cannot be examined ({exc.strerror or exc})", above)
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid not in owners:
-        return UntrustedFile(subject, path, st.st_uid, mode, f"is owned by uid {st.st_uid}, not by root")
+        return UntrustedFile(
+            subject, path, st.st_uid, mode, f"is owned by uid {st.st_uid}, not by root", above
+        )
     if mode & _WRITABLE_BY_OTHERS:
         sticky_dir = stat.S_ISDIR(st.st_mode) and bool(mode & stat.S_ISVTX)
         if not (sticky_ok and sticky_dir):
-            return UntrustedFile(subject, path, st.st_uid, mode, f"is writable by {_writers(mode)}")
+            return UntrustedFile(subject, path, st.st_uid, mode, f"is writable by {_writers(mode)}", above)
     return None
 
 
@@ -125,12 +131,12 @@ def check_file(path: Path, owners: Optional[FrozenSet[int]] = None) -> Optional[
     real = Path(os.path.realpath(path))
     chain = _chain(real)
     # The file and its own directory: no write access for anyone else, sticky or not.
-    for strict in chain[:2]:
-        found = _examine(path, strict, allowed, sticky_ok=False)
+    for index, strict in enumerate(chain[:2]):
+        found = _examine(path, strict, allowed, sticky_ok=False, above=index > 0)
         if found is not None:
             return found
-    for above in chain[2:]:
-        found = _examine(path, above, allowed, sticky_ok=True)
+    for directory in chain[2:]:
+        found = _examine(path, directory, allowed, sticky_ok=True, above=True)
         if found is not None:
             return found
     return None
@@ -145,14 +151,78 @@ def check_directory(path: Path, owners: Optional[FrozenSet[int]] = None) -> Opti
     allowed = owners if owners is not None else trusted_owners()
     real = Path(os.path.realpath(path))
     chain = _chain(real)
-    found = _examine(path, chain[0], allowed, sticky_ok=False)
+    found = _examine(path, chain[0], allowed, sticky_ok=False, above=False)
     if found is not None:
         return found
-    for above in chain[1:]:
-        found = _examine(path, above, allowed, sticky_ok=True)
+    for directory in chain[1:]:
+        found = _examine(path, directory, allowed, sticky_ok=True, above=True)
         if found is not None:
             return found
     return None
+
+
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISLNK, "a symlink"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_type_name(mode: int) -> str:
+    """``a directory``, ``a FIFO``, ... for an ``st_mode`` that is not a regular file."""
+    for test, name in _FILE_TYPES:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def state_path_problem(path: Path, owners: Optional[FrozenSet[int]] = None) -> Optional[str]:
+    """None when ``path`` may be the state file; otherwise why not, in one clause.
+
+    The state file holds the originals every restore needs, and the daemon
+    replaces it (rename) and moves an invalid one aside. So the path must be
+    absent or a regular file (never a directory, a symlink, a FIFO, ... that
+    the daemon would rename away), and its directory must be one only root
+    can write (owned by root or the daemon's user, no group/other write bit,
+    not even sticky); the directories above it may be sticky (``/tmp``), as
+    for settings files. A directory that does not exist yet is judged by the
+    ones above it (the daemon creates it 0700, and refuses it at the write if
+    someone else created it first).
+
+    A path an unprivileged ``check`` may not look into (EACCES below a 0700
+    directory) is not refused: only root could have put anything there, and
+    the daemon, as root, looks again at start.
+    """
+    text = os.fspath(path)
+    if not text or "\0" in text or not os.path.isabs(text):
+        return f"{text!r} is not an absolute path"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        return None
+    except NotADirectoryError:
+        return f"{path}: a directory above it is not a directory"
+    except OSError as exc:
+        return f"{path} cannot be examined ({exc.strerror or exc})"
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            return (
+                f"{path} is {file_type_name(st.st_mode)}; the state file must be a regular file "
+                "(or absent), which the daemon replaces and, when invalid, moves aside"
+            )
+    untrusted = check_directory(path.parent, owners)
+    if untrusted is None:
+        return None
+    facts = f" (mode {untrusted.mode_text}, owner uid {untrusted.uid})" if untrusted.uid >= 0 else ""
+    return (
+        f"directory {untrusted.culprit}{facts} {untrusted.reason}; the state file's directory must be "
+        "one only root can write (it holds the originals every restore needs), such as /run/remediator"
+    )
 
 
 __all__ = [
@@ -162,5 +232,7 @@ __all__ = [
     "UntrustedFile",
     "check_directory",
     "check_file",
+    "file_type_name",
+    "state_path_problem",
     "trusted_owners",
 ]

@@ -22,6 +22,7 @@ from remediator.policy.compiled import (
 from remediator.policy.loader import load_policy_dir
 from remediator.settings import Settings
 from remediator.sizes import format_bytes
+from remediator.text import escape_name, plural
 
 MAX_LISTED = 20
 
@@ -59,44 +60,52 @@ def describe_policy(policy: Policy) -> str:
 def run_check(settings: Settings, config_file: Optional[Path], out: TextIO, err: TextIO) -> int:
     from remediator.daemon.discovery import selection_by_policy
 
+    # Every line goes through escape_name: file names, cgroup names and the values an issue repeats
+    # are anyone's choice, and a newline in one must not split (or forge) a line of this report.
+    def say(stream: TextIO, line: str) -> None:
+        stream.write(escape_name(line) + "\n")
+
     roots = KernelRoots(settings.cgroup_root, settings.proc_root)
-    out.write(
+    say(
+        out,
         f"settings: {'file ' + str(config_file) if config_file else 'defaults (no settings file)'}; "
-        f"mode: {'dry-run (audit)' if settings.dry_run else 'enforcing'}\n"
+        f"mode: {'dry-run (audit)' if settings.dry_run else 'enforcing'}",
     )
     allow_untrusted = settings.insecure_allow_untrusted_files
     if allow_untrusted:
         # As `run` would load them: checking with stricter rules than the daemon applies would lie.
-        err.write(
+        say(
+            err,
             "remediator: warning: insecure_allow_untrusted_files is set: the ownership and mode of "
-            "the settings and policy files are not checked\n"
+            "the settings and policy files are not checked",
         )
     policy_set = load_policy_dir(settings.policies_dir, allow_untrusted=allow_untrusted)
     for issue in policy_set.issues:
-        err.write(f"{issue}\n")
+        say(err, str(issue))
     caps = probe(roots)
     valid: Sequence[Policy] = policy_set.policies
     selection = selection_by_policy(roots, valid) if caps.memory_controller_v2 else {}
     for policy in valid:
         state = "" if policy.enabled else " (disabled)"
-        out.write(f"policy {policy.name}{state} [{policy.source}]: {describe_policy(policy)}\n")
+        say(out, f"policy {policy.name}{state} [{policy.source}]: {describe_policy(policy)}")
         if not isinstance(policy.target, CgroupSelector):
-            out.write("  selects: the node (/proc/pressure/memory)\n")
+            say(out, "  selects: the node (/proc/pressure/memory)")
             continue
         if not caps.memory_controller_v2:
-            out.write("  selects: nothing on this machine (no cgroup v2 memory controller, see below)\n")
+            say(out, "  selects: nothing on this machine (no cgroup v2 memory controller, see below)")
             continue
         chosen: List[str] = list(selection.get(policy.name, ()))
-        out.write(f"  selects: {len(chosen)} cgroup{'s' if len(chosen) != 1 else ''} now\n")
+        say(out, f"  selects: {plural(len(chosen), 'cgroup')} now")
         for name in chosen[:MAX_LISTED]:
-            out.write(f"    {name}\n")
+            say(out, f"    {name}")
         if len(chosen) > MAX_LISTED:
-            out.write(f"    ... and {len(chosen) - MAX_LISTED} more\n")
+            say(out, f"    ... and {len(chosen) - MAX_LISTED} more")
     if not caps.memory_controller_v2:
-        out.write("\n" + " ".join(caps.summary_lines()) + "\n")
+        out.write("\n")
+        say(out, " ".join(caps.summary_lines()))
     n_files = len(policy_set.files)
     if policy_set.issues:
-        err.write(f"{len(policy_set.issues)} error(s) in {settings.policies_dir}\n")
+        say(err, f"{plural(len(policy_set.issues), 'error')} in {settings.policies_dir}")
         return 1
-    out.write(f"ok: {len(valid)} polic{'ies' if len(valid) != 1 else 'y'} valid in {n_files} file(s)\n")
+    say(out, f"ok: {plural(len(valid), 'policy', 'policies')} valid in {plural(n_files, 'file')}")
     return 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 
+from remediator import settings as settings_module
 from remediator.settings import Settings, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -180,13 +183,12 @@ def test_flags_given_as_none_are_not_given(tmp_path: Path) -> None:
 def test_paths_from_every_source_become_paths(tmp_path: Path) -> None:
     config = write(tmp_path, "policies_dir: /srv/policies\n")
 
-    settings = load_settings(
-        config, True, {"proc_root": "/host/proc"}, {"REMEDIATOR_STATE_FILE": "/tmp/s.json"}
-    )
+    state = tmp_path / "s.json"
+    settings = load_settings(config, True, {"proc_root": "/host/proc"}, {"REMEDIATOR_STATE_FILE": str(state)})
 
     assert settings.policies_dir == Path("/srv/policies")
     assert settings.proc_root == Path("/host/proc")
-    assert settings.state_file == Path("/tmp/s.json")
+    assert settings.state_file == state
 
 
 def test_the_process_environment_is_read_only_when_no_environ_is_given(
@@ -210,3 +212,152 @@ def test_settings_error_reads_as_one_issue_per_line(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml", True, {"log_target": "x"}, {})
 
     assert str(caught.value).splitlines() == [str(issue) for issue in caught.value.issues]
+
+
+# ---- path-valued settings: one rule for every path and every source (issue 12, item 14) ---------------
+
+PATH_FIELDS = ("policies_dir", "state_file", "cgroup_root", "proc_root")
+
+
+@pytest.mark.parametrize("field", PATH_FIELDS)
+@pytest.mark.parametrize(
+    ("yaml_value", "message"),
+    [
+        ('"/srv/a\\0b"', "must not contain a NUL byte"),
+        ('""', "must not be empty"),
+        ("relative/dir", "must be an absolute path (got 'relative/dir')"),
+    ],
+)
+def test_a_path_setting_that_no_system_call_takes_is_refused_located_in_the_file(
+    tmp_path: Path, field: str, yaml_value: str, message: str
+) -> None:
+    config = write(tmp_path, f"# paths\n{field}: {yaml_value}\n")
+
+    [line] = error_lines(config)
+
+    assert line.startswith(f"{config}:2:1: {field}: {message}")
+
+
+@pytest.mark.parametrize("field", PATH_FIELDS)
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "must not be empty"), ("x.json", "must be an absolute path")]
+)
+def test_an_empty_or_relative_path_from_the_environment_is_refused(
+    tmp_path: Path, field: str, text: str, message: str
+) -> None:
+    variable = f"REMEDIATOR_{field.upper()}"
+
+    [line] = error_lines(tmp_path / "absent.yaml", False, environ={variable: text})
+
+    assert line.startswith(f"env:{variable}: {field}: {message}")
+
+
+def test_a_relative_path_given_to_load_settings_as_a_flag_is_refused(tmp_path: Path) -> None:
+    # The CLI makes its path arguments absolute first (test_cli_paths); a caller that does not is refused.
+    [line] = error_lines(tmp_path / "absent.yaml", False, overrides={"policies_dir": Path("policies")})
+
+    assert line.startswith("command line: policies_dir: must be an absolute path (got 'policies')")
+
+
+# ---- the state file on the disk (issue 12, item 1, the settings side) ----------------------------------
+
+
+def private_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+def test_an_absent_or_regular_state_file_in_a_private_directory_is_accepted(tmp_path: Path) -> None:
+    directory = private_dir(tmp_path)
+    absent = directory / "state.json"
+    assert (
+        load_settings(tmp_path / "a.yaml", False, {}, {"REMEDIATOR_STATE_FILE": str(absent)}).state_file
+        == absent
+    )
+    absent.write_text('{"schema_version": 1, "entries": []}\n')
+    assert (
+        load_settings(tmp_path / "a.yaml", False, {}, {"REMEDIATOR_STATE_FILE": str(absent)}).state_file
+        == absent
+    )
+    # A directory not created yet is made 0700 by the daemon: judged by the ones above it.
+    later = directory / "not-yet" / "state.json"
+    assert (
+        load_settings(tmp_path / "a.yaml", False, {}, {"REMEDIATOR_STATE_FILE": str(later)}).state_file
+        == later
+    )
+
+
+def test_a_directory_named_as_state_file_is_refused_where_it_was_set(tmp_path: Path) -> None:
+    directory = private_dir(tmp_path)
+    config = write(tmp_path, f"dry_run: true\nstate_file: {directory}\n")
+
+    assert error_lines(config) == [
+        f"{config}:2:1: state_file: {directory} is a directory; the state file must be a regular file "
+        "(or absent), which the daemon replaces and, when invalid, moves aside"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "socket"])
+def test_a_state_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    path = private_dir(tmp_path) / "state.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        (tmp_path / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+        path.symlink_to(tmp_path / "passwd")
+    else:
+        listener = socket.socket(socket.AF_UNIX)
+        try:
+            listener.bind(str(path))
+        except OSError:
+            pytest.skip("the path is too long for a unix socket here")
+        listener.close()
+    names = {"fifo": "a FIFO", "symlink": "a symlink", "socket": "a socket"}
+
+    [line] = error_lines(tmp_path / "a.yaml", False, environ={"REMEDIATOR_STATE_FILE": str(path)})
+
+    assert line.startswith(f"env:REMEDIATOR_STATE_FILE: state_file: {path} is {names[kind]};")
+
+
+@pytest.mark.parametrize(
+    ("mode", "writers"), [(0o770, "group"), (0o707, "others"), (0o1777, "group and others")]
+)
+def test_a_state_file_in_a_directory_others_can_write_is_refused(
+    tmp_path: Path, mode: int, writers: str
+) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(mode)
+
+    [line] = error_lines(tmp_path / "a.yaml", False, overrides={"state_file": directory / "state.json"})
+
+    assert line == (
+        f"command line: state_file: directory {directory} (mode {mode:04o}, owner uid {os.geteuid()}) is "
+        f"writable by {writers}; the state file's directory must be one only root can write (it holds the "
+        "originals every restore needs), such as /run/remediator"
+    )
+
+
+def test_a_state_file_below_a_regular_file_is_refused(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0::/root:/bin/sh\n")
+
+    [line] = error_lines(
+        tmp_path / "a.yaml", False, environ={"REMEDIATOR_STATE_FILE": f"{passwd}/state.json"}
+    )
+
+    assert line == (
+        f"env:REMEDIATOR_STATE_FILE: state_file: {passwd}/state.json: a directory above it is not a directory"
+    )
+
+
+def test_a_bad_default_state_path_is_said_to_be_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever this machine's /run looks like: the point is where the issue is located.
+    monkeypatch.setattr(settings_module, "state_path_problem", lambda path: f"{path} is unusable here")
+
+    assert error_lines(tmp_path / "a.yaml", False) == [
+        "default: state_file: /run/remediator/state.json is unusable here"
+    ]
