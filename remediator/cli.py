@@ -191,7 +191,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
 
-    from remediator.settings import Settings, SettingsError, load_settings, path_text_problem
+    from remediator.settings import Settings, SettingsError, load_settings
+    from remediator.trust import path_text_problem
 
     config_path, explicit = _config_path(args)
     env_config = os.environ.get(CONFIG_ENV)

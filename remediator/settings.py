@@ -50,7 +50,7 @@ from remediator.located.yaml_doc import (
     decode_utf8,
     parse_located_yaml,
 )
-from remediator.trust import OVERRIDE_SETTING, check_file, state_path_problem
+from remediator.trust import OVERRIDE_SETTING, check_file, path_text_problem, state_path_problem
 
 DEFAULT_CONFIG_PATH = Path("/etc/remediator/remediator.yaml")
 ENV_PREFIX = "REMEDIATOR_"
@@ -58,29 +58,6 @@ COMMAND_LINE = "command line"
 MAX_SETTINGS_FILE_BYTES = 1 << 20
 
 DEFAULTS = "default"  # the "file" of an issue about a value nobody set
-
-
-def path_text_problem(text: str) -> Optional[str]:
-    """Why ``text`` cannot name a file the daemon uses, or None.
-
-    One rule for every path-valued setting, from every source: not empty
-    (``Path("")`` is ``.``, the working directory), no NUL byte (no system call
-    takes one: the daemon would crash at the first open), and absolute (a
-    relative path would be resolved against whatever directory the daemon was
-    started from: ``/`` under systemd, elsewhere by hand). The command line
-    makes its relative arguments absolute against the caller's directory, as
-    every command-line tool does, before they get here.
-    """
-    if text == "":
-        return "must not be empty"
-    if "\0" in text:
-        return "must not contain a NUL byte"
-    if not text.startswith("/"):
-        return (
-            f"must be an absolute path (got {describe_value(text)}): a relative one would depend on "
-            "the directory the daemon was started from"
-        )
-    return None
 
 
 def _checked_path(value: Any) -> Any:

@@ -179,6 +179,29 @@ def file_type_name(mode: int) -> str:
     return "not a regular file"
 
 
+def path_text_problem(text: str) -> Optional[str]:
+    """Why ``text`` cannot name a file the daemon uses, or None.
+
+    One rule for every path-valued setting, from every source: not empty
+    (``Path("")`` is ``.``, the working directory), no NUL byte (no system call
+    takes one: the daemon would crash at the first open), and absolute (a
+    relative path would be resolved against whatever directory the daemon was
+    started from: ``/`` under systemd, elsewhere by hand). The command line
+    makes its relative arguments absolute against the caller's directory, as
+    every command-line tool does, before they get here.
+    """
+    if text == "":
+        return "must not be empty"
+    if "\0" in text:
+        return "must not contain a NUL byte"
+    if not text.startswith("/"):
+        return (
+            f"must be an absolute path (got {text!r}): a relative one would depend on "
+            "the directory the daemon was started from"
+        )
+    return None
+
+
 def state_path_problem(path: Path, owners: Optional[FrozenSet[int]] = None) -> Optional[str]:
     """None when ``path`` may be the state file; otherwise why not, in one clause.
 
@@ -196,9 +219,9 @@ def state_path_problem(path: Path, owners: Optional[FrozenSet[int]] = None) -> O
     directory) is not refused: only root could have put anything there, and
     the daemon, as root, looks again at start.
     """
-    text = os.fspath(path)
-    if not text or "\0" in text or not os.path.isabs(text):
-        return f"{text!r} is not an absolute path"
+    text_problem = path_text_problem(os.fspath(path))
+    if text_problem is not None:
+        return text_problem
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -233,6 +256,7 @@ __all__ = [
     "check_directory",
     "check_file",
     "file_type_name",
+    "path_text_problem",
     "state_path_problem",
     "trusted_owners",
 ]
