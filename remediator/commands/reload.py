@@ -1,49 +1,53 @@
-"""``remediator reload``: send SIGHUP to the running daemon.
+"""``remediator reload``: check the settings and policies, then send SIGHUP to the running daemon.
 
-For ``ExecReload=`` on minimal systems that have no ``/bin/kill``. The PID is
-checked to belong to a remediator process first, so a stale PID file can
-never make us signal an unrelated process that reused the number.
+For ``ExecReload=`` (minimal systems have no ``/bin/kill``), so that
+``systemctl reload remediator`` says whether the new configuration was
+taken: the settings (already loaded by the CLI) and every policy are
+validated first, as ``check`` does, and an invalid set exits 1 with every
+error on stderr *without* signalling: systemd reports the reload as failed
+and the daemon keeps running the set it has. Exit 0 only after a verified
+daemon was signalled.
+
+The daemon is the PID in its PID file, or ``--pid`` (systemd passes
+``$MAINPID``); either way it is signalled only if ``/proc/PID`` shows
+remediator's ``run`` (``remediator.daemon.pid_file.daemon_problem``).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Optional, TextIO
 
+from remediator.daemon import pid_file
+from remediator.daemon.pid_file import PidFileError, read_pid_file, signal_daemon
+from remediator.policy.loader import load_policy_dir
 from remediator.settings import Settings
+from remediator.text import escape_name, plural
 
 
 def pid_file_path(settings: Settings) -> Path:
-    return settings.state_file.parent / "remediator.pid"
-
-
-def _is_remediator(pid: int, proc_root: Path) -> bool:
-    try:
-        cmdline = (proc_root / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"remediator" in cmdline
+    """Kept for remediator.daemon.service until it imports remediator.daemon.pid_file itself."""
+    return pid_file.pid_file_path(settings.state_file)
 
 
 def run_reload(settings: Settings, pid: Optional[int], err: TextIO) -> int:
-    if pid is None:
-        path = pid_file_path(settings)
-        try:
-            pid = int(path.read_text().strip())
-        except (OSError, ValueError) as exc:
-            err.write(f"remediator reload: cannot read the daemon's PID from {path}: {exc}\n")
-            return 1
-    if pid <= 1:
-        err.write(f"remediator reload: refusing to signal PID {pid}\n")
-        return 1
-    if not _is_remediator(pid, settings.proc_root):
-        err.write(f"remediator reload: PID {pid} is not a running remediator daemon\n")
+    def say(line: str) -> None:
+        err.write(escape_name(f"remediator reload: {line}") + "\n")
+
+    policy_set = load_policy_dir(
+        settings.policies_dir, allow_untrusted=settings.insecure_allow_untrusted_files
+    )
+    if policy_set.issues:
+        for issue in policy_set.issues:
+            err.write(escape_name(str(issue)) + "\n")
+        count = plural(len(policy_set.issues), "error")
+        say(f"{count} in {settings.policies_dir}: not reloading; the daemon keeps the policies it runs")
         return 1
     try:
-        os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        err.write(f"remediator reload: cannot signal PID {pid}: {exc.strerror}\n")
+        target = read_pid_file(pid_file.pid_file_path(settings.state_file)) if pid is None else pid
+        signal_daemon(target, signal.SIGHUP, settings.proc_root)
+    except PidFileError as exc:
+        say(str(exc))
         return 1
     return 0
