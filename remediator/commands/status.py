@@ -8,6 +8,7 @@ documented in the README): fields are only ever added, never renamed.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
@@ -21,6 +22,7 @@ from remediator.kernel.snapshot import read_cgroup_snapshot, read_node_snapshot
 from remediator.policy.compiled import CgroupSelector, Policy
 from remediator.readings import CgroupSnapshot, NodeSnapshot, Pressure, PressureLine
 from remediator.sizes import format_bytes
+from remediator.text import escape_name
 
 SCHEMA = "remediator.status/v1"
 
@@ -109,13 +111,19 @@ _HEADERS = (
 
 
 def render_table(rows: Sequence[StatusRow], node: Optional[NodeSnapshot], out: TextIO) -> None:
+    """The table and the diagnosis lines; nothing at all without rows (a header alone says nothing).
+
+    Names are escaped (``remediator.text``): a tenant's ``x\\rSPOOFED ...`` cannot overwrite its row.
+    """
+    if not rows:
+        return
     table: List[Tuple[str, ...]] = [_HEADERS]
     for row in rows:
         s = row.snapshot
         comp = compose(s, node)
         table.append(
             (
-                s.cgroup or "/",
+                escape_name(s.cgroup or "/"),
                 format_bytes(s.current_bytes),
                 format_bytes(s.max_bytes),
                 format_bytes(s.high_bytes),
@@ -131,7 +139,7 @@ def render_table(rows: Sequence[StatusRow], node: Optional[NodeSnapshot], out: T
                 f"{s.events.high}/{s.events.max}/{s.events.oom_kill}",
                 _avgs(s.pressure.some),
                 _avgs(s.pressure.full),
-                ",".join(row.policies) or "-",
+                escape_name(",".join(row.policies)) or "-",
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(_HEADERS))]
@@ -140,10 +148,9 @@ def render_table(rows: Sequence[StatusRow], node: Optional[NodeSnapshot], out: T
         cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(r) - 1)]
         cells.append(r[-1])
         out.write("  ".join(cells).rstrip() + "\n")
-    if rows:
-        out.write("\n")
+    out.write("\n")
     for row in rows:
-        out.write(f"{row.snapshot.cgroup or '/'}: {row.diagnosis}\n")
+        out.write(escape_name(f"{row.snapshot.cgroup or '/'}: {row.diagnosis}") + "\n")
 
 
 def node_pressure_text(node_pressure: Pressure) -> str:
@@ -166,13 +173,26 @@ def collect_rows(
         try:
             snap = read_cgroup_snapshot(roots, cgroup)
         except CgroupGone:
-            problems.append(f"{cgroup}: gone (removed while reading)")
+            # Gone now: it was there when named or listed (a walk found it), or it never was.
+            existed = cgroup == "" or os.path.lexists(roots.cgroup_dir(cgroup))
+            problems.append(
+                f"{cgroup or '/'}: {'gone (removed while reading)' if existed else 'no such cgroup'}"
+            )
             continue
         except (KernelError, KernelParseError) as exc:
-            problems.append(f"{cgroup}: {exc}")
+            problems.append(f"{cgroup or '/'}: {exc}")
             continue
         rows.append(StatusRow(snap, matching_policies(cgroup, policies), diagnose(snap, node)))
     return rows, problems
+
+
+def _say(stream: TextIO, line: str) -> None:
+    stream.write(escape_name(line) + "\n")
+
+
+def _dump_json(out: TextIO, doc: Dict[str, Any]) -> None:
+    json.dump(doc, out, indent=2)
+    out.write("\n")
 
 
 def run_status(
@@ -184,15 +204,25 @@ def run_status(
     out: TextIO,
     err: TextIO,
 ) -> int:
+    """0; 1 when a named cgroup cannot be read or the cgroup root does not exist; 2 for a bad name."""
+    if not os.path.isdir(roots.cgroup_root):
+        # A mistyped --cgroup-root is not "no cgroups selected".
+        _say(
+            err,
+            f"remediator: the cgroup root {roots.cgroup_root} is not a directory (--cgroup-root, "
+            "setting cgroup_root)",
+        )
+        return 1
     caps = probe(roots)
     node: Optional[NodeSnapshot] = None
     try:
         node = read_node_snapshot(roots)
     except (KernelError, KernelParseError) as exc:
-        err.write(f"remediator: node readings unavailable: {exc}\n")
+        _say(err, f"remediator: node readings unavailable: {exc}")
     if not caps.memory_controller_v2:
         if as_json:
-            json.dump(
+            _dump_json(
+                out,
                 {
                     "schema": SCHEMA,
                     "capabilities": caps.as_json(),
@@ -200,39 +230,42 @@ def run_status(
                     "node": {"pressure": _pressure_json(node.pressure)} if node else None,
                     "cgroups": [],
                 },
-                out,
-                indent=2,
             )
-            out.write("\n")
         else:
-            out.write(unsupported_paragraph(caps) + "\n\n")
+            _say(out, unsupported_paragraph(caps))
+            out.write("\n")
             if node is not None:
-                out.write(node_pressure_text(node.pressure) + "\n")
-        return 0
+                _say(out, node_pressure_text(node.pressure))
+        # The paragraph is the answer to "what is selected"; a cgroup named and not shown is a failure.
+        for name in explicit:
+            _say(
+                err,
+                f"remediator: {name}: cannot be read: no cgroup v2 memory controller here (see above)",
+            )
+        return 1 if explicit else 0
     try:
         cgroups = select_cgroups(roots, explicit, all_cgroups, policies)
     except InvalidCgroupName as exc:
-        err.write(f"remediator: {exc}\n")
+        _say(err, f"remediator: {exc}")
         return 2
     rows, problems = collect_rows(roots, cgroups, policies, node)
     for p in problems:
-        err.write(f"remediator: {p}\n")
+        _say(err, f"remediator: {p}")
     if as_json:
-        json.dump(
+        _dump_json(
+            out,
             {
                 "schema": SCHEMA,
                 "capabilities": caps.as_json(),
                 "node": {"pressure": _pressure_json(node.pressure)} if node else None,
                 "cgroups": [row_json(r, node) for r in rows],
             },
-            out,
-            indent=2,
         )
-        out.write("\n")
     else:
         if node is not None:
-            out.write(node_pressure_text(node.pressure) + "\n\n")
-        if not rows:
+            _say(out, node_pressure_text(node.pressure))
+            out.write("\n")
+        if not rows and not explicit:
             out.write("no cgroups selected (name cgroups, or use --all)\n")
         render_table(rows, node, out)
     return 1 if explicit and problems else 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from remediator.cli import main
+from remediator.text import UNSAFE
 from tests.fakefs import FakeKernel
 
 SEED = "system.slice/seed.service"
@@ -129,3 +130,57 @@ def test_status_replays_a_copied_tree_from_a_bug_report(capsys: pytest.CaptureFi
     doc = json.loads(capsys.readouterr().out)
     assert doc["capabilities"]["cgroup_root_is_copy"] is True
     assert doc["cgroups"][0]["diagnosis"] == SEED_DIAGNOSIS
+
+
+# ---- issue 12: what status says when there is nothing to show, and hostile names (items 6, 17) --------
+
+
+def test_status_of_a_cgroup_that_never_existed_says_so_and_exits_1(
+    seed_kernel: FakeKernel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (seed_kernel.base / "none.yaml").write_text("{}\n")
+    assert main(_argv(seed_kernel, "status", "system.slice/nope.service")) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "remediator: system.slice/nope.service: no such cgroup\n"
+    assert "CGROUP" not in captured.out, "no table header without rows"
+    assert "no cgroups selected" not in captured.out
+
+
+def test_status_all_on_a_cgroup_root_that_does_not_exist_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kernel = FakeKernel(tmp_path)
+    (tmp_path / "none.yaml").write_text("{}\n")
+    argv = _argv(kernel, "status", "--all")
+    argv[argv.index("--cgroup-root") + 1] = str(tmp_path / "typo")
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"remediator: the cgroup root {tmp_path / 'typo'} is not a directory")
+
+
+def test_status_of_a_named_cgroup_on_a_copied_tree_without_a_mount_table_exits_1(
+    seed_kernel: FakeKernel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (seed_kernel.base / "none.yaml").write_text("{}\n")
+    (seed_kernel.proc_root / "self" / "mounts").unlink()
+    assert main(_argv(seed_kernel, "status", SEED)) == 1
+    captured = capsys.readouterr()
+    assert "The mount table could not be read" in captured.out
+    assert (
+        captured.err
+        == f"remediator: {SEED}: cannot be read: no cgroup v2 memory controller here (see above)\n"
+    )
+
+
+def test_status_escapes_a_cgroup_name_that_would_overwrite_its_own_row(
+    seed_kernel: FakeKernel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (seed_kernel.base / "none.yaml").write_text("{}\n")
+    hostile = "system.slice/x\rSPOOFED: every cgroup healthy\x1b[2J\x9b\u202e\u2028.service"
+    seed_kernel.add_cgroup(hostile, current=1 << 20)
+    assert main(_argv(seed_kernel, "status", "--all")) == 0
+    out = capsys.readouterr().out
+    assert UNSAFE.search(out.replace("\n", "")) is None
+    shown = "system.slice/x\\rSPOOFED: every cgroup healthy\\x1b[2J\\x9b\\u202e\\u2028.service"
+    assert sum(line.startswith(shown) for line in out.splitlines()) == 2  # its row and its diagnosis
