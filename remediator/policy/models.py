@@ -34,6 +34,7 @@ from remediator.identity import is_dns_label
 from remediator.located.validation import KeyedValueError, describe_value
 from remediator.located.yaml_doc import KeyPath
 from remediator.policy.compiled import NODE_WIDE_KINDS, glob_to_regex
+from remediator.sizes import int_of_digits
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -51,7 +52,7 @@ def parse_size(value: Any) -> Any:
     if isinstance(value, str):
         match = _SIZE.match(value)
         if match is not None:
-            return int(match.group(1)) * _SIZE_UNITS[match.group(2) or ""]
+            return int_of_digits(match.group(1)) * _SIZE_UNITS[match.group(2) or ""]
     raise ValueError(
         "not a size: write bytes (an integer) or a number with Ki, Mi, Gi or Ti "
         f"(got {describe_value(value)})"
