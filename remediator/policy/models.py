@@ -33,7 +33,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from remediator.identity import is_dns_label
 from remediator.located.validation import KeyedValueError, describe_value
 from remediator.located.yaml_doc import KeyPath
-from remediator.policy.compiled import NODE_WIDE_KINDS, glob_to_regex
+from remediator.policy.compiled import NODE_WIDE_KINDS, compile_glob
 from remediator.sizes import int_of_digits
 
 KiB = 1 << 10
@@ -90,14 +90,14 @@ def check_cgroup_glob(pattern: str) -> str:
             raise ValueError(f"{_NEVER_MATCHES}: {component!r} is not a cgroup name (got {pattern!r})")
     _check_brackets(pattern)
     try:
-        glob_to_regex(pattern)
+        compile_glob(pattern)
     except re.error as error:
         raise ValueError(f"{_NEVER_MATCHES}: {error} (got {pattern!r})") from None
     return pattern
 
 
 def _check_brackets(pattern: str) -> None:
-    # Mirrors glob_to_regex: a class runs from "[" to the next "]".
+    # Mirrors compile_glob: a class runs from "[" to the next "]".
     index = 0
     while index < len(pattern):
         char = pattern[index]
