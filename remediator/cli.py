@@ -91,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="machine-readable output (schema remediator.status/v1)"
     )
 
+    record = sub.add_parser("record", help="sample cgroups and the node into a trace (remediator.trace/v1)")
+    _add_global(record, suppress=True)
+    record.add_argument("cgroups", nargs="*", metavar="CGROUP", help="cgroups relative to the cgroup root")
+    record.add_argument("--all", action="store_true", help="every cgroup with a memory controller")
+    record.add_argument("--duration", type=float, metavar="SEC", help="default: until SIGINT/SIGTERM")
+    record.add_argument("--interval", type=float, default=1.0, metavar="SEC", help="default 1")
+    record.add_argument(
+        "-o", "--output", type=Path, default=None, metavar="FILE",
+        help="the trace to create (gzip if it ends in .gz; default remediator-<UTC time>.trace.gz)",
+    )  # fmt: skip
+
     run = sub.add_parser("run", help="run the daemon (systemd Type=notify)")
     _add_global(run, suppress=True)
     # One or the other: with both, the last one used to win silently (a usage error now, exit 2).
@@ -227,6 +238,29 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return run_status(
             roots, policy_set.policies, args.cgroups, args.all, args.json, sys.stdout, sys.stderr
         )
+    if args.command == "record":
+        from remediator.clock import SystemClock
+        from remediator.commands.record import RecordRequest, run_record
+        from remediator.kernel.roots import KernelRoots
+        from remediator.policy.loader import load_policy_dir
+
+        policy_set = load_policy_dir(
+            settings.policies_dir, allow_untrusted=settings.insecure_allow_untrusted_files
+        )
+        if not args.cgroups and not args.all:
+            for issue in policy_set.issues:
+                sys.stderr.write(f"remediator: policy ignored: {issue}\n")
+        request = RecordRequest(
+            roots=KernelRoots(settings.cgroup_root, settings.proc_root),
+            policies=policy_set.enabled,
+            policies_dir=settings.policies_dir,
+            cgroups=args.cgroups,
+            all_cgroups=args.all,
+            output=args.output,
+            interval_sec=args.interval,
+            duration_sec=args.duration,
+        )
+        return run_record(request, SystemClock(), sys.stdout, sys.stderr)
     if args.command == "run":
         from remediator.daemon.service import run_service
 
