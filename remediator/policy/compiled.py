@@ -76,7 +76,7 @@ def _glob_tokens(pattern: str) -> List[_Token]:
             j = pattern.find("]", i + 1)
             body = pattern[i + 1 : j]
             if body in ("", "!", "^"):
-                raise re.error(f"empty character class at position {i}", pattern, i)
+                raise re.error("empty character class", pattern, i)
             # Backslash, "[", "&", "~" and "|" are plain characters of the class
             # (re reads them as escapes or warns of future set operations).
             body = re.sub(r"([\\\[&~|])", r"\\\1", body)
