@@ -27,6 +27,7 @@ import itertools
 import math
 import os
 import select
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Set, Tuple, Union
@@ -52,6 +53,9 @@ class PollObject(Protocol):
 
 
 PollFactory = Callable[[], PollObject]
+
+CloseFd = Callable[[int], None]
+"""``close_fd(fd)``: ``os.close``, injectable for tests; raises ``OSError``."""
 
 # Any of these means the fd will never fire again: the cgroup was removed
 # (the kernel reports POLLERR *together with* POLLPRI then), PSI was disabled,
@@ -172,6 +176,72 @@ def _default_arm() -> ArmTrigger:
     return arm_trigger
 
 
+# Closing a PSI trigger fd is slow in the kernel: psi_trigger_destroy() waits for an RCU grace
+# period (synchronize_rcu() on 6.1) and, for a cgroup's last trigger, for its psimon thread to
+# stop. One after another, 2000 fds took 48-50 s to close (bench/cost, 6.1 under TCG), most of
+# it waiting. Concurrent synchronize_rcu() calls share a grace period and os.close() releases
+# the GIL, so closing from several threads lets the waits overlap.
+CLOSE_THREADS = 32
+# Stop must end well within systemd's TimeoutStopSec (90 s by default), after the restores;
+# an fd whose close hangs in the kernel must not hold the stop up past this.
+CLOSE_TIMEOUT_SEC = 10.0
+
+
+@dataclass(frozen=True)
+class ClosedFds:
+    """What ``Watcher.close()`` did: fds closed, fds whose close failed (fd, errno), and fds
+    still being closed when its time bound ran out."""
+
+    closed: int
+    failed: Tuple[Tuple[int, int], ...] = ()
+    unfinished: int = 0
+
+
+def _close_concurrently(fds: List[int], close_fd: CloseFd, threads: int, timeout_sec: float) -> ClosedFds:
+    if not fds:
+        return ClosedFds(closed=0)
+    pending = iter(fds)
+    lock = threading.Lock()
+    all_done = threading.Event()
+    closed: List[int] = []
+    failed: List[Tuple[int, int]] = []
+
+    def close_some() -> None:
+        while True:
+            with lock:
+                fd = next(pending, None)
+            if fd is None:
+                return
+            try:
+                close_fd(fd)
+            except OSError as exc:
+                with lock:
+                    failed.append((fd, exc.errno or 0))
+            else:
+                with lock:
+                    closed.append(fd)
+            with lock:
+                if len(closed) + len(failed) == len(fds):
+                    all_done.set()
+
+    # Daemon threads: a close() stuck in the kernel must not keep the process from exiting
+    # (a ThreadPoolExecutor's workers are joined at interpreter exit).
+    started = 0
+    for index in range(min(threads, len(fds))):
+        try:
+            threading.Thread(target=close_some, name=f"remediator-close-{index}", daemon=True).start()
+        except RuntimeError:  # no more threads to be had: close with those we have
+            break
+        started += 1
+    if started == 0:
+        close_some()  # one after another, as before, rather than leave them open
+    all_done.wait(timeout_sec)
+    with lock:
+        return ClosedFds(
+            closed=len(closed), failed=tuple(failed), unfinished=len(fds) - len(closed) - len(failed)
+        )
+
+
 class Watcher:
     """Watches targets by PSI trigger or by sampling; see the module docstring."""
 
@@ -184,6 +254,7 @@ class Watcher:
         poll_factory: PollFactory = select.poll,
         *,
         use_triggers: bool = True,
+        close_fd: CloseFd = os.close,
     ) -> None:
         """``use_triggers=False`` samples every target without trying to arm it
         (for kernels known to refuse triggers; changes are then "sampling")."""
@@ -194,6 +265,7 @@ class Watcher:
         self._interval = sampling_interval_sec
         self._arm = arm if arm is not None else _default_arm()
         self._poll = poll_factory()
+        self._close_fd = close_fd
         self._use_triggers = use_triggers
         # A simulated clock never moves while poll() blocks: poll without blocking
         # and let its owner move it.
@@ -261,15 +333,23 @@ class Watcher:
             self._wakeup_fds.discard(fd)
             self._poll.unregister(fd)
 
-    def close(self) -> None:
-        """Close every trigger fd and forget every target. Wakeup fds are not ours to close."""
-        for armed in self._armed.values():
-            self._release_fd(armed.fd, close=True)
+    def close(self, timeout_sec: float = CLOSE_TIMEOUT_SEC) -> ClosedFds:
+        """Close every trigger fd and forget every target. Wakeup fds are not ours to close.
+
+        The fds are closed from up to ``CLOSE_THREADS`` threads at once, and this returns
+        within about ``timeout_sec`` even if some close() blocks: the threads are daemon
+        threads and go on closing what is left until the process exits. The result counts
+        the fds closed, those whose close failed, and those not closed in time.
+        """
+        fds = [armed.fd for armed in self._armed.values()]
+        for fd in fds:
+            self._release_fd(fd, close=False)
         self._armed.clear()
         self._sampled.clear()
         self._sample_heap.clear()
         for fd in list(self._wakeup_fds):
             self.remove_wakeup_fd(fd)
+        return _close_concurrently(fds, self._close_fd, CLOSE_THREADS, timeout_sec)
 
     def __enter__(self) -> Watcher:
         return self
@@ -434,11 +514,15 @@ class Watcher:
             # Nothing useful can be done about a failed close of a trigger fd;
             # it must not take the daemon down.
             with contextlib.suppress(OSError):
-                os.close(fd)
+                self._close_fd(fd)
 
 
 __all__ = [
+    "CLOSE_THREADS",
+    "CLOSE_TIMEOUT_SEC",
     "ArmTrigger",
+    "CloseFd",
+    "ClosedFds",
     "Fired",
     "Gone",
     "PollFactory",
