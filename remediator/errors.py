@@ -52,6 +52,15 @@ class KernelOther(KernelError):
     """Any other OSError: recorded, never fatal to the daemon."""
 
 
+class KernelFileNotRegular(KernelError):
+    """The path is a FIFO, a device, a socket or a directory: never a file the kernel serves.
+
+    cgroupfs, /proc and /proc/sys only hold regular files; anything else is in a
+    copied or crafted tree, and reading it could block for ever (a FIFO) or
+    read a device. Refused like a missing file would be, with what it is.
+    """
+
+
 class KernelParseError(RemediatorError):
     """A kernel file's content did not have the documented format."""
 

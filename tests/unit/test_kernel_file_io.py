@@ -6,23 +6,26 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
-from typing import List, Type
+from typing import Callable, List, Tuple, Type
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from remediator.cli import main
 from remediator.errors import (
     CgroupGone,
     KernelError,
     KernelFileMissing,
-    KernelOther,
+    KernelFileNotRegular,
     KernelParseError,
     KernelPermissionDenied,
     KernelTransient,
 )
 from remediator.kernel.file_io import parse_uint, read_text
+from tests.fakefs import FakeKernel
 
 
 def test_read_text_returns_the_whole_file(tmp_path: Path) -> None:
@@ -88,12 +91,6 @@ def test_missing_file_in_a_removed_cgroup_is_cgroup_gone(tmp_path: Path) -> None
         read_text(cgroup_dir / "memory.current", cgroup_dir)
 
 
-def test_reading_a_directory_is_kernel_other(tmp_path: Path) -> None:
-    with pytest.raises(KernelOther) as info:
-        read_text(tmp_path)
-    assert info.value.errno == errno.EISDIR
-
-
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
@@ -134,3 +131,102 @@ def test_parse_uint_raises_nothing_but_parse_errors(token: str) -> None:
 @given(st.integers(min_value=0, max_value=2**64 - 1))
 def test_parse_uint_round_trips(value: int) -> None:
     assert parse_uint(str(value), "src", "value") == value
+
+
+# ---- issue 12, item 7: what is not a regular file is refused, without blocking ---------------------
+
+
+def _in_a_thread(call: Callable[[], object]) -> Tuple[bool, List[BaseException]]:
+    """Run ``call`` in a thread: (still blocked after 5 s, what it raised)."""
+    raised: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    return thread.is_alive(), raised
+
+
+def test_a_fifo_in_place_of_memory_stat_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "memory.stat"
+    os.mkfifo(fifo)
+
+    blocked, raised = _in_a_thread(lambda: read_text(fifo))
+    if blocked:
+        # The blocking open waits for a writer: be one, so the thread ends, then fail.
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO blocked (the open waits for a writer)")
+
+    (error,) = raised
+    assert isinstance(error, KernelFileNotRegular)
+    assert isinstance(error, KernelError)
+    assert error.path == fifo
+    assert str(error) == f"{fifo}: is a FIFO, not a regular file: kernel interface files are regular files"
+
+
+def test_a_symlink_to_a_device_is_refused_before_any_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /dev/zero never ends: read as a file it would fill memory 64 KiB at a time.
+    link = tmp_path / "memory.current"
+    link.symlink_to("/dev/zero")
+    monkeypatch.setattr(os, "read", lambda fd, size: pytest.fail("read a device"))
+
+    with pytest.raises(KernelFileNotRegular, match="is a character device, not a regular file"):
+        read_text(link)
+
+
+def test_a_directory_in_place_of_a_file_is_refused_as_not_regular(tmp_path: Path) -> None:
+    (tmp_path / "memory.high").mkdir()
+
+    with pytest.raises(KernelFileNotRegular, match="is a directory"):
+        read_text(tmp_path / "memory.high", cgroup_dir=tmp_path)
+
+
+def test_a_refused_file_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fifo = tmp_path / "memory.events"
+    os.mkfifo(fifo)
+    closed: List[int] = []
+    real_close = os.close
+
+    def recording_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", recording_close)
+
+    with pytest.raises(KernelFileNotRegular):
+        read_text(fifo)
+    assert len(closed) == 1
+
+
+def test_status_all_on_a_tree_with_a_fifo_memory_stat_ends_and_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The issue's probe: this hung `status --all` (and the daemon) at the open.
+    kernel = FakeKernel(tmp_path)
+    kernel.add_seed("system.slice/seed.service")
+    kernel.add_cgroup("system.slice/fifo.service", current=1 << 20)
+    fifo = kernel.cgroup_root / "system.slice" / "fifo.service" / "memory.stat"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    (tmp_path / "none.yaml").write_text("{}\n")
+    argv = ["--cgroup-root", str(kernel.cgroup_root), "--proc-root", str(kernel.proc_root),
+            "--policies", str(tmp_path / "no-policies"), "--config", str(tmp_path / "none.yaml"),
+            "status", "--all"]  # fmt: skip
+    codes: List[int] = []
+
+    blocked, raised = _in_a_thread(lambda: codes.append(main(argv)))
+    if blocked:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("status --all blocked on the FIFO")
+
+    assert (raised, codes) == ([], [0])
+    captured = capsys.readouterr()
+    assert "system.slice/seed.service" in captured.out
+    assert f"{fifo}: is a FIFO, not a regular file" in captured.err
