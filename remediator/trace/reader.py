@@ -321,7 +321,9 @@ def _events(values: Mapping[str, int]) -> MemoryEvents:
 def _require_all(check: _Checker, state: Mapping[str, Any], fields: frozenset[str], what: str) -> None:
     missing = sorted(fields - state.keys())
     if missing:
-        raise check.fail(missing[0], f"missing from {what}'s first record (a first record holds every field)")
+        raise check.fail(
+            missing[0], f"missing from the first record of {what} (a first record holds every field)"
+        )
 
 
 def _cgroup_snapshot(name: str, state: Mapping[str, Any]) -> CgroupSnapshot:
