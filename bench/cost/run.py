@@ -3,6 +3,7 @@ guest reports, write the results JSON, the Markdown table and the plot.
 
     python -m bench.cost.run            # the full run: N = 10..2000, reaction at N = 1 and 1000
     python -m bench.cost.run --quick    # the CI smoke shape: N = 10, 5 events, short idle window
+    python -m bench.cost.run --ns '' --reaction-ns '' --stop-ns 2000   # the stop series alone
 
 One VM per series keeps every series on a fresh kernel (psimon threads, cgroup
 memory and page cache of one series cannot leak into the next). VMs run one
@@ -33,6 +34,10 @@ FULL_NS = (10, 100, 500, 1000, 2000)
 FULL_REACTION_NS = (1, 1000)
 FULL_EVENTS = 30
 FULL_IDLE_SEC = 60.0
+# The stop series (bench.cost.stop) at the scale series' N; the close cost by thread count only at
+# the largest N, where it matters (each thread count arms and closes N triggers again).
+FULL_STOP_NS = FULL_NS
+FULL_CLOSE_THREADS = (1, 4, 16, 32, 64, 256)
 QUICK_NS = (10,)
 QUICK_REACTION_NS = (10,)
 QUICK_EVENTS = 5
@@ -56,6 +61,7 @@ class Series:
     guest_args: List[str]
     n: int
     timeout_sec: float
+    module: str = "bench.cost.guest"
 
 
 def plan(
@@ -65,6 +71,8 @@ def plan(
     events: int,
     idle_sec: float,
     reaction_mode: str = "both",
+    stop_ns: Sequence[int] = (),
+    close_threads: Sequence[int] = (),
 ) -> List[Series]:
     series: List[Series] = []
     for n in ns:
@@ -84,6 +92,14 @@ def plan(
         timeout = 900 + events * 60 * modes + n * 0.5
         args = ["reaction", "--n", str(n), "--events", str(events), "--mode", reaction_mode]
         series.append(Series(f"reaction-{n}", args, n, timeout))
+    largest_stop = max(stop_ns, default=None)
+    for n in stop_ns:
+        threads = list(close_threads) if n == largest_stop else []
+        # Start-up, then per thread count N triggers armed and closed (about 50 s one after
+        # another at N = 2000 under TCG).
+        timeout = 900 + n * 0.5 + len(threads) * (120 + n * 0.05)
+        args = ["--n", str(n), "--close-threads", ",".join(str(t) for t in threads)]
+        series.append(Series(f"stop-{n}", args, n, timeout, module="bench.cost.stop"))
     return series
 
 
@@ -95,7 +111,7 @@ def run_series(vm: harness.LightVm, series: Series, work: Path) -> Json:
         [
             sys.executable,
             "-m",
-            "bench.cost.guest",
+            series.module,
             *series.guest_args,
             "--out",
             f"{harness.GUEST_OUT_DIR}/{report_name}",
@@ -183,9 +199,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the CI smoke shape: N = 10, 5 events")
     parser.add_argument("--ns", help="comma-separated N for the scale series")
     parser.add_argument("--reaction-ns", help="comma-separated N for the reaction series ('' for none)")
+    parser.add_argument("--stop-ns", help="comma-separated N for the stop series ('' for none)")
+    parser.add_argument(
+        "--close-threads", help="comma-separated thread counts for the close cost at the largest stop N"
+    )
     parser.add_argument("--events", type=int)
     parser.add_argument("--reaction-mode", choices=("both", "remediator", "baseline"), default="both")
     parser.add_argument("--idle-sec", type=float)
+    parser.add_argument(
+        "--skip-core", action="store_true", help="leave out the decision core's micro-benchmark"
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument(
         "--name", help="result file stem (default cost-<date>, cost-quick-<date> in quick mode)"
@@ -199,6 +222,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reaction_ns = [int(x) for x in args.reaction_ns.split(",") if x]
     else:
         reaction_ns = list(QUICK_REACTION_NS if args.quick else FULL_REACTION_NS)
+    if args.stop_ns is not None:
+        stop_ns = [int(x) for x in args.stop_ns.split(",") if x]
+    else:
+        stop_ns = [] if args.quick else list(FULL_STOP_NS)
+    if args.close_threads is not None:
+        close_threads = [int(x) for x in args.close_threads.split(",") if x]
+    else:
+        close_threads = [] if args.quick else list(FULL_CLOSE_THREADS)
     events = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
     idle_sec = args.idle_sec or (QUICK_IDLE_SEC if args.quick else FULL_IDLE_SEC)
     try:
@@ -209,7 +240,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     raw: List[Json] = []
     with tempfile.TemporaryDirectory(prefix="remediator-bench-") as work_name:
-        for series in plan(args.quick, ns, reaction_ns, events, idle_sec, args.reaction_mode):
+        for series in plan(
+            args.quick, ns, reaction_ns, events, idle_sec, args.reaction_mode, stop_ns, close_threads
+        ):
             raw.append(run_series(vm, series, Path(work_name)))
     facts = host_facts()
     facts.update(
@@ -221,7 +254,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "events": events,
         }
     )
-    core = run_core_benchmark(QUICK_CORE_ROUNDS if args.quick else FULL_CORE_ROUNDS)
+    core = (
+        None if args.skip_core else run_core_benchmark(QUICK_CORE_ROUNDS if args.quick else FULL_CORE_ROUNDS)
+    )
     results = report.summarize(raw, facts, core=core)
     stem = args.name or ("cost-quick-" if args.quick else "cost-") + facts["date"]
     args.out_dir.mkdir(parents=True, exist_ok=True)
