@@ -264,3 +264,25 @@ def test_the_command_line_records_with_the_real_clock_and_stops_on_sigterm_at_on
     assert len(samples(items, SEED)) == 1
     assert isinstance(items[-1], TraceEnd) and items[-1].detail == "SIGTERM"
     assert f"{output}: 1 sample of the node and 1 cgroup (0 gone)" in capsys.readouterr().out
+
+
+def test_a_cgroup_that_cannot_be_read_is_said_once_and_not_called_gone(
+    kernel: FakeKernel, tmp_path: Path
+) -> None:
+    output = tmp_path / "unreadable.trace.gz"
+    clock = FakeClock(start=100.0)
+    err = io.StringIO()
+
+    def garble() -> None:
+        kernel.set_file(SEED, "memory.current", "garbage\n")
+
+    def repair() -> None:
+        kernel.set_file(SEED, "memory.current", "4096\n")
+
+    waiter = ScriptedWaiter(clock, {0.5: garble, 2.5: repair})
+    assert run_record(request(kernel, output), clock, io.StringIO(), err, waiter) == 0
+    _, items, _ = read_trace(output)
+    assert [s.t for s in samples(items, SEED)] == [0.0, 3.0]
+    assert samples(items, SEED)[1].snapshot.current_bytes == 4096
+    assert not [i for i in items if isinstance(i, CgroupRemoved)]
+    assert err.getvalue().count("expected a non-negative integer, got 'garbage'") == 1
