@@ -12,7 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from remediator.errors import CgroupGone, KernelFileMissing, KernelParseError
-from remediator.kernel.memory_stat import parse_flat_keyed, parse_memory_stat, read_memory_stat
+from remediator.kernel.memory_stat import (
+    STAT_SKEW_BYTES,
+    USAGE_PART_KEYS,
+    ImplausibleMemoryStat,
+    check_plausible,
+    parse_flat_keyed,
+    parse_memory_stat,
+    read_memory_stat,
+)
+from remediator.readings import MemoryStat
 from tests.fakefs import SEED_STAT, FakeKernel
 
 SEED = "system.slice/seed.service"
@@ -131,3 +140,81 @@ def test_generated_flat_keyed_text_round_trips(values: Dict[str, int]) -> None:
     text = "".join(f"{k} {v}\n" for k, v in values.items())
     assert parse_flat_keyed(text) == values
     assert dict(parse_memory_stat(text).values) == values
+
+
+# ---- issue 12, item 8: figures the cgroup's usage cannot hold are refused ---------------------------
+
+GiB = 1 << 30
+
+
+def _stat(**values: int) -> MemoryStat:
+    return MemoryStat(values=dict(values))
+
+
+def test_a_file_figure_of_2_to_the_64_is_refused_naming_the_key_and_both_figures() -> None:
+    # The probe: this made the reclaim rung write chunks for its whole 5 s budget.
+    stat = parse_memory_stat(f"anon {GiB}\nfile {2**64 - 1}\n", "/cg/x/memory.stat")
+
+    with pytest.raises(ImplausibleMemoryStat) as info:
+        check_plausible(stat, 4 * GiB, 8 * GiB, "/cg/x/memory.stat")
+
+    assert isinstance(info.value, KernelParseError)
+    assert (info.value.key, info.value.value) == ("file", 2**64 - 1)
+    assert str(info.value) == (
+        "/cg/x/memory.stat: file 18446744073709551615 bytes is more than the cgroup's usage can hold "
+        "(memory.current 4294967296, memory.max 8589934592, plus 256 MiB for the kernel's stat "
+        "batching): refused as implausible"
+    )
+
+
+def test_a_real_kernel_memory_stat_at_its_limit_is_plausible() -> None:
+    check_plausible(parse_memory_stat(KERNEL_6_SAMPLE), 4 * GiB, 4 * GiB)
+    check_plausible(parse_memory_stat(KERNEL_6_SAMPLE), 4 * GiB, None)
+
+
+def test_without_a_limit_a_part_may_exceed_memory_current_by_the_stat_skew_and_no_more() -> None:
+    check_plausible(_stat(anon=GiB + STAT_SKEW_BYTES), GiB, None)
+
+    with pytest.raises(ImplausibleMemoryStat, match=r"anon \d+ bytes .*\(memory.current 1073741824, plus"):
+        check_plausible(_stat(anon=GiB + STAT_SKEW_BYTES + 1), GiB, None)
+
+
+def test_stats_lagging_a_large_free_are_plausible_within_memory_max() -> None:
+    # 6 GiB of anon just freed: memory.current is down at once, memory.stat a moment later.
+    check_plausible(_stat(anon=6 * GiB, active_anon=6 * GiB), GiB, 8 * GiB)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "pgscan",
+        "pgsteal",
+        "pgfault",
+        "workingset_refault_file",
+        "thp_fault_alloc",
+        "zswpout",
+        "zswapped",
+        "hugetlb",
+        "a_key_of_a_newer_kernel",
+    ],
+)
+def test_counters_and_keys_that_are_not_parts_of_usage_are_not_compared(key: str) -> None:
+    check_plausible(_stat(**{key: 2**64 - 1}), GiB, GiB)
+
+
+@pytest.mark.parametrize("key", sorted(USAGE_PART_KEYS))
+def test_every_part_of_usage_is_compared(key: str) -> None:
+    with pytest.raises(ImplausibleMemoryStat) as info:
+        check_plausible(_stat(**{key: 2**64 - 1}), GiB, None)
+    assert info.value.key == key
+
+
+@given(st.integers(min_value=0, max_value=2**50), st.data())
+def test_a_stat_whose_parts_each_fit_in_memory_current_is_always_plausible(
+    current: int, data: st.DataObject
+) -> None:
+    keys = data.draw(st.lists(st.sampled_from(sorted(USAGE_PART_KEYS)), unique=True))
+    values = {key: data.draw(st.integers(min_value=0, max_value=current)) for key in keys}
+    limit = data.draw(st.none() | st.integers(min_value=0, max_value=2**50))
+
+    check_plausible(MemoryStat(values=values), current, limit)
