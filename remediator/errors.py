@@ -57,7 +57,8 @@ class KernelFileNotRegular(KernelError):
 
     cgroupfs, /proc and /proc/sys only hold regular files; anything else is in a
     copied or crafted tree, and reading it could block for ever (a FIFO) or
-    read a device. Refused like a missing file would be, with what it is.
+    read a device. Refused before any read, saying what it is; callers treat it
+    as any other file that cannot be read.
     """
 
 
