@@ -286,3 +286,25 @@ def test_a_cgroup_that_cannot_be_read_is_said_once_and_not_called_gone(
     assert samples(items, SEED)[1].snapshot.current_bytes == 4096
     assert not [i for i in items if isinstance(i, CgroupRemoved)]
     assert err.getvalue().count("expected a non-negative integer, got 'garbage'") == 1
+
+
+def test_the_file_on_disk_holds_every_sample_taken_so_far_while_recording(
+    kernel: FakeKernel, tmp_path: Path
+) -> None:
+    # What a recorder killed with SIGKILL (or a node that dies) leaves behind.
+    output = tmp_path / "midway.trace.gz"
+    midway = tmp_path / "copy.trace.gz"
+
+    def copy() -> None:
+        shutil.copyfile(output, midway)
+
+    assert (
+        record(
+            request(kernel, output, duration_sec=None),
+            {2.5: copy, 4.5: lambda: os.kill(os.getpid(), signal.SIGINT)},
+        )
+        == 0
+    )
+    _, items, truncation = read_trace(midway)
+    assert [s.t for s in samples(items, SEED)] == [0.0, 1.0, 2.0]
+    assert truncation is not None and truncation.line == len(items) + 2
