@@ -24,6 +24,7 @@ unreachable, records go to stderr after one notice that says so.
 
 from __future__ import annotations
 
+import enum
 import errno as errno_mod
 import json
 import os
@@ -108,7 +109,8 @@ def record_fields(record: Record) -> Fields:
         ("ERRNO", record.errno),
     ):
         if value:
-            fields.append((FIELD_PREFIX + name, value))
+            # A str enum (Knob) as its value: str() of one is "Knob.RECLAIM", and journald gets str().
+            fields.append((FIELD_PREFIX + name, value.value if isinstance(value, enum.Enum) else value))
     fields.append((FIELD_PREFIX + "DRY_RUN", "1" if record.dry_run else "0"))
     fields.extend((FIELD_PREFIX + key, value) for key, value in record.evidence.items())
     fields.extend((FIELD_PREFIX + key, value) for key, value in record.extra.items())
@@ -264,9 +266,9 @@ class JournalWriter:
         socket_path: Optional[Path] = None,
     ) -> None:
         if send is None:
-            from systemd.journal import send as journal_send
-
-            send = journal_send
+            send = _journal_send()
+            if send is None:
+                raise JournalUnavailable("the journal needs the systemd Python module (systemd-python)")
             if socket_path is None:
                 socket_path = JOURNAL_SOCKET
         self._send: JournalSend = send
@@ -364,12 +366,19 @@ class CapturingWriter:
 
 
 def _journal_send() -> Optional[JournalSend]:
+    """libsystemd's send, without the CODE_FILE, CODE_LINE and CODE_FUNC that
+    ``systemd.journal.send`` adds from its caller's frame: every record said
+    journal.py and the line of this module's send (issue 12). What a record
+    means is in its MESSAGE_ID and REMEDIATOR_* fields, not in a line of code."""
     try:
-        from systemd.journal import send
+        from systemd.journal import sendv
     except ImportError:
         return None
-    journal_send: JournalSend = send
-    return journal_send
+
+    def send(message: str, **fields: str) -> object:
+        return sendv(f"MESSAGE={message}", *(f"{name}={value}" for name, value in fields.items()))
+
+    return send
 
 
 def make_writer(target: str, *, root: Path = Path("/"), stream: Optional[TextIO] = None) -> RecordWriter:

@@ -28,7 +28,7 @@ from remediator.daemon.journal import (
     journal_socket_problem,
     make_writer,
 )
-from remediator.records import PRIORITY_DEBUG, Record, RecordType
+from remediator.records import PRIORITY_DEBUG, Knob, Record, RecordType
 from remediator.text import escape_text
 
 APP = "system.slice/app.service"
@@ -54,7 +54,7 @@ def applied_record(**overrides: Any) -> Record:
         "message": f"set memory.high of {APP} to 3.0 GiB",
         "policy": "cache-heavy",
         "cgroup": APP,
-        "action": "memory_high",
+        "action": Knob.MEMORY_HIGH,
         "result": "applied",
         "before": "max",
         "after": "3221225472",
@@ -434,7 +434,7 @@ def test_json_lines_writer_keeps_one_record_per_line_with_journal_field_names() 
             "reclaim 1.0 MiB from evil\nname",
             policy="p",
             cgroup="a\nb\x1b[31m",
-            action="reclaim",
+            action=Knob.RECLAIM,
             evidence={"MEMORY_CURRENT": "42"},
         )
     )
@@ -447,3 +447,28 @@ def test_json_lines_writer_keeps_one_record_per_line_with_journal_field_names() 
     assert doc["REMEDIATOR_MEMORY_CURRENT"] == "42"
     assert doc["REMEDIATOR_DRY_RUN"] == "0"
     assert doc["SYSLOG_IDENTIFIER"] == "remediator"
+
+
+# ---- issue 12, item 18: no code location of the writer on every record ------------------------------
+
+
+def test_journal_records_carry_no_code_location_of_the_writer(
+    short_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # systemd.journal.send adds CODE_FILE/CODE_LINE/CODE_FUNC of its caller: every record said
+    # ".../journal.py CODE_LINE=244", which is where it was sent, not where it was decided.
+    journal = pytest.importorskip("systemd.journal")
+    sent: List[Tuple[str, ...]] = []
+    monkeypatch.setattr(journal, "sendv", lambda *lines: sent.append(lines))
+    listener = bind_journal_socket(short_root)
+    try:
+        writer = make_writer("journal", root=short_root, stream=io.StringIO())
+        writer.write(applied_record())
+    finally:
+        listener.close()
+
+    (lines,) = sent
+    assert lines[0] == f"MESSAGE=set memory.high of {APP} to 3.0 GiB"
+    assert f"MESSAGE_ID={RecordType.ACTION_APPLIED.message_id}" in lines
+    assert f"REMEDIATOR_CGROUP={APP}" in lines
+    assert [line for line in lines if line.startswith("CODE_")] == []
