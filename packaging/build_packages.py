@@ -311,6 +311,9 @@ def stage(target: Target, root: Path, version: str, bin_dir: Path, epoch: int) -
         raise BuildError("policies/ has no *.yaml: the package would ship no policy")
     for relative in policies:
         copy_file(REPO_ROOT / relative, root / "etc/remediator/policies.d" / relative.name)
+    copy_file(
+        PACKAGING_DIR / "prometheus/remediator-rules.yml", root / "usr/share/remediator/remediator-rules.yml"
+    )
     write_gzip_reproducibly(
         (PACKAGING_DIR / "man/remediator.8").read_bytes(), root / "usr/share/man/man8/remediator.8.gz"
     )

@@ -26,6 +26,8 @@ REQUIRED_PATHS = (
     "/usr/lib/remediator/pydantic/__init__.py",
     "/usr/lib/remediator/pydantic_settings/__init__.py",
     "/usr/lib/remediator/tenacity/__init__.py",
+    "/usr/lib/remediator/prometheus_client/__init__.py",
+    "/usr/share/remediator/remediator-rules.yml",
     "/usr/lib/systemd/system/remediator.service",
     "/usr/lib/systemd/system/remediator.slice",
     "/usr/lib/systemd/catalog/remediator.catalog",
@@ -74,6 +76,25 @@ def test_deb_depends_on_the_target_python_and_the_distribution_libraries(
     assert "init-system-helpers (>= 1.54~)" in depends, "the maintainer scripts call deb-systemd-helper"
     bundled_by_us = [item for item in depends if re.match(r"python3-(pydantic|tenacity)", item)]
     assert not bundled_by_us, f"the distribution's versions are too old; they are bundled: {bundled_by_us}"
+
+
+@pytest.mark.parametrize("target", DEB_TARGETS)
+def test_deb_recommends_node_exporter_which_serves_the_metrics_file(
+    target: str, built_packages: Dict[str, Path]
+) -> None:
+    recommends = dpkg_deb("-f", str(built_packages[target]), "Recommends").split(",")
+
+    assert [item.strip() for item in recommends] == ["prometheus-node-exporter"]
+
+
+@pytest.mark.parametrize("target", DEB_TARGETS)
+def test_deb_ships_the_alert_rules_as_checked_in(
+    target: str, built_packages: Dict[str, Path], tmp_path: Path
+) -> None:
+    dpkg_deb("-x", str(built_packages[target]), str(tmp_path))
+
+    shipped = tmp_path / "usr/share/remediator/remediator-rules.yml"
+    assert shipped.read_bytes() == (REPO_ROOT / "packaging/prometheus/remediator-rules.yml").read_bytes()
 
 
 @pytest.mark.parametrize("target", DEB_TARGETS)

@@ -57,6 +57,13 @@ def test_rpm_requires_the_rhel9_python_abi_and_the_distribution_libraries(rhel9:
     assert not [item for item in requires if "pydantic" in item or "tenacity" in item], requires
 
 
+def test_rpm_recommends_node_exporter_as_a_weak_dependency(rhel9: Path) -> None:
+    recommends = [line.strip() for line in rpm("-qp", "--recommends", str(rhel9)).splitlines()]
+
+    assert recommends == ["golang-github-prometheus-node-exporter"]
+    assert "golang-github-prometheus-node-exporter" not in rpm("-qpR", str(rhel9))
+
+
 def test_rpm_marks_settings_and_policies_config_noreplace(rhel9: Path) -> None:
     flags = file_flags(rhel9)
     config = sorted(path for path, flag in flags.items() if "c" in flag)
@@ -75,6 +82,8 @@ def test_rpm_file_list_has_the_app_for_python39_the_unit_and_the_catalog(rhel9: 
         "/usr/lib/systemd/system/remediator.slice",
         "/usr/lib/systemd/catalog/remediator.catalog",
         "/usr/share/doc/remediator/README.md",
+        "/usr/share/remediator/remediator-rules.yml",
+        "/usr/lib/remediator/prometheus_client/__init__.py",
         # Owned, so an erase removes them.
         "/etc/remediator",
         "/etc/remediator/policies.d",
