@@ -1,6 +1,7 @@
 """python -m bench.efficacy: the efficacy benchmark (issue 6), in the test VM or --native.
 
     python -m bench.efficacy                 # full set in the VM: 3 scenarios x 4 series x 3 runs
+    python -m bench.efficacy --matrix        # issue 13: 10 scenarios x up to 7 series (with Senpai)
     python -m bench.efficacy --quick         # CI: one run per series
     python -m bench.efficacy --native        # on this host (root, cgroup v2 memory controller)
     python -m bench.efficacy --replot bench/results/efficacy-results.json
@@ -18,18 +19,24 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from bench.efficacy import environment, report
 from bench.efficacy.metrics import scanned_mib_by
+from bench.efficacy.peers import DEFAULT_SENPAI_DIR, senpai_status
 from bench.efficacy.scenarios import (
     ALL_SERIES,
     DEFAULT_SCENARIOS,
+    MATRIX_SCENARIOS,
+    MATRIX_SERIES,
     SCENARIOS,
     SERIES,
+    WorkloadKind,
     scenario_named,
+    series_for,
     series_order,
 )
 
@@ -42,6 +49,10 @@ VM_WORK_DIR = REPO_ROOT / "build" / "efficacy-work"
 RESULTS_STEM = "efficacy-results"
 FULL_REPEATS = 3
 DEFAULT_DURATION_SEC = 30.0
+# The matrix (10 scenarios, up to 7 series) in under an hour on a 2-core host: 2 runs of 20 s
+# per series (see README: the time each run costs, measured).
+MATRIX_REPEATS = 2
+MATRIX_DURATION_SEC = 20.0
 # Record fields kept in the results file (the daemon's evidence fields are many and repetitive).
 KEPT_RECORD_FIELDS = (
     "_ARRIVED",
@@ -85,11 +96,11 @@ def shipped_policies(directory: Path = POLICIES_DIR) -> Dict[str, str]:
 def plan_runs(
     scenarios: Sequence[str], repeats: int, duration_sec: float, series: Sequence[str] = SERIES
 ) -> List[List[Dict[str, Any]]]:
-    """One list of runs per VM: one repeat of one scenario, every series, rotated per repeat."""
+    """One list of runs per VM: one repeat of one scenario, its series, rotated per repeat."""
     return [
         [
             {"scenario": scenario, "series": name, "duration_sec": duration_sec, "repeat": repeat}
-            for name in series_order(repeat, tuple(series))
+            for name in series_order(repeat, series_for(scenario_named(scenario), tuple(series)))
         ]
         for repeat in range(repeats)
         for scenario in scenarios
@@ -125,14 +136,24 @@ def run_vm(arguments: argparse.Namespace, work_dir: Path) -> Dict[str, Any]:
     runs: List[Dict[str, Any]] = []
     vms: List[Dict[str, Any]] = []
     guest_env: Dict[str, Any] = {}
-    needs_scratch = any(scenario_named(name).dirty_mib > 0 for name in arguments.scenarios)
     plan = plan_runs(arguments.scenarios, arguments.repeats, arguments.duration, arguments.series)
+    kinds = {scenario_named(name).kind for name in arguments.scenarios}
+    if kinds & {WorkloadKind.FIO_READ, WorkloadKind.FIO_WRITE, WorkloadKind.PGBENCH}:
+        vm_mode.ensure_tools()
+    pg_image = vm_mode.ensure_pg_image() if WorkloadKind.PGBENCH in kinds else None
     for index, vm_runs in enumerate(plan):
         label = f"{vm_runs[0]['scenario']} repeat {vm_runs[0]['repeat'] + 1}/{arguments.repeats}"
-        print(f"[efficacy] VM {index + 1}: {label}", flush=True)
+        print(f"[efficacy] VM {index + 1}/{len(plan)}: {label}", flush=True)
         load_before = environment.collect("vm-host")["load_average"]
+        scenario = scenario_named(vm_runs[0]["scenario"])
         guest_report = vm_mode.run_in_vm(
-            light, vm_runs, policies, work_dir / f"vm-{index:02d}", scratch_drive=needs_scratch
+            light,
+            vm_runs,
+            policies,
+            work_dir / f"vm-{index:02d}",
+            scratch_drive=scenario.dirty_mib > 0 or scenario.kind is WorkloadKind.FIO_WRITE,
+            pg_image=pg_image if scenario.kind is WorkloadKind.PGBENCH else None,
+            senpai=arguments.senpai_file,
         )
         guest_env = guest_env or guest_report.get("environment_guest", {})
         vm_info = {
@@ -165,8 +186,9 @@ def run_native(arguments: argparse.Namespace) -> Dict[str, Any]:
     runs: List[Dict[str, Any]] = []
     try:
         policies = shipped_policies(arguments.policies)
-        with native.interruptible(), native.native_setup(policies, arguments.data_dir) as setup:
+        with native.interruptible(), native.native_setup(policies, arguments.data_dir) as native_run:
             plan = plan_runs(arguments.scenarios, arguments.repeats, arguments.duration, arguments.series)
+            setup = replace(native_run, senpai=arguments.senpai_file)
             for vm_runs in plan:
                 for item in vm_runs:
                     print(
@@ -246,17 +268,29 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         epilog=__doc__,
     )
     parser.add_argument("--quick", action="store_true", help="one run per series (what CI runs)")
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help=f"issue 13's matrix: every scenario and series ({MATRIX_REPEATS} runs of "
+        f"{MATRIX_DURATION_SEC:g} s; quick: one)",
+    )
+    parser.add_argument(
+        "--senpai",
+        type=Path,
+        default=DEFAULT_SENPAI_DIR,
+        help=f"folder with Senpai's senpai.py, sha256-checked (default {DEFAULT_SENPAI_DIR})",
+    )
     parser.add_argument("--native", action="store_true", help="run on this host instead of the VM (root)")
     parser.add_argument(
         "--repeats", type=int, default=None, help=f"runs per series (default {FULL_REPEATS}, quick 1)"
     )
     parser.add_argument(
-        "--duration", type=float, default=DEFAULT_DURATION_SEC, help="seconds per run (default 30)"
+        "--duration", type=float, default=None, help="seconds per run (default 30, --matrix 20)"
     )
     parser.add_argument(
         "--scenarios",
         nargs="+",
-        default=list(DEFAULT_SCENARIOS),
+        default=None,
         choices=sorted(SCENARIOS),
         metavar="SCENARIO",
         help=f"default: {' '.join(DEFAULT_SCENARIOS)}; also: "
@@ -265,7 +299,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--series",
         nargs="+",
-        default=list(SERIES),
+        default=None,
         choices=ALL_SERIES,
         metavar="SERIES",
         help=f"default: {' '.join(SERIES)}; also: {' '.join(s for s in ALL_SERIES if s not in SERIES)}",
@@ -293,7 +327,22 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     arguments = parser.parse_args(argv)
     if arguments.repeats is None:
-        arguments.repeats = 1 if arguments.quick else FULL_REPEATS
+        arguments.repeats = 1 if arguments.quick else (MATRIX_REPEATS if arguments.matrix else FULL_REPEATS)
+    if arguments.duration is None:
+        arguments.duration = MATRIX_DURATION_SEC if arguments.matrix else DEFAULT_DURATION_SEC
+    if arguments.scenarios is None:
+        arguments.scenarios = list(MATRIX_SCENARIOS if arguments.matrix else DEFAULT_SCENARIOS)
+    if arguments.series is None:
+        arguments.series = list(MATRIX_SERIES if arguments.matrix else SERIES)
+    arguments.senpai_file = None
+    if "senpai" in arguments.series:
+        status = senpai_status(arguments.senpai)
+        arguments.senpai_status = status.as_json()
+        print(f"[efficacy] senpai: {status.reason}", flush=True)
+        if status.usable:
+            arguments.senpai_file = status.path
+        else:
+            arguments.series = [name for name in arguments.series if name != "senpai"]
     return arguments
 
 
@@ -314,6 +363,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "commit": source_commit(),
         "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "memory_max_mib": scenario_named(arguments.scenarios[0]).memory_max_mib,
+        "series": list(arguments.series),
+        "senpai": getattr(arguments, "senpai_status", None),
     }
     if arguments.native:
         from bench.efficacy.native import DEFAULT_DATA_DIR

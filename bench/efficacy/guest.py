@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from bench.efficacy import environment
+from bench.efficacy.peers import senpai_status
 from bench.efficacy.runner import RunSetup, run_one
-from bench.efficacy.scenarios import DATA_FILES, VM_CGROUP, scenario_named
+from bench.efficacy.scenarios import DATA_FILES, TREE_DIR, VM_CGROUP, scenario_named
 from remediator.kernel.roots import KernelRoots
 
 OUT_DIR = Path(os.environ.get("VM_OUT", "/out"))
@@ -29,6 +30,8 @@ DATA_MOUNT = WORK_DIR / "data"
 SCRATCH_MOUNT = WORK_DIR / "scratch"
 DATA_DEVICE = "/dev/vdb"
 SCRATCH_DEVICE = "/dev/vdc"
+PG_DEVICE = "/dev/vdd"
+PG_MOUNT = WORK_DIR / "pg"
 
 
 def _mount(device: str, where: Path, read_only: bool) -> None:
@@ -49,6 +52,18 @@ def main(plan_file: str) -> int:
     if plan.get("scratch_drive"):
         _mount(SCRATCH_DEVICE, SCRATCH_MOUNT, read_only=False)
         scratch = SCRATCH_MOUNT
+    pg_data = None
+    if plan.get("pg_drive"):
+        from bench.efficacy.vm import PG_DATA_NAME
+
+        _mount(PG_DEVICE, PG_MOUNT, read_only=False)
+        pg_data = PG_MOUNT / PG_DATA_NAME
+    senpai = None
+    if plan.get("senpai"):
+        # Checked again here: the file the guest runs is the one whose hash was pinned.
+        status = senpai_status(Path(plan["senpai"]).parent)
+        senpai = status.path if status.usable else None
+        print(f"[bench] senpai: {status.reason}", flush=True)
     setup = RunSetup(
         roots=KernelRoots(),
         cgroup=VM_CGROUP,
@@ -56,6 +71,9 @@ def main(plan_file: str) -> int:
         scratch_dir=scratch,
         work_dir=WORK_DIR,
         policies=plan["policies"],
+        tree_dir=DATA_MOUNT / TREE_DIR,
+        pg_data_dir=pg_data,
+        senpai=senpai,
     )
     report: Dict[str, Any] = {"environment_guest": environment.collect("vm-guest"), "runs": []}
     runs: List[Dict[str, Any]] = report["runs"]

@@ -16,8 +16,14 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from bench.efficacy.scenarios import ALL_SERIES, SERIES_TITLES, scenario_named
-from remediator.core.records import RecordType
+from bench.efficacy.scenarios import (
+    ALL_SERIES,
+    SERIES_TITLES,
+    STATIC_GRID,
+    WorkloadKind,
+    scenario_named,
+)
+from remediator.records import RecordType
 
 SCHEMA = "remediator.bench.efficacy/v1"
 MIB = 1 << 20
@@ -27,6 +33,16 @@ STALL_NOISE_ABS_PCT = 2.0
 STALL_NOISE_REL = 0.25
 THROUGHPUT_NOISE_ABS_MIB_S = 5.0
 THROUGHPUT_NOISE_REL = 0.15
+# p99 latency: 25 % of the reference's median or 5 ms, or the half-ranges (same rule).
+LATENCY_NOISE_ABS_MS = 5.0
+LATENCY_NOISE_REL = 0.25
+# Issue 13: the full stall target of 1/2 applies where clean page cache is at least this share
+# of memory.current at the pressure (measured in none's runs).
+CLEAN_CACHE_SHARE_FOR_TARGET = 0.2
+DEFAULT_STALL_FRACTION = 0.5
+# PostgreSQL: p99 latency at least 30 % lower than none's.
+PG_P99_FRACTION_OF_NONE = 0.7
+STATIC_BEST = "static-best"
 
 # The stall compared between series "within noise": the full stall share while the workload
 # lived (the whole window unless it was OOM-killed; then a run killed later is not worse for
@@ -48,6 +64,14 @@ NUMERIC_METRICS = (
     "events_high_delta",
     "events_max_delta",
     "remediator_cpu_sec",
+    "lat_p50_ms",
+    "lat_p99_ms",
+    "clean_cache_share_at_pressure",
+    "batch_throughput_mib_s",
+    "sensitive_full_stall_pct",
+    "batch_full_stall_pct",
+    "senpai_cpu_sec",
+    "senpai_adjustments",
 )
 
 
@@ -83,6 +107,10 @@ def derived_metric(run: Mapping[str, Any], key: str) -> Optional[float]:
             return None
         stall_sec = float(metrics["full_stall_pct"]) / 100 * float(metrics["window_sec"])
         return round(stall_sec / scanned_gib, 3)
+    if key in ("senpai_cpu_sec", "senpai_adjustments"):
+        senpai = metrics.get("senpai") or run.get("senpai")
+        value = None if senpai is None else senpai.get(key.split("_", 1)[1])
+        return None if value is None else float(value)
     if key == "remediator_cpu_sec":
         remediator = metrics.get("remediator")
         cpu = None if remediator is None else remediator.get("cpu_sec")
@@ -355,22 +383,191 @@ def stall_not_worse(scenario: str, summary: Mapping[str, Any]) -> Target:
     )
 
 
+def best_static(summary: Mapping[str, Any]) -> Optional[str]:
+    """The best point of the static grid: the lowest median full stall among the points whose
+    throughput is within noise of none's (a setting that throttles the workload is no cure);
+    where none qualifies, the one with the highest throughput."""
+    points = [name for name in STATIC_GRID if name in summary]
+    if not points:
+        return None
+    none_tput = _stat(summary, "none", "throughput_mib_s")
+
+    def keeps_up(name: str) -> bool:
+        tput = _stat(summary, name, "throughput_mib_s")
+        if none_tput is None or tput is None:
+            return True
+        band = noise_band(none_tput, tput, THROUGHPUT_NOISE_ABS_MIB_S, THROUGHPUT_NOISE_REL)
+        return tput.median >= none_tput.median - band
+
+    def stall(name: str) -> float:
+        value = _stat(summary, name, "full_stall_pct")
+        return float("inf") if value is None else value.median
+
+    def throughput(name: str) -> float:
+        value = _stat(summary, name, "throughput_mib_s")
+        return 0.0 if value is None else value.median
+
+    fair = [name for name in points if keeps_up(name)]
+    if fair:
+        return min(fair, key=stall)
+    return max(points, key=throughput)
+
+
+def no_harm(scenario: str, summary: Mapping[str, Any]) -> Target:
+    """Issue 13: remediator's throughput and p99 latency never worse than none's beyond noise."""
+    name = "do no harm: remediator throughput and p99 latency not worse than none's (within noise)"
+    tput, tput_none = (
+        _stat(summary, "remediator", "throughput_mib_s"),
+        _stat(summary, "none", "throughput_mib_s"),
+    )
+    if tput is None or tput_none is None:
+        return _missing(scenario, name, "remediator", "none")
+    tput_band = noise_band(tput_none, tput, THROUGHPUT_NOISE_ABS_MIB_S, THROUGHPUT_NOISE_REL)
+    met = tput.median >= tput_none.median - tput_band
+    detail = (
+        f"throughput {_fmt(tput.median, '')} vs {_fmt(tput_none.median, '')} (noise {_fmt(tput_band, '')})"
+    )
+    p99, p99_none = _stat(summary, "remediator", "lat_p99_ms"), _stat(summary, "none", "lat_p99_ms")
+    if p99 is not None and p99_none is not None:
+        p99_band = noise_band(p99_none, p99, LATENCY_NOISE_ABS_MS, LATENCY_NOISE_REL)
+        met = met and p99.median <= p99_none.median + p99_band
+        detail += (
+            f"; p99 {_fmt(p99.median, ' ms')} vs {_fmt(p99_none.median, ' ms')} "
+            f"(noise {_fmt(p99_band, ' ms')})"
+        )
+    return Target(scenario, name, met, detail)
+
+
+def page_cache_stall_target(scenario: str, summary: Mapping[str, Any]) -> Target:
+    """Full stall <= 1/4 of none's where the issue names it, else <= 1/2 where clean page cache
+    is at least 20 % of usage at the pressure (none's runs say whether it is)."""
+    fraction = scenario_named(scenario).stall_fraction_of_none
+    if fraction is not None:
+        return stall_at_most_fraction_of(scenario, summary, "none", fraction)
+    share = _stat(summary, "none", "clean_cache_share_at_pressure")
+    name = f"remediator full stall <= 1/{round(1 / DEFAULT_STALL_FRACTION)} of none's (clean cache >= 20 %)"
+    if share is None:
+        return _missing(scenario, name, "none")
+    if share.median < CLEAN_CACHE_SHARE_FOR_TARGET:
+        return Target(
+            scenario,
+            name,
+            None,
+            f"not applicable: clean page cache was {share.median:.0%} of usage at the pressure "
+            "in none's runs",
+        )
+    target = stall_at_most_fraction_of(scenario, summary, "none", DEFAULT_STALL_FRACTION)
+    return Target(
+        scenario, name, target.met, f"{target.detail}; clean cache {share.median:.0%} at the pressure"
+    )
+
+
+def lower_stall_than(scenario: str, summary: Mapping[str, Any], other: str, label: str) -> Target:
+    """At equal or better throughput (within noise), a lower median full stall than ``other``."""
+    name = f"remediator: lower stall than {label} at equal or better throughput"
+    ours_stall, theirs_stall = (
+        _stat(summary, "remediator", "full_stall_pct"),
+        _stat(summary, other, "full_stall_pct"),
+    )
+    ours_tput, theirs_tput = (
+        _stat(summary, "remediator", "throughput_mib_s"),
+        _stat(summary, other, "throughput_mib_s"),
+    )
+    if ours_stall is None or theirs_stall is None or ours_tput is None or theirs_tput is None:
+        return _missing(scenario, name, "remediator", other)
+    band = noise_band(theirs_tput, ours_tput, THROUGHPUT_NOISE_ABS_MIB_S, THROUGHPUT_NOISE_REL)
+    tput_ok = ours_tput.median >= theirs_tput.median - band
+    stall_ok = ours_stall.median < theirs_stall.median or (ours_stall.median == theirs_stall.median == 0)
+    return Target(
+        scenario,
+        name,
+        tput_ok and stall_ok,
+        f"stall {_fmt(ours_stall.median, ' %')} vs {other} {_fmt(theirs_stall.median, ' %')}; "
+        f"throughput {_fmt(ours_tput.median, '')} vs {_fmt(theirs_tput.median, '')} (noise {_fmt(band, '')})",
+    )
+
+
+def pg_targets(scenario: str, summary: Mapping[str, Any]) -> List[Target]:
+    p99_name = "PostgreSQL: remediator p99 latency at least 30 % lower than none's"
+    tps_name = "PostgreSQL: remediator TPS >= none's (within noise)"
+    p99, p99_none = _stat(summary, "remediator", "lat_p99_ms"), _stat(summary, "none", "lat_p99_ms")
+    tps, tps_none = (
+        _stat(summary, "remediator", "throughput_mib_s"),
+        _stat(summary, "none", "throughput_mib_s"),
+    )
+    out: List[Target] = []
+    if p99 is None or p99_none is None:
+        out.append(_missing(scenario, p99_name, "remediator", "none"))
+    else:
+        limit = p99_none.median * PG_P99_FRACTION_OF_NONE
+        out.append(
+            Target(
+                scenario,
+                p99_name,
+                p99.median <= limit,
+                f"p99 {_fmt(p99.median, ' ms')} vs none {_fmt(p99_none.median, ' ms')} "
+                f"(limit {_fmt(limit, ' ms')})",
+            )
+        )
+    if tps is None or tps_none is None:
+        out.append(_missing(scenario, tps_name, "remediator", "none"))
+    else:
+        band = noise_band(tps_none, tps, THROUGHPUT_NOISE_ABS_MIB_S, THROUGHPUT_NOISE_REL)
+        out.append(
+            Target(
+                scenario,
+                tps_name,
+                tps.median >= tps_none.median - band,
+                f"{_fmt(tps.median, ' tps')} vs none {_fmt(tps_none.median, ' tps')} "
+                f"(noise {_fmt(band, ' tps')})",
+            )
+        )
+    return out
+
+
 def targets_for(scenario: str, summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> List[Target]:
-    """The issue's targets that apply to a scenario (scenarios not in the issue only get the dry-run one)."""
+    """The issues' targets that apply to a scenario (issue 6's on its three, issue 13's on the matrix)."""
     targets: List[Target] = []
-    if scenario.startswith("seed"):
+    definition = scenario_named(scenario)
+    matrix = "senpai" in summary or any(name in summary for name in STATIC_GRID if name != "static")
+    if matrix or scenario not in (
+        "seed",
+        "seed-flat-out",
+        "seed-read",
+        "seed-dirty",
+        "tmpfs-heavy",
+        "beyond-limit",
+    ):
+        targets.append(no_harm(scenario, summary))
+        if scenario != "beyond-limit":
+            targets.append(no_oom_kills_where_none_has_none(scenario, summary))
+        if definition.page_cache:
+            targets.append(page_cache_stall_target(scenario, summary))
+            if "senpai" in summary:
+                targets.append(lower_stall_than(scenario, summary, "senpai", "Senpai"))
+            best = best_static(summary)
+            if best is not None:
+                targets.append(lower_stall_than(scenario, summary, best, f"the best static setting ({best})"))
+        if definition.kind is WorkloadKind.PGBENCH:
+            targets += pg_targets(scenario, summary)
+        if scenario == "tmpfs-slow-fill":
+            targets += [
+                not_worse_than_none(scenario, summary, "remediator"),
+                memory_high_not_lowered_with_reason(scenario, runs),
+            ]
+    if scenario.startswith("seed") and not matrix:
         targets += [
             stall_at_most_fraction_of(scenario, summary, "none", 0.25),
             stall_at_most_fraction_of(scenario, summary, "static", 0.25),
             throughput_at_least(scenario, summary, "remediator", 0.9),
             no_oom_kills_where_none_has_none(scenario, summary),
         ]
-    elif scenario == "tmpfs-heavy":
+    if scenario == "tmpfs-heavy":
         targets += [
             not_worse_than_none(scenario, summary, "remediator"),
             memory_high_not_lowered_with_reason(scenario, runs),
         ]
-    elif scenario == "beyond-limit":
+    if scenario == "beyond-limit":
         targets += [
             oom_kills_at_most_none(scenario, summary),
             stall_not_worse(scenario, summary),
@@ -388,6 +585,9 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]], scenarios: Sequence[str]) 
             chosen = ok_runs(runs, scenario, series)
             if chosen:
                 per_series[series] = series_stats(chosen)
+        best = best_static(per_series)
+        if best is not None:
+            per_series[STATIC_BEST] = {**per_series[best], "chosen": best}
         summary[scenario] = per_series
     return summary
 
@@ -430,6 +630,57 @@ def _peak_breakdown(runs: Sequence[Mapping[str, Any]]) -> str:
         return "-"
     stat = run["metrics"]["stat_at_peak"]
     return f"{stat['anon'] / MIB:.0f}/{(stat['file'] - stat['shmem']) / MIB:.0f}/{stat['shmem'] / MIB:.0f}"
+
+
+def throughput_unit(scenario: str) -> str:
+    return "tps" if scenario_named(scenario).kind is WorkloadKind.PGBENCH else "MiB/s"
+
+
+def _is_neighbour(scenario: str) -> bool:
+    return scenario_named(scenario).kind is WorkloadKind.NEIGHBOUR
+
+
+def _high_at_end(runs: Sequence[Mapping[str, Any]]) -> str:
+    """memory.high in the last sample of each run (MiB, or max), before the agent was stopped."""
+    values = []
+    for run in runs:
+        high = run.get("metrics", {}).get("memory_high_end")
+        values.append("max" if high is None else f"{int(high) / MIB:.0f}")
+    return ", ".join(values) if values else "-"
+
+
+def matrix_markdown(results: Mapping[str, Any]) -> str:
+    """One table, scenario x series: full stall %, throughput and p99 latency (medians)."""
+    summary = results["summary"]
+    present = [name for name in ALL_SERIES if any(name in summary[s] for s in results["scenarios"])]
+    lines = [
+        "| scenario | " + " | ".join(SERIES_TITLES[name] for name in present) + " |",
+        "| --- " * (len(present) + 1) + "|",
+    ]
+    for scenario in results["scenarios"]:
+        cells = []
+        for name in present:
+            stats = summary[scenario].get(name)
+            if stats is None:
+                cells.append("-")
+                continue
+            stall = stats.get("full_stall_pct", {}).get("median")
+            tput = stats.get("throughput_mib_s", {}).get("median")
+            p99 = stats.get("lat_p99_ms", {}).get("median")
+            parts = [
+                "-" if stall is None else f"{stall:.1f} %",
+                "-" if tput is None else f"{tput:.1f} {throughput_unit(scenario)}",
+                "-" if p99 is None else f"p99 {p99:.0f} ms",
+            ]
+            cells.append(" / ".join(parts))
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Cells: median full stall % of the run / throughput / p99 latency of the workload's requests "
+        "(fio's I/Os, pgbench's transactions, the loop's 4 MiB chunks; the neighbour: the sensitive "
+        "service).",
+    ]
+    return "\n".join(lines)
 
 
 def median_run(runs: Sequence[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
@@ -481,6 +732,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     summary = results["summary"]
+    if len(results["scenarios"]) > 1:
+        lines += ["## The matrix", "", matrix_markdown(results), ""]
+    senpai = results.get("senpai")
+    if senpai:
+        lines += [f"Senpai: {senpai.get('path')}: {senpai.get('reason')}", ""]
     for scenario in results["scenarios"]:
         scenario_def = scenario_named(scenario)
         lines += [
@@ -489,9 +745,11 @@ def markdown(results: Mapping[str, Any]) -> str:
             scenario_def.purpose[:1].upper() + scenario_def.purpose[1:] + ".",
             "",
             "| series | full stall % | some stall % | full avg10 peak | full avg10 mean, 2nd half | "
-            "throughput MiB/s | stall s/GiB | OOM kills | lived s (full stall % meanwhile) | peak MiB | "
-            "anon/file/shmem at peak | events high / max | actions | remediator CPU s |",
-            "| --- " * 14 + "|",
+            f"throughput {throughput_unit(scenario)} | latency p50 / p99 ms | stall s/GiB | OOM kills | "
+            "lived s (full stall % meanwhile) | peak MiB | "
+            "anon/file/shmem at peak | events high / max | memory.high at end MiB | actions | agent CPU s |"
+            + (" batch job MiB/s | stall % sensitive / batch |" if _is_neighbour(scenario) else ""),
+            "| --- " * (16 if _is_neighbour(scenario) else 14) + "|",
         ]
         for series in ALL_SERIES:
             stats = summary[scenario].get(series)
@@ -508,6 +766,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                         _cell(stats.get("full_avg10_peak")),
                         _cell(stats.get("full_avg10_mean_second_half")),
                         _cell(stats.get("throughput_mib_s")),
+                        f"{_cell(stats.get('lat_p50_ms'))} / {_cell(stats.get('lat_p99_ms'))}",
                         _cell(stats.get("stall_sec_per_gib"), "{:.2f}"),
                         _cell(stats.get("oom_kills"), "{:.0f}"),
                         f"{_cell(stats.get('alive_sec'), '{:.0f}')} "
@@ -516,12 +775,28 @@ def markdown(results: Mapping[str, Any]) -> str:
                         _peak_breakdown(chosen),
                         f"{_cell(stats.get('events_high_delta'), '{:.0f}')} / "
                         f"{_cell(stats.get('events_max_delta'), '{:.0f}')}",
+                        _high_at_end(chosen),
                         _actions_cell(stats, len(chosen)),
-                        _cell(stats.get("remediator_cpu_sec"), "{:.1f}"),
+                        _cell(stats.get("remediator_cpu_sec") or stats.get("senpai_cpu_sec"), "{:.1f}"),
                     ]
+                    + (
+                        [
+                            _cell(stats.get("batch_throughput_mib_s")),
+                            f"{_cell(stats.get('sensitive_full_stall_pct'))} / "
+                            f"{_cell(stats.get('batch_full_stall_pct'))}",
+                        ]
+                        if _is_neighbour(scenario)
+                        else []
+                    )
                 )
                 + " |"
             )
+        best = summary[scenario].get(STATIC_BEST)
+        if best is not None:
+            lines += [
+                "",
+                f"Best static setting: {SERIES_TITLES[best['chosen']]} (lowest stall at none's throughput).",
+            ]
         lines.append("")
         targets = [t for t in results["targets"] if t["scenario"] == scenario]
         for target in targets:

@@ -26,15 +26,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bench.efficacy.metrics import summarize
-from bench.efficacy.scenarios import Scenario
-from remediator.core.records import RecordType
+from bench.efficacy.peers import SenpaiProcess
+from bench.efficacy.scenarios import (
+    NEIGHBOUR_BATCH,
+    NEIGHBOUR_SENSITIVE,
+    PG_CLIENTS,
+    PG_SHARED_BUFFERS_MIB,
+    STATIC_GRID,
+    Scenario,
+    WorkloadKind,
+)
 from remediator.errors import KernelError, KernelParseError
 from remediator.kernel.roots import KernelRoots
 from remediator.kernel.snapshot import read_cgroup_snapshot
 from remediator.readings import CgroupSnapshot
+from remediator.records import RecordType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_INTERVAL_SEC = 0.5
@@ -48,6 +57,11 @@ RECLAIM_LOOP_INTERVAL_SEC = 0.5
 # The workload is told to run longer than the window: the runner ends it, so the
 # window is the same wall-clock span in every series.
 WORKLOAD_OVERRUN_SEC = 3600.0
+# fio and pgbench end by themselves just before the window does and print their own summary
+# (throughput, latency percentiles); the runner waits this long for it before ending them.
+RESULT_WAIT_SEC = 30.0
+# Python's start-up and imports under emulation over 9p, on a loaded host.
+WORKLOAD_READY_TIMEOUT_SEC = 120.0
 STAT_KEYS = (
     "anon",
     "file",
@@ -76,6 +90,9 @@ class RunSetup:
     work_dir: Path  # daemon state, tmpfs mount points (never charged to the cgroup)
     policies: Mapping[str, str]  # policy name -> YAML, for the daemon series
     python: str = sys.executable
+    tree_dir: Optional[Path] = None  # the neighbour's batch job tars this tree (larger than the slice)
+    pg_data_dir: Optional[Path] = None  # PostgreSQL's data directory (pgbench scale ~2x memory.max)
+    senpai: Optional[Path] = None  # senpai.py, checked (peers.senpai_status); None: series skipped
 
 
 @dataclass
@@ -83,6 +100,8 @@ class RunState:
     samples: List[Dict[str, Any]] = field(default_factory=list)
     progress: List[Dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The window's start (time.monotonic()): set when every workload is ready and released.
+    t0: float = 0.0
 
 
 def _sample(snapshot: CgroupSnapshot, t: float) -> Dict[str, Any]:
@@ -117,18 +136,19 @@ class BenchCgroup:
     def path(self) -> Path:
         return self.roots.cgroup_dir(self.name)
 
-    def create(self, memory_max_bytes: int) -> None:
+    def create(self, memory_max: object, controllers: Sequence[str] = ("memory",)) -> None:
         parts = self.name.split("/")
         for depth in range(1, len(parts)):
             parent = self.roots.cgroup_dir("/".join(parts[:depth]))
             if not parent.exists():
                 parent.mkdir()
                 self.created_parents.append(parent)
-            controllers = (parent / "cgroup.subtree_control").read_text().split()
-            if "memory" not in controllers:
-                (parent / "cgroup.subtree_control").write_text("+memory")
+            enabled = (parent / "cgroup.subtree_control").read_text().split()
+            for controller in controllers:
+                if controller not in enabled:
+                    (parent / "cgroup.subtree_control").write_text(f"+{controller}")
         self.path.mkdir()
-        self.write("memory.max", str(memory_max_bytes))
+        self.write("memory.max", str(memory_max))
         # The scenarios are about memory that cannot go anywhere: no swap for
         # this cgroup even on a host that has swap.
         with contextlib.suppress(FileNotFoundError):
@@ -225,13 +245,16 @@ class Sampler(threading.Thread):
             self.stopped.wait(max(0.0, next_at - time.monotonic()))
 
 
-def _read_progress(stdout: Any, state: RunState, t0: float, incarnation: int) -> None:
+def _read_progress(stdout: Any, state: RunState, incarnation: int, ready: threading.Event) -> None:
     for raw in stdout:
         try:
             event = json.loads(raw)
         except ValueError:
             continue
-        event["arrived"] = round(time.monotonic() - t0, 3)
+        if event.get("event") == "ready":
+            ready.set()
+            continue
+        event["arrived"] = round(time.monotonic() - state.t0, 3)
         event["incarnation"] = incarnation
         with state.lock:
             state.progress.append(event)
@@ -243,34 +266,64 @@ class WorkloadProcess:
     Restart=on-failure: then a crash loop keeps stalling and being killed, each kill counted."""
 
     def __init__(
-        self, argv: Sequence[str], cgroup: BenchCgroup, state: RunState, t0: float, restart: bool = False
+        self, argv: Sequence[str], cgroup: BenchCgroup, state: RunState, restart: bool = False
     ) -> None:
         self.argv = argv
         self.cgroup = cgroup
         self.state = state
-        self.t0 = t0
         self.restart = restart
         self.exits: List[Dict[str, Any]] = []
         self.readers: List[threading.Thread] = []
+        self.ready = threading.Event()
+        self.released = False
         self.process = self._start()
         self.alive = True
+
+    @property
+    def t0(self) -> float:
+        return self.state.t0
 
     def _start(self) -> subprocess.Popen[str]:
         process = _start_workload(self.argv, self.cgroup)
         reader = threading.Thread(
-            target=_read_progress, args=(process.stdout, self.state, self.t0, len(self.readers)), daemon=True
+            target=_read_progress,
+            args=(process.stdout, self.state, len(self.readers), self.ready),
+            daemon=True,
         )
         reader.start()
         self.readers.append(reader)
+        if self.released:  # a restart after an OOM kill starts at once
+            self._go(process)
         return process
 
-    def check(self) -> None:
-        """Note an OOM kill (and restart if asked); any other exit means the workload is broken."""
+    def wait_ready(self, timeout_sec: float) -> bool:
+        """The process has started Python and imported what it needs (its ``ready`` line): the
+        window opens only then, so interpreter start-up under emulation (2-16 s measured on a
+        loaded host) is not counted as the workload's time, nor the daemon's CPU meanwhile."""
+        return self.ready.wait(timeout_sec)
+
+    def release(self) -> None:
+        self.released = True
+        self._go(self.process)
+
+    @staticmethod
+    def _go(process: subprocess.Popen[str]) -> None:
+        assert process.stdin is not None
+        with contextlib.suppress(OSError):
+            process.stdin.write("go\n")
+            process.stdin.close()
+
+    def check(self, may_finish: bool = False) -> None:
+        """Note an OOM kill (and restart if asked); any other exit means the workload is broken,
+        unless ``may_finish`` (a tool that ended by itself at the end of its time: status 0)."""
         code = self.process.poll() if self.alive else None
         if code is None:
             return
         when = round(time.monotonic() - self.t0, 3)
         self.exits.append({"code": code, "at_sec": when})
+        if may_finish and code == 0:
+            self.alive = False
+            return
         if code != -signal.SIGKILL:
             raise RuntimeError(f"the workload exited with status {code} after {when} s")
         if self.restart:
@@ -278,11 +331,82 @@ class WorkloadProcess:
         else:
             self.alive = False
 
+    def wait_finished(self, timeout_sec: float) -> None:
+        """Give a tool that ends by itself the time to write its own summary."""
+        if not self.alive:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=timeout_sec)
+        self.check(may_finish=True)
+
     def stop(self) -> None:
         self.cgroup.kill()
         self.process.wait()
         for reader in self.readers:
             reader.join(timeout=10)
+
+
+def _tool_argv(scenario: Scenario, setup: RunSetup, anon_mib: int) -> List[str]:
+    return [
+        setup.python,
+        "-m",
+        "bench.efficacy.tools",
+        "--anon-mib",
+        str(anon_mib),
+        "--anon-ramp-sec",
+        str(scenario.anon_ramp_sec),
+        "--duration-sec",
+        "{duration}",
+        "--wait-start",
+    ]
+
+
+def tool_workload_argv(scenario: Scenario, setup: RunSetup, run_dir: Path, duration_sec: float) -> List[str]:
+    """fio or pgbench with the scenario's heap (tools.py); the tool is timed to the window."""
+    argv = [
+        part.replace("{duration}", f"{duration_sec:g}")
+        for part in _tool_argv(scenario, setup, scenario.anon_mib)
+    ]
+    if scenario.kind is WorkloadKind.FIO_READ:
+        argv += ["fio", "--mode", "read", "--files", *(str(p) for p in setup.data_files)]
+        argv += ["--rate-mib-s", str(scenario.pace_mib_s)]
+    elif scenario.kind is WorkloadKind.FIO_WRITE:
+        argv += ["fio", "--mode", "write", "--files", str(setup.scratch_dir / "fio-write.bin")]
+        argv += [
+            "--rate-mib-s",
+            str(scenario.pace_mib_s),
+            "--size-mib",
+            str(int(scenario.memory_max_mib * 1.5)),
+        ]
+    elif scenario.kind is WorkloadKind.PGBENCH:
+        if setup.pg_data_dir is None:
+            raise RuntimeError("the pgbench scenario needs the PostgreSQL data disk (vm.ensure_pg_image)")
+        argv += [
+            "pgbench",
+            "--data-dir",
+            str(setup.pg_data_dir),
+            "--socket-dir",
+            str(run_dir / "pg-socket"),
+            "--log-dir",
+            str(run_dir / "pg-log"),
+            "--clients",
+            str(PG_CLIENTS),
+            "--shared-buffers-mib",
+            str(PG_SHARED_BUFFERS_MIB),
+        ]
+    else:
+        raise ValueError(f"not a tool workload: {scenario.kind}")
+    return argv
+
+
+def batch_argv(scenario: Scenario, setup: RunSetup) -> List[str]:
+    """The neighbour's batch job: tar of a tree larger than the slice, no heap of its own."""
+    if setup.tree_dir is None:
+        raise RuntimeError("the neighbour scenario needs the tree on the data disk")
+    argv = [
+        part.replace("{duration}", f"{WORKLOAD_OVERRUN_SEC:g}") for part in _tool_argv(scenario, setup, 0)
+    ]
+    return [*argv, "tar", "--tree", str(setup.tree_dir)]
 
 
 def workload_argv(scenario: Scenario, setup: RunSetup, tmpfs_dir: Optional[Path]) -> List[str]:
@@ -300,11 +424,14 @@ def workload_argv(scenario: Scenario, setup: RunSetup, tmpfs_dir: Optional[Path]
         str(scenario.anon_ramp_sec),
         "--duration-sec",
         str(WORKLOAD_OVERRUN_SEC),
+        "--wait-start",
     ]
     if tmpfs_dir is not None and scenario.tmpfs_mib > 0:
         argv += ["--tmpfs-dir", str(tmpfs_dir), "--tmpfs-mib", str(scenario.tmpfs_mib)]
     if scenario.pace_mib_s > 0:
         argv += ["--pace-mib-s", str(scenario.pace_mib_s)]
+    if scenario.tmpfs_fill_sec > 0:
+        argv += ["--tmpfs-fill-sec", str(scenario.tmpfs_fill_sec)]
     if scenario.dirty_mib > 0:
         argv += ["--dirty-file", str(setup.scratch_dir / "dirty.bin"), "--dirty-mib", str(scenario.dirty_mib)]
     return argv
@@ -322,6 +449,7 @@ def _start_workload(argv: Sequence[str], cgroup: BenchCgroup) -> subprocess.Pope
     return subprocess.Popen(
         list(argv),
         preexec_fn=join,  # noqa: PLW1509
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO_ROOT,
@@ -372,44 +500,100 @@ def _daemon_class() -> Any:
     return Daemon
 
 
-def _wait_watched(daemon: Any, cgroup: str) -> bool:
+def _wait_watched(daemon: Any, cgroups: Sequence[str]) -> bool:
     watched = RecordType.WATCH_STARTED.message_id
-    found = daemon.wait_for(
-        lambda r: r.get("MESSAGE_ID") == watched and r.get("REMEDIATOR_CGROUP") == cgroup,
-        DAEMON_WATCH_TIMEOUT_SEC,
-    )
-    return found is not None
+    for cgroup in cgroups:
+        found = daemon.wait_for(
+            lambda r, name=cgroup: r.get("MESSAGE_ID") == watched and r.get("REMEDIATOR_CGROUP") == name,
+            DAEMON_WATCH_TIMEOUT_SEC,
+        )
+        if found is None:
+            return False
+    return True
+
+
+def device_of(path: Path) -> str:
+    """MAJ:MIN of the block device a path is on (io.max takes a whole disk, not a partition)."""
+    st_dev = os.stat(path).st_dev
+    return f"{os.major(st_dev)}:{os.minor(st_dev)}"
+
+
+class Service:
+    """One workload process in its own cgroup, with its samples and progress."""
+
+    def __init__(self, cgroup: BenchCgroup, argv: Sequence[str], restart: bool) -> None:
+        self.cgroup = cgroup
+        self.argv = argv
+        self.restart = restart
+        self.state = RunState()
+        self.workload: Optional[WorkloadProcess] = None
+        self.sampler: Optional[Sampler] = None
+
+    def spawn(self) -> None:
+        self.workload = WorkloadProcess(self.argv, self.cgroup, self.state, self.restart)
+
+    def result(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "cgroup": self.cgroup.name,
+            "samples": self.state.samples,
+            "progress": self.state.progress,
+            "workload_exits": self.workload.exits if self.workload else [],
+            "restart_on_oom_kill": self.restart,
+        }
+        out["metrics"] = summarize(out)
+        return out
 
 
 class Run:
-    """One run of one series of one scenario (``run_one`` is the entry point)."""
+    """One run of one series of one scenario (``run_one`` is the entry point).
+
+    The scenario's cgroup (``setup.cgroup``) carries memory.max; the static, Senpai and
+    sampling series act on it. The noisy neighbour's cgroup is the slice above its two
+    services (the parent of ``setup.cgroup``), each service a child with its own samples.
+    """
 
     def __init__(self, scenario: Scenario, series: str, duration_sec: float, setup: RunSetup) -> None:
         self.scenario = scenario
         self.series = series
         self.duration_sec = duration_sec
         self.setup = setup
-        self.cgroup = BenchCgroup(setup.roots, setup.cgroup)
+        neighbour = scenario.kind is WorkloadKind.NEIGHBOUR
+        limited = setup.cgroup.rsplit("/", 1)[0] if neighbour else setup.cgroup
+        self.cgroup = BenchCgroup(setup.roots, limited)
+        self.services: Dict[str, Service] = {}
         self.state = RunState()
         self.daemon: Any = None
         self.daemon_cpu_at_start = 0.0
         self.reclaim_loop: Optional[ReclaimLoop] = None
+        self.senpai: Optional[SenpaiProcess] = None
         self.result: Dict[str, Any] = {
             "scenario": scenario.name,
             "series": series,
             "duration_sec": duration_sec,
-            "cgroup": setup.cgroup,
+            "cgroup": limited,
             "memory_max": scenario.memory_max_bytes,
             "restart_on_oom_kill": scenario.restart_on_oom_kill,
             "started_wall": time.time(),
         }
 
+    def _watched_cgroups(self) -> List[str]:
+        if self.scenario.kind is WorkloadKind.NEIGHBOUR:
+            return [f"{self.cgroup.name}/{NEIGHBOUR_SENSITIVE}", f"{self.cgroup.name}/{NEIGHBOUR_BATCH}"]
+        return [self.cgroup.name]
+
     def execute(self) -> Dict[str, Any]:
-        if self.cgroup.path.exists():
-            self.cgroup.remove()  # left over from an interrupted run of ours
+        if self.series == "senpai" and self.setup.senpai is None:
+            raise RuntimeError("the senpai series has no usable senpai.py (see peers.senpai_status)")
+        children = self._watched_cgroups() if self.scenario.kind is WorkloadKind.NEIGHBOUR else []
+        for name in [*children, self.cgroup.name]:
+            leftover = BenchCgroup(self.setup.roots, name)
+            if leftover.path.exists():
+                leftover.remove()  # left over from an interrupted run of ours
         run_dir = Path(
             tempfile.mkdtemp(prefix=f"run-{self.scenario.name}-{self.series}-", dir=self.setup.work_dir)
         )
+        # PostgreSQL runs as its own user: its socket and pgbench's log are in here.
+        run_dir.chmod(0o755)
         # Everything set up is undone in reverse order, also on an exception or Ctrl-C.
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(shutil.rmtree, run_dir, True)
@@ -420,17 +604,55 @@ class Run:
                     tmpfs_mount(run_dir / "tmpfs", self.scenario.tmpfs_mib + 64)
                 )
             evict_from_page_cache(self.setup.data_files)
-            self.cgroup.create(self.scenario.memory_max_bytes)
+            controllers = ("memory", "io") if self.scenario.write_bps_limit else ("memory",)
+            self.cgroup.create(self.scenario.memory_max_bytes, controllers)
+            if self.scenario.write_bps_limit:
+                limit = f"{device_of(self.setup.scratch_dir)} wbps={self.scenario.write_bps_limit}"
+                self.cgroup.write("io.max", limit)
+                self.result["io_max"] = limit
+            self._create_services(run_dir, tmpfs_dir, cleanup)
             self._prepare_series(run_dir, cleanup)
-            self._observe(workload_argv(self.scenario, self.setup, tmpfs_dir))
+            self._observe()
         self.result["samples"] = self.state.samples
         self.result["progress"] = self.state.progress
         self.result["metrics"] = summarize(self.result)
         return self.result
 
+    def _create_services(
+        self, run_dir: Path, tmpfs_dir: Optional[Path], cleanup: contextlib.ExitStack
+    ) -> None:
+        kind = self.scenario.kind
+        restart = self.scenario.restart_on_oom_kill
+        if kind is WorkloadKind.NEIGHBOUR:
+            # The slice holds the limit; each service is a child without one of its own.
+            (self.cgroup.path / "cgroup.subtree_control").write_text("+memory")
+            for name, argv in (
+                (NEIGHBOUR_SENSITIVE, workload_argv(self.scenario, self.setup, None)),
+                (NEIGHBOUR_BATCH, batch_argv(self.scenario, self.setup)),
+            ):
+                child = BenchCgroup(self.setup.roots, f"{self.cgroup.name}/{name}")
+                child.path.mkdir()
+                cleanup.callback(child.remove)
+                self.services[name] = Service(child, argv, restart)
+            return
+        if kind is WorkloadKind.SCAN:
+            argv = workload_argv(self.scenario, self.setup, tmpfs_dir)
+        else:
+            argv = tool_workload_argv(self.scenario, self.setup, run_dir, self.duration_sec)
+        self.services["workload"] = Service(self.cgroup, argv, restart)
+
     def _prepare_series(self, run_dir: Path, cleanup: contextlib.ExitStack) -> None:
-        if self.series == "static":
-            self.cgroup.write("memory.high", str(self.scenario.static_high_bytes()))
+        if self.series in STATIC_GRID:
+            high = self.scenario.static_high_bytes(STATIC_GRID[self.series])
+            self.cgroup.write("memory.high", str(high))
+            self.result["static_high"] = high
+        elif self.series == "senpai":
+            assert self.setup.senpai is not None
+            # Started before the workload, as a node agent is, on the cgroup with memory.max.
+            self.senpai = SenpaiProcess(
+                self.setup.senpai, self.cgroup.path, run_dir / "senpai.log", python=self.setup.python
+            )
+            cleanup.callback(self.senpai.stop)
         elif self.series in ("remediator", "dry-run"):
             self.daemon = _daemon_class()(
                 workdir=run_dir / "daemon",
@@ -440,43 +662,85 @@ class Run:
             )
             cleanup.callback(self.daemon.stop)
             self.daemon.start(ready_timeout_sec=DAEMON_READY_TIMEOUT_SEC)
-            self.result["daemon_watching"] = _wait_watched(self.daemon, self.setup.cgroup)
+            self.result["daemon_watching"] = _wait_watched(self.daemon, self._watched_cgroups())
             self.daemon_cpu_at_start = self.daemon.cpu_seconds()
         elif self.series == "reclaim-loop":
             self.reclaim_loop = ReclaimLoop(self.cgroup, RECLAIM_LOOP_BYTES, RECLAIM_LOOP_INTERVAL_SEC)
             cleanup.callback(self.reclaim_loop.stopped.set)
 
-    def _observe(self, argv: Sequence[str]) -> None:
-        """Start the workload, sample for the window, then end it and collect the daemon's side."""
+    def _open_window(self) -> Tuple[float, Sampler]:
+        """Start the workloads, wait until each is ready, then take the baseline and release them."""
+        own_sampler = self.scenario.kind is WorkloadKind.NEIGHBOUR
+        for service in self.services.values():
+            if not own_sampler:
+                service.state = self.state  # one cgroup: the service's progress is the run's
+            service.spawn()
+        for service in self.services.values():
+            assert service.workload is not None
+            if not service.workload.wait_ready(WORKLOAD_READY_TIMEOUT_SEC):
+                raise RuntimeError(f"the workload in {service.cgroup.name} did not start")
         t0 = time.monotonic()
         sampler = Sampler(self.cgroup, self.state, t0)
+        self.state.t0 = t0
         sampler.take()  # the baseline, right before the workload starts
-        workload = WorkloadProcess(argv, self.cgroup, self.state, t0, self.scenario.restart_on_oom_kill)
+        for service in self.services.values():
+            service.state.t0 = t0
+            if own_sampler:
+                service.sampler = Sampler(service.cgroup, service.state, t0)
+                service.sampler.take()
+        for service in self.services.values():
+            assert service.workload is not None
+            service.workload.release()
+            if service.sampler is not None:
+                service.sampler.start()
         sampler.start()
+        return t0, sampler
+
+    def _observe(self) -> None:
+        """Start the workload(s), sample for the window, then end them and collect the daemon's side."""
+        t0, sampler = self._open_window()
         if self.reclaim_loop is not None:
             self.reclaim_loop.start()
+        finishes = self.scenario.kind in (WorkloadKind.FIO_READ, WorkloadKind.FIO_WRITE, WorkloadKind.PGBENCH)
+        workloads = [s.workload for s in self.services.values() if s.workload is not None]
         try:
             while time.monotonic() - t0 < self.duration_sec:
-                workload.check()
+                for workload in workloads:
+                    workload.check(may_finish=finishes)
                 time.sleep(0.1)
             sampler.stopped.set()
+            for service in self.services.values():
+                if service.sampler is not None:
+                    service.sampler.stopped.set()
             sampler.join()
             sampler.take()  # the end of the window
+            for service in self.services.values():
+                if service.sampler is not None:
+                    service.sampler.join()
+                    service.sampler.take()
             if self.reclaim_loop is not None:
                 self.reclaim_loop.stopped.set()
                 self.reclaim_loop.join()
                 self.result["reclaim_loop_writes"] = self.reclaim_loop.writes
             if self.daemon is not None:
                 self.result["daemon_cpu_sec"] = round(self.daemon.cpu_seconds() - self.daemon_cpu_at_start, 3)
+            if finishes:
+                for workload in workloads:
+                    workload.wait_finished(RESULT_WAIT_SEC)
         finally:
             sampler.stopped.set()
-            workload.stop()
-            self.result["workload_exits"] = workload.exits
+            for workload in workloads:
+                workload.stop()
+            self.result["workload_exits"] = [exit for w in workloads for exit in w.exits]
+        if self.senpai is not None:
+            self.result["senpai"] = self.senpai.stop()
         if self.daemon is not None:
             # SIGTERM: the daemon restores what it changed before it exits.
             self.result["daemon_exit_code"] = self.daemon.stop()
             self.result["records"] = [_relative_times(record, t0) for record in self.daemon.snapshot()]
         self.result["memory_high_after_run"] = self.cgroup.read("memory.high")
+        if self.scenario.kind is WorkloadKind.NEIGHBOUR:
+            self.result["services"] = {name: service.result() for name, service in self.services.items()}
 
 
 def run_one(scenario: Scenario, series: str, duration_sec: float, setup: RunSetup) -> Dict[str, Any]:

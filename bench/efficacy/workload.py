@@ -3,7 +3,8 @@
 It runs as the only process of the benchmark's cgroup and does, in order:
 
 1. optionally fills tmpfs files (shmem: counted in memory.stat ``file`` but not
-   reclaimable without swap);
+   reclaimable without swap), all at once or, with ``--tmpfs-fill-sec``, a
+   step at a time over that many seconds while the loop runs;
 2. grows an anonymous heap, in steps spread over ``--anon-ramp-sec``, and then
    keeps it (every page written, so it is resident and, without swap, stays);
 3. meanwhile and until ``--duration-sec`` is over, loops over ``--files``: maps
@@ -15,11 +16,12 @@ It runs as the only process of the benchmark's cgroup and does, in order:
 
 Progress goes to stdout as one JSON object per line, so the runner knows how
 much was scanned even if the kernel OOM-kills this process halfway:
-``{"t": <s since start>, "event": "scan", "mib": <total MiB scanned>}`` after
-every chunk, plus ``anon``, ``tmpfs`` and ``pass`` events. Throughput is MiB of
-file data brought through the page cache per second; touching one byte per page
-keeps the CPU cost per MiB small, so what is measured is memory behaviour, not
-Python's speed.
+``{"t": <s since start>, "event": "scan", "mib": <total MiB scanned>,
+"lat_ms": <ms the chunk took>}`` after every chunk (the chunk is the loop's
+request: its latency excludes the pacing's idle time), plus ``anon``,
+``tmpfs`` and ``pass`` events. Throughput is MiB of file data brought through
+the page cache per second; touching one byte per page keeps the CPU cost per
+MiB small, so what is measured is memory behaviour, not Python's speed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ MIB = 1 << 20
 # Progress is reported (and the anon ramp advanced) after every chunk of this size.
 CHUNK_BYTES = 4 * MIB
 ANON_STEP_MIB = 4
+TMPFS_FILE_MIB = 32
+TMPFS_STEP_MIB = 4
 READ_BUFFER_BYTES = 1 * MIB
 
 
@@ -56,6 +60,8 @@ class WorkloadConfig:
     # The demand: at most this many MiB scanned per second (0: as fast as it can), as a service
     # serves the requests it gets rather than all it could.
     pace_mib_s: float = 0.0
+    # tmpfs written over this many seconds while the loop runs (0: all of it before the loop).
+    tmpfs_fill_sec: float = 0.0
 
 
 class Workload:
@@ -74,6 +80,8 @@ class Workload:
         self.heap: List[bytearray] = []
         self.scanned_bytes = 0
         self.passes = 0
+        self.tmpfs_written_mib = 0
+        self.chunk_started = self.started
 
     def elapsed(self) -> float:
         return self.clock() - self.started
@@ -83,8 +91,10 @@ class Workload:
         self.out.flush()
 
     def run(self) -> None:
-        self.fill_tmpfs()
+        if self.config.tmpfs_fill_sec <= 0:
+            self.fill_tmpfs()
         self.grow_anon()
+        self.chunk_started = self.clock()
         while self.elapsed() < self.config.duration_sec:
             for path in self.config.files:
                 if self.config.access == "mmap":
@@ -100,23 +110,32 @@ class Workload:
 
     # ---- memory that stays -------------------------------------------------------
 
-    def fill_tmpfs(self) -> None:
+    def fill_tmpfs(self, up_to_mib: Optional[int] = None) -> None:
+        """Write tmpfs files up to ``up_to_mib`` (default: all of --tmpfs-mib)."""
         config = self.config
         if config.tmpfs_dir is None or config.tmpfs_mib <= 0:
             return
+        target = config.tmpfs_mib if up_to_mib is None else min(config.tmpfs_mib, up_to_mib)
         block = b"\x02" * MIB
         # Several files: "tmpfs files", as a service's /dev/shm or a container's /tmp would hold.
-        per_file = 32
-        written = 0
-        index = 0
-        while written < config.tmpfs_mib:
-            size = min(per_file, config.tmpfs_mib - written)
-            with open(config.tmpfs_dir / f"shm-{index}", "wb") as handle:
+        while self.tmpfs_written_mib < target:
+            index, used = divmod(self.tmpfs_written_mib, TMPFS_FILE_MIB)
+            size = min(TMPFS_FILE_MIB - used, target - self.tmpfs_written_mib)
+            with open(config.tmpfs_dir / f"shm-{index}", "ab") as handle:
                 for _ in range(size):
                     handle.write(block)
-            written += size
-            index += 1
-            self.emit("tmpfs", mib=written)
+            self.tmpfs_written_mib += size
+            self.emit("tmpfs", mib=self.tmpfs_written_mib)
+
+    def grow_tmpfs(self) -> None:
+        """The slow fill: tmpfs in step with the elapsed share of --tmpfs-fill-sec."""
+        fill_sec = self.config.tmpfs_fill_sec
+        if fill_sec <= 0 or self.tmpfs_written_mib >= self.config.tmpfs_mib:
+            return
+        share = min(1.0, self.elapsed() / fill_sec)
+        wanted = int(self.config.tmpfs_mib * share)
+        if wanted >= self.tmpfs_written_mib + TMPFS_STEP_MIB or share >= 1.0:
+            self.fill_tmpfs(wanted)
 
     def grow_anon(self) -> None:
         """Advance the heap to where the ramp should be by now; after the ramp it stays."""
@@ -139,14 +158,17 @@ class Workload:
 
     def after_chunk(self, size: int) -> None:
         self.scanned_bytes += size
-        self.emit("scan", mib=round(self.scanned_bytes / MIB, 3))
+        latency_ms = (self.clock() - self.chunk_started) * 1000
+        self.emit("scan", mib=round(self.scanned_bytes / MIB, 3), lat_ms=round(latency_ms, 2))
         self.grow_anon()
+        self.grow_tmpfs()
         pace = self.config.pace_mib_s
         if pace > 0:
             # Ahead of the demand: idle (not stalled) until it catches up.
             ahead = self.scanned_bytes / (pace * MIB) - self.elapsed()
             if ahead > 0:
                 self.sleep(ahead)
+        self.chunk_started = self.clock()
 
     def scan_mapped(self, path: Path) -> None:
         with open(path, "rb") as handle:
@@ -206,6 +228,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> WorkloadConfig:
     parser.add_argument("--dirty-mib", type=int, default=0)
     parser.add_argument("--duration-sec", type=float, required=True)
     parser.add_argument("--pace-mib-s", type=float, default=0.0, help="demand in MiB/s (0: flat out)")
+    parser.add_argument("--tmpfs-fill-sec", type=float, default=0.0, help="fill tmpfs over this long")
+    parser.add_argument("--wait-start", action="store_true", help='print "ready", start at a line on stdin')
     args = parser.parse_args(argv)
     return WorkloadConfig(
         files=tuple(args.files),
@@ -218,11 +242,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> WorkloadConfig:
         dirty_mib=args.dirty_mib,
         duration_sec=args.duration_sec,
         pace_mib_s=args.pace_mib_s,
+        tmpfs_fill_sec=args.tmpfs_fill_sec,
     )
 
 
+def wait_for_start(out: TextIO, start: TextIO) -> None:
+    """Say "ready" (imports done) and wait for the runner's go: its window opens then."""
+    out.write(json.dumps({"event": "ready"}) + "\n")
+    out.flush()
+    start.readline()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    Workload(parse_args(argv), sys.stdout).run()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    config = parse_args(arguments)
+    if "--wait-start" in arguments:
+        wait_for_start(sys.stdout, sys.stdin)
+    Workload(config, sys.stdout).run()
     return 0
 
 

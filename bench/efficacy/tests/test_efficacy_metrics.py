@@ -13,7 +13,7 @@ from bench.efficacy.metrics import (
     summarize,
     summarize_records,
 )
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 
 MIB = 1 << 20
 

@@ -13,7 +13,7 @@ from bench.efficacy.report import (
     summarize_runs,
     targets_for,
 )
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 
 MIB = 1 << 20
 
