@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Host packages the real-kernel VM harness (tests/vm/harness.py) needs.
 #
-#   bash .ci/vm-deps.sh          light shape: qemu, busybox-static, e2fsprogs, xz
+#   bash .ci/vm-deps.sh          light shape: qemu, busybox-static, e2fsprogs, xz; and the efficacy
+#                                matrix's tools, fio and PostgreSQL 15 (the light VM runs the host's
+#                                binaries: its root is the host's, read-only; bench/efficacy/vm.py)
 #   bash .ci/vm-deps.sh --full   also debootstrap and zstd for the Debian+systemd image
 #
 # The harness installs whatever is missing by itself; this script lets CI do it
@@ -10,7 +12,7 @@
 # machine makes no network request here.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static e2fsprogs xz-utils)
+packages=(qemu-system-x86 busybox-static e2fsprogs xz-utils fio postgresql-15)
 if [[ "${1:-}" == "--full" ]]; then
     packages+=(debootstrap zstd)
 fi
