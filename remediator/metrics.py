@@ -298,6 +298,10 @@ class Metrics:
         self._last_due = now
         return True
 
+    def next_due_at(self) -> Optional[float]:
+        """When the next write is due (monotonic), for the loop's wake-up; None before the first."""
+        return None if self._last_due is None else self._last_due + self.interval_sec
+
     def render(self) -> bytes:
         """The Prometheus text format (version 0.0.4), as node_exporter's textfile collector reads it."""
         return generate_latest(self._registry)

@@ -319,7 +319,9 @@ def test_hostile_label_values_are_escaped_and_stay_one_series() -> None:
 def test_a_write_is_due_at_most_once_per_interval() -> None:
     metrics = Metrics(interval_sec=15.0)
 
+    assert metrics.next_due_at() is None
     assert metrics.due(100.0)
+    assert metrics.next_due_at() == 115.0
     assert not metrics.due(100.0)
     assert not metrics.due(114.9)
     assert metrics.due(115.0)
