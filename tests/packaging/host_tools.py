@@ -23,6 +23,7 @@ PACKAGE_OF: Dict[str, str] = {
     "systemd-analyze": "systemd",
     "journalctl": "systemd",
     "busybox": "busybox-static",
+    "groff": "groff-base",
 }
 
 
