@@ -1,4 +1,4 @@
-"""One PNG per scenario: none vs remediator side by side, over the run's time.
+"""One PNG per scenario: none, Senpai (where it ran) and remediator side by side, over the run's time.
 
 Top: memory.current split into anon, page cache (``file`` minus shmem) and
 shmem, with memory.max and memory.high. Bottom: the full stall share of each
@@ -15,12 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
 
-from bench.efficacy.report import median_run, ok_runs
+from bench.efficacy.report import median_run, ok_runs, throughput_unit
 from bench.efficacy.scenarios import SERIES_TITLES, scenario_named
 
 MIB = 1 << 20
 ACTION_COLOURS = {"reclaim": "tab:green", "memory_high": "tab:orange", "vfs_cache_pressure": "tab:gray"}
-PANELS = ("none", "remediator")
+PANELS = ("none", "senpai", "remediator")
+REQUIRED_PANELS = ("none", "remediator")
 
 
 def environment_caption(environment: Mapping[str, Any]) -> str:
@@ -35,7 +36,7 @@ def environment_caption(environment: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _panel(top: Any, bottom: Any, run: Mapping[str, Any], title: str, memory_max: int) -> None:
+def _panel(top: Any, bottom: Any, run: Mapping[str, Any], title: str, memory_max: int, unit: str) -> None:
     samples: Sequence[Mapping[str, Any]] = run["samples"]
     t = [s["t"] for s in samples]
     anon = [s["stat"]["anon"] / MIB for s in samples]
@@ -98,8 +99,10 @@ def _panel(top: Any, bottom: Any, run: Mapping[str, Any], title: str, memory_max
     bottom.text(
         0.99,
         0.95,
-        f"full stall {metrics['full_stall_pct']:.1f} % of the run, {metrics['throughput_mib_s']:.0f} MiB/s, "
-        f"OOM kills {metrics['oom_kills']}",
+        f"full stall {metrics['full_stall_pct']:.1f} % of the run, "
+        f"{metrics['throughput_mib_s'] or 0:.0f} {unit}, "
+        + (f"p99 {metrics['lat_p99_ms']:.0f} ms, " if metrics.get("lat_p99_ms") is not None else "")
+        + f"OOM kills {metrics['oom_kills']}",
         transform=bottom.transAxes,
         ha="right",
         va="top",
@@ -115,16 +118,25 @@ def plot_scenario(results: Mapping[str, Any], scenario: str, out_file: Path) -> 
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    chosen = [median_run(ok_runs(results["runs"], scenario, series)) for series in PANELS]
-    if any(run is None for run in chosen):
+    panels = [series for series in PANELS if ok_runs(results["runs"], scenario, series)]
+    if any(series not in panels for series in REQUIRED_PANELS):
         return None
+    chosen = [median_run(ok_runs(results["runs"], scenario, series)) for series in panels]
     scenario_def = scenario_named(scenario)
     figure, axes = plt.subplots(
-        2, len(PANELS), figsize=(14, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}, squeeze=False
+        2,
+        len(panels),
+        figsize=(7 * len(panels), 7.5),
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, 2]},
+        squeeze=False,
     )
-    for column, (series, run) in enumerate(zip(PANELS, chosen)):
+    unit = throughput_unit(scenario)
+    for column, (series, run) in enumerate(zip(panels, chosen)):
         assert run is not None
-        _panel(axes[0][column], axes[1][column], run, SERIES_TITLES[series], scenario_def.memory_max_bytes)
+        _panel(
+            axes[0][column], axes[1][column], run, SERIES_TITLES[series], scenario_def.memory_max_bytes, unit
+        )
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles += [Line2D([0], [0], color=colour, linewidth=1) for colour in ACTION_COLOURS.values()]
     labels += [f"remediator: {kind}" for kind in ACTION_COLOURS]
