@@ -134,3 +134,26 @@ def test_every_capability_the_unit_keeps_is_explained() -> None:
     comments = " ".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
     for capability in kept:
         assert f"{capability}:" in comments, f"{capability} is kept without a comment saying why"
+
+
+def test_readmes_sandbox_table_says_what_the_unit_sets() -> None:
+    # The table said "not `ProtectKernelTunables=`" while the unit set it (issue 12, item 18).
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.split("### What the unit's sandbox allows, and why", 1)[1].split("\n\n### ", 1)[0]
+    service = directives("Service")
+    checked = 0
+    for row in table.splitlines():
+        if not row.startswith("| ") or row.startswith(("| setting", "| ---")):
+            continue
+        cell = row.split(" | ")[0].lstrip("| ")
+        for key, value in re.findall(r"`([A-Za-z]+)=([^`]*)`", cell):
+            checked += 1
+            if cell.startswith("not "):
+                assert key not in service, f"README says not {key}=, the unit sets it"
+            elif value:
+                # A setting given on several lines (SystemCallFilter=) adds up.
+                given = service.get(key, [])
+                assert value in (*given, " ".join(given)), f"README: {key}={value}; unit: {given}"
+            else:
+                assert key in service, f"README names {key}=, the unit does not set it"
+    assert checked >= 30
