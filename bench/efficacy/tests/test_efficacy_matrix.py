@@ -231,3 +231,17 @@ def test_the_neighbour_s_figures_are_the_sensitive_service_s_with_the_batch_job_
     assert metrics["throughput_mib_s"] == 16.0 and metrics["lat_p99_ms"] == 30.0
     assert metrics["batch_throughput_mib_s"] == 50.0
     assert metrics["sensitive_full_stall_pct"] == 4.0 and metrics["batch_full_stall_pct"] == 12.0
+
+
+def test_matrix_plan_runs_every_series_once_and_repeats_only_the_compared_ones() -> None:
+    from bench.efficacy.__main__ import MATRIX_REPEATED_SERIES, plan_runs
+    from bench.efficacy.scenarios import MATRIX_SERIES
+
+    plan = plan_runs(["fio-read", "tmpfs-heavy"], 2, 20.0, MATRIX_SERIES, MATRIX_REPEATED_SERIES)
+
+    first = {vm[0]["scenario"]: sorted(run["series"] for run in vm) for vm in plan if vm[0]["repeat"] == 0}
+    second = {vm[0]["scenario"]: sorted(run["series"] for run in vm) for vm in plan if vm[0]["repeat"] == 1}
+    assert first["fio-read"] == sorted(MATRIX_SERIES)
+    # The static grid's lower points only where page cache is the subject.
+    assert "static-0.6" not in first["tmpfs-heavy"] and "static" in first["tmpfs-heavy"]
+    assert second == {"fio-read": ["none", "remediator"], "tmpfs-heavy": ["none", "remediator"]}
