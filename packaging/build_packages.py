@@ -247,6 +247,21 @@ def install_bundled_libraries(target: Target, bin_dir: Path, destination: Path) 
         shutil.rmtree(partial / "bin", ignore_errors=True)
         partial.rename(cached)
     shutil.copytree(cached, destination, dirs_exist_ok=True)
+    drop_unshipped_record_entries(destination)
+
+
+def drop_unshipped_record_entries(site: Path) -> None:
+    """Remove from each wheel's RECORD the files installed outside ``site`` (``../../bin/dotenv``).
+
+    They are not shipped (the console scripts are removed above), and their hashes are of a
+    script whose first line names the build's own interpreter, inside the tools cache: with them,
+    the package's bytes depended on where that cache was (issue 12).
+    """
+    for record in sorted(site.glob("*.dist-info/RECORD")):
+        lines = record.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not line.startswith("../")]
+        if kept != lines:
+            record.write_text("".join(kept))
 
 
 # --------------------------------------------------------------------------- staging
@@ -278,6 +293,17 @@ def normalize_tree(root: Path, epoch: int) -> None:
             path.chmod(0o755 if path.stat().st_mode & 0o111 else 0o644)
         os.utime(path, (epoch, epoch))
     os.utime(root, (epoch, epoch))
+
+
+DESCRIPTION = PACKAGING_DIR / "description.txt"
+
+
+def package_description(packager: str) -> str:
+    """packaging/description.txt for nfpm's ``description``: the summary line and the text for a
+    .deb (Debian's synopsis + extended description); the text alone for an .rpm, whose summary is
+    its own tag (the summary again, and Debian's " ." paragraph lines, were its first lines before)."""
+    summary, _, text = DESCRIPTION.read_text().strip().partition("\n")
+    return f"{summary}\n{text}" if packager == "deb" else text
 
 
 def debian_changelog(target: Target, version: str, epoch: int) -> bytes:
@@ -314,9 +340,10 @@ def stage(target: Target, root: Path, version: str, bin_dir: Path, epoch: int) -
     copy_file(
         PACKAGING_DIR / "prometheus/remediator-rules.yml", root / "usr/share/remediator/remediator-rules.yml"
     )
-    write_gzip_reproducibly(
-        (PACKAGING_DIR / "man/remediator.8").read_bytes(), root / "usr/share/man/man8/remediator.8.gz"
-    )
+    for page, section in (("remediator.8", "man8"), ("remediator-policy.5", "man5")):
+        write_gzip_reproducibly(
+            (PACKAGING_DIR / "man" / page).read_bytes(), root / "usr/share/man" / section / f"{page}.gz"
+        )
     doc = root / "usr/share/doc" / PACKAGE_NAME
     copy_file(REPO_ROOT / "README.md", doc / "README.md")
     copy_file(PACKAGING_DIR / "copyright", doc / "copyright")
@@ -343,6 +370,7 @@ def package(target: Target, version: str, bin_dir: Path, out_dir: Path, epoch: i
             "REMEDIATOR_PACKAGING": str(PACKAGING_DIR),
             "REMEDIATOR_PYTHON": target.python,
             "REMEDIATOR_PYTHON_NEXT": target.python_next,
+            "REMEDIATOR_DESCRIPTION": package_description(target.packager),
         }
         partial = output.with_name(output.name + ".partial")
         run(

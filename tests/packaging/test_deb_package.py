@@ -33,6 +33,7 @@ REQUIRED_PATHS = (
     "/usr/lib/systemd/catalog/remediator.catalog",
     "/etc/remediator/remediator.yaml",
     "/usr/share/man/man8/remediator.8.gz",
+    "/usr/share/man/man5/remediator-policy.5.gz",
     "/usr/share/doc/remediator/README.md",
     "/usr/share/doc/remediator/copyright",
     "/usr/share/doc/remediator/changelog.Debian.gz",
@@ -52,6 +53,16 @@ def listing(package: Path) -> Dict[str, str]:
         path = fields[5].lstrip(".").rstrip("/") or "/"
         entries[path] = f"{fields[0]} {fields[1]}"
     return entries
+
+
+def test_deb_description_is_the_summary_then_the_text_with_debian_paragraph_marks(
+    built_packages: Dict[str, Path],
+) -> None:
+    description = dpkg_deb("-f", str(built_packages["debian12"]), "Description")
+    source = (REPO_ROOT / "packaging" / "description.txt").read_text().strip()
+
+    assert description.splitlines()[0] == source.splitlines()[0]
+    assert description.splitlines()[1:] == [f" {line}" if line else " ." for line in source.splitlines()[1:]]
 
 
 @pytest.mark.parametrize("target", DEB_TARGETS)

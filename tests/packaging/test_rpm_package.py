@@ -9,7 +9,7 @@ from typing import Dict, List
 
 import pytest
 
-from tests.packaging.conftest import EXPECTED, REPO_ROOT, make_script_root, script_calls
+from tests.packaging.conftest import EXPECTED, REPO_ROOT, STUB_SCRIPT, make_script_root, script_calls
 from tests.packaging.host_tools import require_commands
 
 SHIPPED_POLICIES = sorted(path.name for path in (REPO_ROOT / "policies").glob("*.yaml"))
@@ -70,6 +70,7 @@ def test_rpm_marks_settings_and_policies_config_noreplace(rhel9: Path) -> None:
     assert config == CONFIG_FILES
     assert all(flags[path] == "cn" for path in CONFIG_FILES), {path: flags[path] for path in CONFIG_FILES}
     assert flags["/usr/share/man/man8/remediator.8.gz"] == "d"
+    assert flags["/usr/share/man/man5/remediator-policy.5.gz"] == "d"
     assert flags["/usr/share/licenses/remediator/copyright"] == "l"
 
 
@@ -93,6 +94,24 @@ def test_rpm_file_list_has_the_app_for_python39_the_unit_and_the_catalog(rhel9: 
     extension = [path for path in files if path.endswith(".so")]
     assert len(extension) == 1 and "cpython-39-x86_64" in extension[0], extension
     assert not [path for path in files if path.endswith(".pyc")]
+
+
+def test_rpm_requires_systemd_for_its_post_scriptlet(rhel9: Path) -> None:
+    # %post runs `systemctl preset` (as %systemd_post does): Requires(post), so rpm orders systemd first.
+    flags = rpm("-qp", "--qf", "[%{REQUIRENAME} %{REQUIREFLAGS:deptype}\n]", str(rhel9)).splitlines()
+
+    assert "systemd post" in flags
+
+
+def test_rpm_description_is_the_text_without_the_summary_or_debian_paragraph_marks(rhel9: Path) -> None:
+    summary = rpm("-qp", "--qf", "%{SUMMARY}", str(rhel9))
+    description = rpm("-qp", "--qf", "%{DESCRIPTION}", str(rhel9))
+    source = (REPO_ROOT / "packaging" / "description.txt").read_text().strip()
+
+    assert summary == source.splitlines()[0]
+    assert description == source.partition("\n")[2]
+    assert description.startswith("remediator is a node daemon")
+    assert "\n.\n" not in description and "\n\nThe package bundles" in description
 
 
 def test_rpm_scriptlets_guard_starts_and_stop_on_erase(rhel9: Path) -> None:
@@ -156,20 +175,43 @@ def test_rpm_reinstall_keeps_an_edited_policy(tmp_path: Path, rhel9: Path) -> No
     assert policy.read_text() == edited
 
 
-def test_rpm_scriptlets_in_a_chroot_enable_without_starting(tmp_path: Path, rhel9: Path) -> None:
+def test_rpm_first_install_leaves_enabling_to_the_presets_and_starts_nothing(
+    tmp_path: Path, rhel9: Path
+) -> None:
+    # As %systemd_post: `systemctl preset` (RHEL 9's default preset disables what it does not list),
+    # never `systemctl enable`, never a start; works in a chroot (no /run/systemd/system).
     root = make_script_root(tmp_path / "root")
     install(root, rhel9)
     calls = script_calls(root)
-    assert "systemctl --no-reload enable remediator.service" in calls
-    assert not [call for call in calls if "start" in call], calls
+    assert "systemctl --no-reload preset remediator.service" in calls
+    assert not [call for call in calls if " enable" in call or "start" in call], calls
     assert "python3 -I -m compileall -q -j 1 /usr/lib/remediator" in calls
 
 
-def test_rpm_scriptlets_start_when_systemd_runs(tmp_path: Path, rhel9: Path) -> None:
+def test_rpm_first_install_uses_systemds_update_helper_where_there_is_one(
+    tmp_path: Path, rhel9: Path
+) -> None:
+    # systemd 252 (RHEL 9) ships the helper %systemd_post calls; it applies the presets itself.
+    root = make_script_root(tmp_path / "root")
+    helper = root / "usr/lib/systemd/systemd-update-helper"
+    helper.parent.mkdir(parents=True)
+    helper.write_text(STUB_SCRIPT)
+    helper.chmod(0o755)
+    install(root, rhel9)
+    calls = script_calls(root)
+    assert "systemd-update-helper install-system-units remediator.service" in calls
+    assert not [call for call in calls if call.startswith("systemctl") and "preset" in call], calls
+
+
+def test_rpm_install_on_a_running_systemd_reloads_units_and_starts_nothing(
+    tmp_path: Path, rhel9: Path
+) -> None:
     root = make_script_root(tmp_path / "root")
     (root / "run/systemd/system").mkdir(parents=True)
     install(root, rhel9)
-    assert "systemctl start remediator.service" in script_calls(root)
+    calls = script_calls(root)
+    assert "systemctl daemon-reload" in calls
+    assert not [call for call in calls if "start" in call], calls
 
 
 def test_rpm_erase_stops_the_service_and_keeps_edited_configuration_aside(
