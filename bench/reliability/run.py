@@ -17,6 +17,11 @@ Parts, each recorded even when it cannot run here (with the reason):
    pytest with the campaign's sizes (50 SIGKILL runs, a 512 MiB reclaim,
    10,000 cgroups with 500 live); each test's verdict is the fault's
    "survived", and the scenarios' reports give the figures.
+4. **Hostile trees and files** (issue 12, ``bench/reliability/hostile.py``):
+   glob matching against 1,000-deep names and ``check``/``run`` on such a
+   tree, cgroup names that are terminal escapes through ``status``, ``check``
+   and the stderr records, state files over and just under the loader's
+   limit, a FIFO and a hard link in the tree; each case passes or fails.
 
 Writes ``bench/results/reliability-<date>.json`` and ``.md`` (``--quick``:
 ``build/reliability-quick/``); exits 1 when
@@ -37,6 +42,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from bench.reliability.hostile import hostile_trees
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -309,6 +316,8 @@ def summarize(doc: Json) -> Json:
             for mode, d in doc["churn_fake"]["modes"].items()
         },
         "churn_vm": vm_churn_figures(vm),
+        "hostile": {name: case["passed"] for name, case in doc.get("hostile", {}).items()},
+        "hostile_failed": [name for name, case in doc.get("hostile", {}).items() if not case["passed"]],
     }
 
 
@@ -361,6 +370,7 @@ def markdown(doc: Json) -> str:
             f"{c['fds_peak']} / {c['fds_after']} | Python heap {c['heap_growth_bytes']:+,} B "
             f"(bound {doc['churn_fake']['heap_growth_bound_bytes']:,}) |"
         )
+    lines += hostile_markdown(doc.get("hostile", {}))
     v = s.get("churn_vm") or {}
     if v:
         lines.append(
@@ -374,6 +384,45 @@ def markdown(doc: Json) -> str:
             f'"{v["status_after_reload"]}"; bounds test: {v["verdict"]}.',
         ]
     return "\n".join(lines) + "\n"
+
+
+def hostile_markdown(hostile: Json) -> List[str]:
+    if not hostile:
+        return []
+    lines = ["", "## Hostile trees and files (issue 12)", "", "| case | passed | what was seen |",
+             "| --- | --- | --- |"]  # fmt: skip
+    glob = hostile.get("deep_glob", {})
+    if "matching" in glob:
+        worst = max(glob["matching"], key=lambda m: m["median_ms"])
+        commands = ", ".join(f"`{c['command'].split(' --')[0]}` {c['seconds']} s" for c in glob["commands"])
+        lines.append(f"| deep globs | {_yes(glob)} | slowest glob at depth 1,000: {worst['case']} "
+                     f"{worst['median_ms']} ms median (bound {glob['glob_bound_ms']:.0f} ms); tree "
+                     f"{glob['tree_depth']} deep: {commands} |")  # fmt: skip
+    names = hostile.get("escape_names", {})
+    if "outputs" in names:
+        raw = sum(len(o["raw_control_characters"]) for o in names["outputs"])
+        lines.append(f"| terminal-escape cgroup names | {_yes(names)} | {len(names['names'])} names through "
+                     f"{len(names['outputs'])} commands: {raw} raw control characters |")  # fmt: skip
+    state = hostile.get("oversized_state", {})
+    if "cases" in state:
+        said = "; ".join(f"{c['file']}: {c['quarantine_records']} quarantine record(s), {c['seconds']} s"
+                         for c in state["cases"])  # fmt: skip
+        lines.append(f"| oversized state files | {_yes(state)} | {said} |")
+    tree = hostile.get("fifo_and_hard_link", {})
+    if "runs" in tree:
+        writer = tree.get("writer", {})
+        lines.append(f"| FIFO and hard link in the tree | {_yes(tree)} | every command ended: "
+                     f"{all(r['exit_code'] is not None for r in tree['runs'])}; linked file unchanged: "
+                     f"{tree['linked_file_unchanged']}; writer on the hard link: "
+                     f"{writer.get('write_to_hard_link', '?')[:60]} |")  # fmt: skip
+    for name, case in hostile.items():
+        if "error" in case:
+            lines.append(f"| {name} | **no** | could not run: {case['error']} |")
+    return lines
+
+
+def _yes(case: Json) -> str:
+    return "yes" if case.get("passed") else "**no**"
 
 
 def _commit() -> str:
@@ -424,6 +473,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc["fuzz"].append(fuzz_atheris(atheris_runs, work))
     log("churn on the fake tree")
     doc["churn_fake"] = churn_fake(*((1_000, 100) if quick else (10_000, 500)))
+    log("hostile trees and files")
+    doc["hostile"] = hostile_trees(quick)
+    for name, case in doc["hostile"].items():
+        log(f"hostile {name}: {'passed' if case['passed'] else 'FAILED'} ({case['seconds']} s)")
     if args.no_vm:
         doc["vm"] = {"unavailable": "--no-vm"}
     else:
@@ -446,6 +499,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         or not all(m["within_bounds"] for m in s["churn_fake"].values())
         or (s["sigkill_loop"] and s["sigkill_loop"]["clamps_left_behind_at_the_end"])
         or doc["vm"].get("pytest_exit_code", 0) != 0
+        or s["hostile_failed"]
         or (s["churn_vm"] and s["churn_vm"]["verdict"] != "passed")
     )  # fmt: skip
     return 1 if bad else 0
