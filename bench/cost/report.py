@@ -610,21 +610,41 @@ def _series(rows: Sequence[Json], who: str, key: str, scale: float = 1.0) -> Tup
 
 
 def plot_png(results: Json, path: Path) -> bool:
-    """Four panels against N. Needs matplotlib; False (no file) without it."""
-    if importlib.util.find_spec("matplotlib") is None:
+    """Panels against N: the scale series' four, the stop series' two. Needs matplotlib; False
+    (no file) without it or without anything to plot."""
+    rows, stops = results["scale"], results.get("stop", [])
+    if importlib.util.find_spec("matplotlib") is None or not (rows or stops):
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["scale"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    count = (4 if rows else 0) + (2 if stops else 0)
+    fig, grid = plt.subplots(count // 2, 2, figsize=(11, 4 * (count // 2)), squeeze=False)
+    axes = [ax for pair in grid for ax in pair]
+    if rows:
+        _plot_scale(axes[:4], rows)
+    if stops:
+        _plot_stop(axes[-2:], stops)
+    facts = results["facts"]
+    fig.suptitle(
+        f"remediator{' vs 1 s polling' if rows else ' stop'}, {facts.get('date', '')}, "
+        f"Linux {facts.get('guest', {}).get('kernel', '')} "
+        "under qemu TCG"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def _plot_scale(axes: Sequence[Any], rows: Sequence[Json]) -> None:
     panels: List[Tuple[Any, str, str, float, bool]] = [
-        (axes[0][0], "idle_cpu_share", "idle CPU (% of one CPU)", 100.0, True),
-        (axes[0][1], "idle_wakeups_per_sec", "idle wake-ups per second", 1.0, True),
-        (axes[1][0], "rss_kib", "RSS (MiB)", 1 / 1024, False),
-        (axes[1][1], "ready_sec_best", "start-up to READY=1 / first pass (s)", 1.0, False),
+        (axes[0], "idle_cpu_share", "idle CPU (% of one CPU)", 100.0, True),
+        (axes[1], "idle_wakeups_per_sec", "idle wake-ups per second", 1.0, True),
+        (axes[2], "rss_kib", "RSS (MiB)", 1 / 1024, False),
+        (axes[3], "ready_sec_best", "start-up to READY=1 / first pass (s)", 1.0, False),
     ]
     for ax, key, title, factor, log in panels:
         for who, style in (("remediator", "o-"), ("baseline", "s--")):
@@ -643,16 +663,32 @@ def plot_png(results: Json, path: Path) -> bool:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    facts = results["facts"]
-    fig.suptitle(
-        f"remediator vs 1 s polling, {facts.get('date', '')}, "
-        f"Linux {facts.get('guest', {}).get('kernel', '')} "
-        "under qemu TCG"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
+
+
+def _plot_stop(axes: Sequence[Any], stops: Sequence[Json]) -> None:
+    ax = axes[0]
+    pts = [(r["n"], r["stop_sec"]) for r in stops if r["stop_sec"] is not None]
+    ax.plot([n for n, _ in pts], [v for _, v in pts], "o-", label="SIGTERM -> exit, one restore")
+    ax.axhline(TARGET_STOP_SEC, color="grey", linestyle="--", label=f"target at N = {STOP_N}")
+    ax.set_xscale("log")
+    ax.set_xlabel("watched cgroups (N)")
+    ax.set_title("stop time (s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    if not any(row["close_cost"] for row in stops):
+        ax.set_visible(False)
+        return
+    for row in stops:
+        costs = sorted((c["threads"], c["close_sec"]) for c in row["close_cost"])
+        if costs:
+            ax.plot([t for t, _ in costs], [v for _, v in costs], "o-", label=f"{row['n']} trigger fds")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("closing threads")
+    ax.set_title("closing N armed triggers, no daemon (s)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def _plot_elsewhere(results_json: Path, png: Path) -> bool:
@@ -678,7 +714,7 @@ def write_all(results: Json, out_dir: Path, stem: str) -> List[Path]:
         written.append(png)
     markdown = render_markdown(results)
     if png in written:
-        markdown += f"\n![idle cost, memory and start-up against N]({png.name})\n"
+        markdown += f"\n![the series against N]({png.name})\n"
     md_path.write_text(markdown)
     written.insert(1, md_path)
     return written
