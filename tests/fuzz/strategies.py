@@ -294,6 +294,23 @@ def _token_mutation(draw: st.DrawFn, target: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+GLOB_PIECES = ["d", "x", "/", "*", "**", "**/", "?", "[d]", "[!d]", "[a-e]", "[", "]", ".", "\\", "[]"]
+
+
+@st.composite
+def _glob_and_name(draw: st.DrawFn) -> bytes:
+    """A glob of globstars, stars and classes, and a name, often a deep ``d/d/d/...`` that is
+    almost matched (the shape that made matching exponential), sometimes a short arbitrary one."""
+    glob = "".join(draw(st.lists(st.sampled_from(GLOB_PIECES), min_size=1, max_size=12)))
+    if draw(st.booleans()):
+        depth = draw(st.integers(min_value=1, max_value=400))
+        last = draw(st.sampled_from(["d", "x", "dx", "d" * 255, ""]))
+        name = "/".join(["d"] * depth + ([last] if last else []))
+    else:
+        name = draw(st.text(alphabet="dx/[].*?", max_size=30))
+    return f"{glob}\n{name}".encode("utf-8", "surrogatepass")
+
+
 STRATEGIES: Dict[str, st.SearchStrategy[bytes]] = {
     "psi": _token_mutation("psi") | _lines(_psi_line(), max_size=4),
     "memory_stat": _token_mutation("memory_stat") | _lines(_keyed_line()),
@@ -302,6 +319,7 @@ STRATEGIES: Dict[str, st.SearchStrategy[bytes]] = {
     "single_values": _lines(numbers, max_size=2),
     "capabilities": _token_mutation("capabilities") | _lines(_mount_line() | _status_line()),
     "cgroup_name": _cgroup_names() | st.binary(max_size=40),
+    "cgroup_glob": _glob_and_name() | st.binary(max_size=60),
     "policy": _yaml_inputs(VALID_POLICY),
     "settings": _yaml_inputs(VALID_SETTINGS),
     "state_file": _state_inputs(),
