@@ -39,8 +39,12 @@ from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cg
 from remediator.kernel.sysctl_vm import parse_sysctl_int
 from remediator.located.issues import PolicyIssue
 from remediator.located.yaml_doc import decode_utf8
+from remediator.policy.compiled import CgroupSelector, compile_glob
 from remediator.policy.loader import load_policy_text
+from remediator.policy.models import check_cgroup_glob
 from remediator.settings import read_settings_file
+from tests.fuzz.glob_reference import SMALL as GLOB_REFERENCE_SMALL
+from tests.fuzz.glob_reference import reference_match
 
 # The name a rejection must carry: what a kernel reader passes as ``source``.
 SOURCE = "/fuzz/kernel-file"
@@ -199,6 +203,28 @@ def cgroup_name(data: bytes) -> Verdict:
     return Verdict(True)
 
 
+def cgroup_glob(data: bytes) -> Verdict:
+    """A policy's cgroup glob (first line) and a cgroup name (the rest) to match it against.
+
+    The validator refuses the glob with a message, or the compiled glob matches the name as the
+    plain reference matcher of tests/fuzz/glob_reference.py does (on inputs small enough for it).
+    Time is the campaign runner's: matching must stay linear in the name, so a deep name a tenant
+    made cannot hang discovery (issue 12: ``**/**/**/x`` against ``d/d/d/...`` took minutes).
+    """
+    pattern, _, name = _decode_kernel(data).partition("\n")
+    try:
+        check_cgroup_glob(pattern)
+    except ValueError as exc:
+        require(bool(str(exc)), "rejection without a message")
+        return Verdict(False, str(exc))
+    matched = compile_glob(pattern).matches(name)
+    require(CgroupSelector(include=(pattern,)).matches(name) is matched, "the selector and its glob disagree")
+    if len(pattern) + len(name) <= GLOB_REFERENCE_SMALL:
+        expected = reference_match(pattern, name)
+        require(matched is expected, f"{pattern!r} against {name!r}: {matched}; the reference: {expected}")
+    return Verdict(True)
+
+
 # ---- YAML files -----------------------------------------------------------------------------
 
 
@@ -284,6 +310,7 @@ TARGETS: Dict[str, Target] = {
     "single_values": single_values,
     "capabilities": capabilities,
     "cgroup_name": cgroup_name,
+    "cgroup_glob": cgroup_glob,
     "policy": policy,
     "settings": settings_file,
     "state_file": state_file,
