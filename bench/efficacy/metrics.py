@@ -262,8 +262,12 @@ def summarize(run: Mapping[str, Any]) -> Dict[str, Any]:
         # The noisy neighbour: the latency-sensitive service's figures are the scenario's;
         # the batch job's throughput is reported beside them.
         metrics["services"] = {name: service.get("metrics", {}) for name, service in services.items()}
-        sensitive: Mapping[str, Any] = next((m for name, m in metrics["services"].items() if name.startswith("sensitive")), {})
-        batch: Mapping[str, Any] = next((m for name, m in metrics["services"].items() if name.startswith("batch")), {})
+        sensitive: Mapping[str, Any] = next(
+            (m for name, m in metrics["services"].items() if name.startswith("sensitive")), {}
+        )
+        batch: Mapping[str, Any] = next(
+            (m for name, m in metrics["services"].items() if name.startswith("batch")), {}
+        )
         for key in ("throughput_mib_s", "mib_scanned", "lat_p50_ms", "lat_p99_ms"):
             metrics[key] = sensitive.get(key)
         metrics["batch_throughput_mib_s"] = batch.get("throughput_mib_s")

@@ -300,7 +300,11 @@ class WorkloadProcess:
         """The process has started Python and imported what it needs (its ``ready`` line): the
         window opens only then, so interpreter start-up under emulation (2-16 s measured on a
         loaded host) is not counted as the workload's time, nor the daemon's CPU meanwhile."""
-        return self.ready.wait(timeout_sec)
+        deadline = time.monotonic() + timeout_sec
+        while not self.ready.wait(0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+        return True
 
     def release(self) -> None:
         self.released = True
@@ -678,7 +682,8 @@ class Run:
         for service in self.services.values():
             assert service.workload is not None
             if not service.workload.wait_ready(WORKLOAD_READY_TIMEOUT_SEC):
-                raise RuntimeError(f"the workload in {service.cgroup.name} did not start")
+                status = service.workload.process.poll()
+                raise RuntimeError(f"the workload in {service.cgroup.name} did not start (status {status})")
         t0 = time.monotonic()
         sampler = Sampler(self.cgroup, self.state, t0)
         self.state.t0 = t0
