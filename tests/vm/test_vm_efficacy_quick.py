@@ -9,7 +9,7 @@ three runs per series on a quiet machine (`make bench-efficacy`); this run only
 prints them.
 
 The matrix's other scenarios (issue 13: fio, PostgreSQL, the noisy neighbour, the slow tmpfs
-fill, the seed flat out) run once each under none and remediator, 15 s each: what one run
+fill) run once each under none and remediator, 15 s each: what one run
 decides there is that the real tools ran and reported (throughput, latency percentiles), that
 the daemon watched the workload's cgroups, and that it added no OOM kill. The static grid and
 Senpai need the full matrix's repeats to be compared and are left to `make bench-efficacy-matrix`;
@@ -65,8 +65,11 @@ def test_quick_mode_runs_every_scenario_and_series_and_meets_the_targets_one_run
         assert NOTHING_WRITTEN in dry_run["detail"], dry_run
 
 
-MATRIX_ONLY = tuple(name for name in MATRIX_SCENARIOS if name not in DEFAULT_SCENARIOS)
-# Measured: about 70 s per scenario (boot, two 15 s runs, the daemon's start-up under TCG).
+# seed-flat-out is the seed's loop unpaced: nothing in it that the seed above does not already
+# run through the daemon, and leaving it out keeps this test within CI's budget.
+MATRIX_ONLY = tuple(name for name in MATRIX_SCENARIOS if name not in (*DEFAULT_SCENARIOS, "seed-flat-out"))
+# Measured: about 75 s per scenario (boot, two 15 s runs, the daemon's start-up under TCG),
+# 7.5-8 min for the six.
 MATRIX_QUICK_SEC = 15
 
 
