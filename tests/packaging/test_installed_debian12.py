@@ -188,6 +188,14 @@ def test_records_carry_the_documented_fields(vm_run: VmRun) -> None:
         assert not missing, f"{record['MESSAGE']}: missing {missing}"
 
 
+def test_records_carry_no_code_location_of_the_journal_writer(vm_run: VmRun) -> None:
+    # python-systemd's send() added CODE_FILE=.../journal.py CODE_LINE=244 to every record (issue 12).
+    ours = [record for record in vm_run.records if record.get("SYSLOG_IDENTIFIER") == "remediator"]
+    assert ours, vm_run.describe()
+    located = [record for record in ours if {"CODE_FILE", "CODE_LINE", "CODE_FUNC"} & set(record)]
+    assert located == [], located[:1]
+
+
 @pytest.mark.parametrize(
     ("query_file", "field", "value"),
     [
