@@ -180,7 +180,10 @@ def _default_arm() -> ArmTrigger:
 # period (synchronize_rcu() on 6.1) and, for a cgroup's last trigger, for its psimon thread to
 # stop. One after another, 2000 fds took 48-50 s to close (bench/cost, 6.1 under TCG), most of
 # it waiting. Concurrent synchronize_rcu() calls share a grace period and os.close() releases
-# the GIL, so closing from several threads lets the waits overlap.
+# the GIL, so closing from several threads lets the waits overlap. Measured closing 2000 armed
+# triggers (bench/results/cost-stop-2026-12-05.md, 2 vCPUs): 1 thread 47.5 s, 4 10.7 s, 16 2.3 s,
+# 32 1.7 s, 64 2.1 s, 256 3.6 s: 32 was the fastest (one series on a shared host, so a broad
+# minimum rather than a sharp one); beyond it the closes got slower again.
 CLOSE_THREADS = 32
 # Stop must end well within systemd's TimeoutStopSec (90 s by default), after the restores;
 # an fd whose close hangs in the kernel must not hold the stop up past this.
