@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from bench.cost import fleet
 from bench.cost.procstat import ProcessCost, count_kernel_threads, read_process_cost, system_busy_sec
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 from tests.vm.guest import lib
 
 PARENT = "bench"

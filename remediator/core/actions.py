@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from remediator.core.records import Record
+from remediator.records import Record
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,6 @@ from remediator.core.ladder import (
     failed_condition,
     format_share,
 )
-from remediator.core.records import Record, RecordType, evidence_from
 from remediator.core.state import (
     CoreConfig,
     CoreState,
@@ -127,6 +126,7 @@ from remediator.policy.compiled import (
     TriggerSpec,
 )
 from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.records import Knob, Record, RecordType, evidence_from
 from remediator.sizes import format_bytes
 
 __all__ = [
@@ -306,7 +306,7 @@ class _Turn:
     def where(self) -> str:
         return describe_target(self.key.cgroup)
 
-    def _record(self, record_type: RecordType, message: str, action: str = "") -> Record:
+    def _record(self, record_type: RecordType, message: str, action: Optional[Knob] = None) -> Record:
         return Record(
             type=record_type,
             message=message,
@@ -316,7 +316,9 @@ class _Turn:
             evidence=self.evidence,
         )
 
-    def _decline(self, reason: str, message: str, action: str = "", rung: Optional[int] = None) -> None:
+    def _decline(
+        self, reason: str, message: str, action: Optional[Knob] = None, rung: Optional[int] = None
+    ) -> None:
         last = self.target.declined_at.get(reason)
         if last is not None and self.now - last < DECLINE_RECORD_INTERVAL_SEC:
             return
@@ -411,7 +413,7 @@ class _Turn:
                 RecordType.STOOD_BACK,
                 f"memory.high of {self.where} changed from {format_bytes(owned.expected)} to "
                 f"{format_bytes(snapshot.high_bytes)} by another writer; releasing it, not restoring",
-                "memory_high",
+                Knob.MEMORY_HIGH,
             )
             self.actions.append(ReleaseOwnership(cgroup=snapshot.cgroup, file=MEMORY_HIGH_FILE, cause=cause))
             self.target = replace(self.target, memory_high=None, proposed_memory_high=None)
@@ -461,7 +463,7 @@ class _Turn:
             f"{owned.events_high_at_write} to {snapshot.own_high_events} and the stall rate from "
             f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); "
             f"not lowering memory.high again before {self.policy.rollback.calm_sec:g} s of calm",
-            "memory_high",
+            Knob.MEMORY_HIGH,
         )
         self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
         self.target = replace(
@@ -683,7 +685,7 @@ class _Turn:
                 RecordType.ROLLED_BACK,
                 f"restore memory.high of {self.where} to {format_bytes(owned.before)} "
                 f"(ours: {format_bytes(owned.ours)}): {calm}",
-                "memory_high",
+                Knob.MEMORY_HIGH,
             )
             self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
             self.target = replace(self.target, memory_high=replace(owned, restore_requested=True))
@@ -912,7 +914,7 @@ def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Dec
             ),
             policy=key.policy,
             cgroup=key.cgroup,
-            action="memory_high",
+            action=Knob.MEMORY_HIGH,
             evidence=evidence,
         )
         actions.append(RestoreMemoryHigh(cgroup=key.cgroup, ours=owned.ours, cause=cause))

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple, Union
 
 from remediator.core.actions import Action, Reclaim, SetMemoryHigh, SetSysctl
-from remediator.core.records import Record, RecordType
 from remediator.core.state import OwnedValue, TargetKey
 from remediator.diagnosis.composition import (
     PAGE_SIZE,
@@ -41,10 +40,11 @@ from remediator.policy.compiled import (
     VfsCachePressureAction,
 )
 from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.records import Knob, Record, RecordType
 from remediator.sizes import format_bytes
 
-VFS_CACHE_PRESSURE = "vfs_cache_pressure"
-DROP_CACHES = "drop_caches"
+VFS_CACHE_PRESSURE = Knob.VFS_CACHE_PRESSURE
+DROP_CACHES = Knob.DROP_CACHES
 
 _DROP_CACHES_WHAT = {
     1: "clean page cache",
@@ -89,7 +89,7 @@ class RungContext:
         return describe_target(self.key.cgroup)
 
     def record(
-        self, record_type: RecordType, message: str, action: str = "", rung: Optional[int] = None
+        self, record_type: RecordType, message: str, action: Optional[Knob] = None, rung: Optional[int] = None
     ) -> Record:
         extra = {"RUNG": str(rung)} if rung is not None else {}
         return Record(

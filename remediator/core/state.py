@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Dict, Mapping, Optional, Tuple, TypeVar, Union
 
 from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.records import Knob
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -80,7 +81,7 @@ class PendingRung:
     """A rung we took and whose effect is not judged yet (judged at taken_at + verify_sec)."""
 
     index: int
-    kind: str
+    kind: Knob
     taken_at: float
     stall_rate: float  # share of wall time stalled when the rung was taken
     follow_up: bool = False  # a reclaim follow-up (taken on a calm look), not an answer to pressure

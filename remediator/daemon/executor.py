@@ -46,7 +46,6 @@ from remediator.core.actions import (
     SetMemoryHigh,
     SetSysctl,
 )
-from remediator.core.records import PRIORITY_DEBUG, PRIORITY_ERR, Record, RecordType
 from remediator.daemon.confined_io import (
     DROP_CACHES,
     MEMORY_HIGH,
@@ -74,6 +73,7 @@ from remediator.errors import (
 )
 from remediator.kernel.memory_limits import parse_bytes, parse_limit
 from remediator.kernel.roots import KernelRoots
+from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType
 from remediator.sizes import format_bytes
 
 RESULTS = frozenset(
@@ -121,6 +121,10 @@ class Outcome:
     records: Tuple[Record, ...]
 
 
+def _sysctl_knob(name: str) -> Optional[Knob]:
+    return Knob(name) if name in SYSCTL_FILES else None
+
+
 def dry_run_wording(message: str) -> str:
     """The dry-run form of a record message: "would " + the enforcing wording."""
     return message if message.startswith(DRY_RUN_PREFIX) else DRY_RUN_PREFIX + message
@@ -144,7 +148,7 @@ class _Context:
     """What every record about one action shares."""
 
     cause: Record
-    action: str
+    action: Optional[Knob]  # None only for a sysctl outside the allow-list (refused)
     cgroup: Optional[str]
     # Whether the cause describes a write (a verb phrase "would " can prefix).
     # A release writes nothing in either mode: its record only gains dry_run.
@@ -619,20 +623,23 @@ class Executor:
     @staticmethod
     def _context(action: Action) -> _Context:
         if isinstance(action, Reclaim):
-            return _Context(action.cause, "reclaim", action.cgroup)
+            return _Context(action.cause, Knob.RECLAIM, action.cgroup)
         if isinstance(action, SetMemoryHigh):
-            return _Context(action.cause, "set_memory_high", action.cgroup)
+            return _Context(action.cause, Knob.MEMORY_HIGH, action.cgroup)
         if isinstance(action, RestoreMemoryHigh):
-            return _Context(action.cause, "restore_memory_high", action.cgroup)
+            return _Context(action.cause, Knob.MEMORY_HIGH, action.cgroup)
         if isinstance(action, SetSysctl):
-            return _Context(action.cause, f"set_{action.name}", None)
+            return _Context(action.cause, _sysctl_knob(action.name), None)
         if isinstance(action, RestoreSysctl):
-            return _Context(action.cause, f"restore_{action.name}", None)
-        return _Context(action.cause, "release_ownership", action.cgroup, is_write=False)
+            return _Context(action.cause, _sysctl_knob(action.name), None)
+        knob = Knob.MEMORY_HIGH if action.cgroup is not None else _sysctl_knob(action.file)
+        return _Context(action.cause, knob, action.cgroup, is_write=False)
 
     @staticmethod
-    def _restore_action_name(kind: str) -> str:
-        return "restore_memory_high" if kind == KIND_MEMORY_HIGH else f"restore_{OWNED_SYSCTL}"
+    def _restore_action_name(kind: str) -> Knob:
+        # A restore or a recovery is recorded under the knob it puts back (its
+        # REMEDIATOR_RESULT says restored/recovered), so one journal filter finds a knob's whole life.
+        return Knob.MEMORY_HIGH if kind == KIND_MEMORY_HIGH else Knob(OWNED_SYSCTL)
 
     @staticmethod
     def _describe(entry: OwnedValue) -> str:

@@ -33,7 +33,6 @@ from remediator.core.decide import (
     note_outcome,
     on_exit,
 )
-from remediator.core.records import Record, RecordType
 from remediator.daemon.discovery import desired_targets
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import RecordWriter, make_writer
@@ -47,6 +46,7 @@ from remediator.kernel.snapshot import read_cgroup_snapshot, read_node_snapshot
 from remediator.policy.compiled import Policy
 from remediator.policy.loader import PolicySet, load_policy_dir
 from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.records import Record, RecordType
 from remediator.settings import Settings, SettingsError
 
 

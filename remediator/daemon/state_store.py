@@ -45,9 +45,9 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from remediator.core.records import Record, RecordType
 from remediator.errors import RemediatorError
 from remediator.kernel.roots import InvalidCgroupName, normalize_cgroup
+from remediator.records import Record, RecordType
 
 SCHEMA_VERSION = 1
 

@@ -14,6 +14,7 @@ from typing import FrozenSet, List, Optional, Set, Tuple, Union
 
 from remediator.identity import Identity, QosClass
 from remediator.kernel.psi_trigger import PsiTrigger, StallKind
+from remediator.records import Knob
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,7 @@ class ReclaimAction:
     timeout_sec: float  # time budget for the write
     limits: RateLimit
     follow_up: Optional[ReclaimFollowUp] = None
-    kind: str = field(default="reclaim", init=False)
+    kind: Knob = field(default=Knob.RECLAIM, init=False)
 
 
 @dataclass(frozen=True)
@@ -385,7 +386,7 @@ class MemoryHighAction:
     floor_margin_bytes: int  # added to the unreclaimable floor
     min_bytes: Optional[int]  # explicit floor set by the operator
     limits: RateLimit
-    kind: str = field(default="memory_high", init=False)
+    kind: Knob = field(default=Knob.MEMORY_HIGH, init=False)
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,7 @@ class VfsCachePressureAction:
 
     value: int
     limits: RateLimit
-    kind: str = field(default="vfs_cache_pressure", init=False)
+    kind: Knob = field(default=Knob.VFS_CACHE_PRESSURE, init=False)
 
 
 @dataclass(frozen=True)
@@ -403,7 +404,7 @@ class DropCachesAction:
 
     mode: int
     limits: RateLimit
-    kind: str = field(default="drop_caches", init=False)
+    kind: Knob = field(default=Knob.DROP_CACHES, init=False)
 
 
 ActionSpec = Union[ReclaimAction, MemoryHighAction, VfsCachePressureAction, DropCachesAction]

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
-from remediator.core.records import RecordType
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, WriteNotAllowed
 from remediator.daemon.state_store import KIND_MEMORY_HIGH, MAX_LIMIT_BYTES, OWNABLE_SYSCTLS, StateStore
 from remediator.errors import KernelError, KernelParseError
@@ -42,6 +41,7 @@ from remediator.located.yaml_doc import decode_utf8
 from remediator.policy.compiled import CgroupSelector, compile_glob
 from remediator.policy.loader import load_policy_text
 from remediator.policy.models import check_cgroup_glob
+from remediator.records import RecordType
 from remediator.settings import read_settings_file
 from tests.fuzz.glob_reference import SMALL as GLOB_REFERENCE_SMALL
 from tests.fuzz.glob_reference import reference_match

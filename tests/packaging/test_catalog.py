@@ -10,7 +10,7 @@ from typing import Dict
 
 import pytest
 
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 from tests.packaging.host_tools import require_commands
 
 CATALOG = Path(__file__).resolve().parents[2] / "systemd" / "remediator.catalog"

@@ -20,9 +20,9 @@ import pytest
 
 from remediator.core.actions import Reclaim
 from remediator.core.decide import decide
-from remediator.core.records import RecordType
 from remediator.core.state import CoreConfig, CoreState, Observation, TargetKey, initial_state
 from remediator.policy.compiled import Policy
+from remediator.records import RecordType
 from tests.unit.test_core_builders import cgroup_snapshot, make_policy, node_snapshot, reclaim_rung
 
 ROUNDS = int(os.environ.get("REMEDIATOR_BENCH_ROUNDS", "3"))

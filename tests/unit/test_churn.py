@@ -34,15 +34,14 @@ from typing import Dict, List, Optional, Set
 import pytest
 
 from remediator.clock import FakeClock
-from remediator.core.records import Record, RecordType
 from remediator.daemon.executor import Executor
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import Service
 from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
-from remediator.kernel.psi_trigger import TriggerCheck, TriggerRefused
-from remediator.policy.compiled import TriggerSpec
+from remediator.kernel.psi_trigger import PsiTrigger, TriggerCheck, TriggerRefused
+from remediator.records import Record, RecordType
 from remediator.settings import load_settings
 from tests.fakefs import FakeKernel
 
@@ -72,7 +71,7 @@ class ChurnTriggers:
         self.peers: Dict[Path, socket.socket] = {}
         self.armed = 0
 
-    def arm(self, path: Path, spec: TriggerSpec, cgroup_dir: Optional[Path] = None) -> int:
+    def arm(self, path: Path, spec: PsiTrigger, cgroup_dir: Optional[Path] = None) -> int:
         if self.refuse:
             raise TriggerRefused(path, "trigger refused: Invalid argument", 22)
         near, far = socket.socketpair()

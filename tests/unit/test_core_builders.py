@@ -21,8 +21,8 @@ from remediator.core.actions import (
     SetSysctl,
 )
 from remediator.core.decide import Decision, decide, note_outcome
-from remediator.core.records import Record, RecordType
 from remediator.core.state import CoreConfig, CoreState, Observation, TargetKey, initial_state
+from remediator.kernel.psi_trigger import StallKind
 from remediator.policy.compiled import (
     ActionSpec,
     CgroupSelector,
@@ -46,6 +46,7 @@ from remediator.readings import (
     Pressure,
     PressureLine,
 )
+from remediator.records import Knob, Record, RecordType
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -175,7 +176,7 @@ def make_policy(
     restore_on_exit: bool = True,
     conditions: Conditions = Conditions(),  # noqa: B008 - frozen dataclass, safe as a default
     allow_node_wide: bool = False,
-    kind: str = "full",
+    kind: StallKind = "full",
 ) -> Policy:
     return Policy(
         name=name,
@@ -275,6 +276,6 @@ class Driver:
         return out
 
 
-def without_dry_run_differences(record: Record) -> Tuple[RecordType, str, str, Optional[str], str]:
+def without_dry_run_differences(record: Record) -> Tuple[RecordType, str, str, Optional[str], Optional[Knob]]:
     """What must be identical between dry-run and enforcing for one record."""
     return (record.type, record.message, record.policy, record.cgroup, record.action)

@@ -16,11 +16,11 @@ from remediator.core.actions import (
     SetSysctl,
 )
 from remediator.core.decide import decide, forget, on_exit
-from remediator.core.records import RecordType
 from remediator.core.state import CoreConfig, Observation, TargetKey, initial_state
 from remediator.diagnosis.composition import page_align_down
 from remediator.policy.compiled import Conditions, ReclaimFollowUp
 from remediator.readings import CgroupSnapshot, MemoryEvents, MemoryStat, Pressure, PressureLine
+from remediator.records import RecordType
 from tests.fakefs import SEED_EVENTS, SEED_PRESSURE, SEED_STAT
 from tests.unit.test_core_builders import (
     CGROUP,

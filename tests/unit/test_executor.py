@@ -22,11 +22,11 @@ from remediator.core.actions import (
     SetMemoryHigh,
     SetSysctl,
 )
-from remediator.core.records import PRIORITY_DEBUG, Record, RecordType
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.daemon.executor import RECLAIM_CHUNK_BYTES, Executor, Outcome
 from remediator.daemon.state_store import KIND_MEMORY_HIGH, KIND_SYSCTL, StateStore
 from remediator.kernel.roots import KernelRoots
+from remediator.records import PRIORITY_DEBUG, Record, RecordType
 from tests.fakefs import FakeKernel
 
 APP = "system.slice/app.service"

@@ -27,9 +27,8 @@ from remediator.kernel.capabilities import (
     parse_mounts,
     probe,
 )
-from remediator.kernel.psi_trigger import TriggerCheck
+from remediator.kernel.psi_trigger import PsiTrigger, TriggerCheck
 from remediator.kernel.roots import KernelRoots
-from remediator.policy.compiled import TriggerSpec
 from tests.fakefs import FakeKernel
 
 CAP_EFF_WITHOUT_SYS_RESOURCE = "000001fffeffffff"  # the dev host's sandbox: every capability but bit 24
@@ -42,9 +41,9 @@ class ScriptedTriggers:
     def __init__(self, accept_2s: bool, accept_1s: bool, refusal: int = errno.EINVAL) -> None:
         self.accept = {PROBE_TRIGGER.window_us: accept_2s, PROBE_SHORT_WINDOW_TRIGGER.window_us: accept_1s}
         self.refusal = refusal
-        self.calls: List[Tuple[Path, TriggerSpec]] = []
+        self.calls: List[Tuple[Path, PsiTrigger]] = []
 
-    def __call__(self, path: Path, spec: TriggerSpec) -> TriggerCheck:
+    def __call__(self, path: Path, spec: PsiTrigger) -> TriggerCheck:
         self.calls.append((path, spec))
         if self.accept[spec.window_us]:
             return TriggerCheck(accepted=True, reason="accepted")

@@ -15,7 +15,6 @@ from typing import Any, Iterator, List, Optional
 import pytest
 
 from remediator.clock import FakeClock
-from remediator.core.records import Record, RecordType
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
 from remediator.daemon.notify import Notifier
@@ -24,6 +23,7 @@ from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
+from remediator.records import Knob, Record, RecordType
 from remediator.settings import Settings, load_settings
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import SEED_PRESSURE, FakeKernel
@@ -201,7 +201,7 @@ def test_dry_run_writes_nothing_and_records_the_same_decisions(tmp_path: Path) -
     assert changed == {f"cgroup/{SEED}/memory.pressure"}  # only what the test wrote
     assert not dry.state_file.exists()
 
-    def decisions(rig: Rig) -> List[tuple[RecordType, str, Optional[str]]]:
+    def decisions(rig: Rig) -> List[tuple[RecordType, Optional[Knob], Optional[str]]]:
         return [
             (r.type, r.action, r.cgroup) for r in rig.writer.records if r.type != RecordType.DAEMON_STARTED
         ]

@@ -15,7 +15,6 @@ from typing import Iterator
 import pytest
 
 from remediator.clock import FakeClock
-from remediator.core.records import Record, RecordType
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
 from remediator.daemon.notify import Notifier
@@ -24,6 +23,7 @@ from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
+from remediator.records import Record, RecordType
 from remediator.settings import load_settings
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import SEED_PRESSURE, FakeKernel

@@ -11,7 +11,6 @@ from typing import Any, Dict, List
 
 import pytest
 
-from remediator.core.records import RecordType
 from remediator.daemon.state_store import (
     KIND_MEMORY_HIGH,
     KIND_SYSCTL,
@@ -20,6 +19,7 @@ from remediator.daemon.state_store import (
     StateStore,
     StateUnwritable,
 )
+from remediator.records import RecordType
 
 APP = "system.slice/app.service"
 WALL = 1_700_000_000.0

@@ -21,7 +21,6 @@ import pytest
 
 from remediator.cli import main
 from remediator.clock import FakeClock
-from remediator.core.records import RecordType
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
 from remediator.daemon.notify import Notifier
@@ -31,6 +30,7 @@ from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
 from remediator.policy.loader import load_policy_dir, load_policy_file
+from remediator.records import RecordType
 from remediator.settings import Settings, SettingsError, load_settings
 from remediator.trust import OVERRIDE_ENV, OVERRIDE_SETTING, check_directory, check_file
 from tests.fake_triggers import FakeTriggers

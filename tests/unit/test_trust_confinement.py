@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediator.clock import FakeClock
-from remediator.core.records import RecordType
 from remediator.daemon.confined_io import (
     CgroupFile,
     ConfinedIO,
@@ -41,6 +40,7 @@ from remediator.kernel.capabilities import probe
 from remediator.kernel.cgroup_tree import walk_cgroups
 from remediator.kernel.psi_trigger import PsiTrigger, TriggerCheck, arm_trigger
 from remediator.policy.loader import load_policy_text
+from remediator.records import RecordType
 from remediator.settings import load_settings
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import FakeKernel
@@ -278,6 +278,10 @@ KNOWN_WRITERS = {
     "remediator/kernel/psi_trigger.py": "PSI trigger registration on pressure files (O_NOFOLLOW)",
     "remediator/daemon/state_store.py": "the state file (private directory, atomic rename)",
     "remediator/daemon/service.py": "the PID file next to the state file",
+    "remediator/metrics.py": "the metrics textfile (O_EXCL|O_NOFOLLOW temporary beside it, renamed over it)",
+    "remediator/daemon/pid_file.py": "the PID file (O_EXCL temporary, renamed)",
+    "remediator/trace/writer.py": "a trace the operator asked for (O_EXCL)",
+    "remediator/cli.py": "stdout re-pointed at /dev/null on EPIPE",
 }
 _WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"}
 _WRITE_CALLS = {"write_text", "write_bytes", "ftruncate", "truncate"}

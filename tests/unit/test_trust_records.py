@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remediator.clock import FakeClock
-from remediator.core.records import Record, RecordType
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import (
     FIELD_PREFIX,
@@ -34,6 +33,7 @@ from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
+from remediator.records import Knob, Record, RecordType
 from remediator.settings import load_settings
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import FakeKernel
@@ -58,7 +58,7 @@ def hostile_records(draw: st.DrawFn) -> Record:
         message=draw(hostile_text),
         policy=draw(hostile_text),
         cgroup=draw(st.none() | hostile_text),
-        action=draw(hostile_text),
+        action=draw(st.none() | st.sampled_from(Knob)),
         result=draw(hostile_text),
         before=draw(hostile_text),
         after=draw(hostile_text),

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 
 from remediator.clock import FakeClock
 from remediator.core.actions import SetMemoryHigh
-from remediator.core.records import Record, RecordType
 from remediator.daemon.executor import Executor
 from remediator.daemon.state_store import (
     KIND_MEMORY_HIGH,
@@ -31,6 +30,7 @@ from remediator.daemon.state_store import (
     StateUnwritable,
 )
 from remediator.kernel.roots import normalize_cgroup
+from remediator.records import Record, RecordType
 from tests.fakefs import FakeKernel
 
 APP = "system.slice/app.service"

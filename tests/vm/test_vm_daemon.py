@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 from tests.vm import harness, scenario_boot
 from tests.vm.scenario_boot import ScenarioBoot
 from tests.vm.scenarios import (

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import pydantic
 import pytest
 
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 from tests.vm import harness
 from tests.vm.scenario_boot import ScenarioBoot, boot_scenarios
 from tests.vm.scenarios_faults import reclaim_races

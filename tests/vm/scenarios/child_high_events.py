@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 from tests.vm.guest import lib
 from tests.vm.scenarios.daemon_records import for_report, of_type
 

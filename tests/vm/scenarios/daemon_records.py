@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 from tests.vm.guest.lib import Daemon
 
 Record = Dict[str, Any]

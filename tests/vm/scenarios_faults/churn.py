@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from remediator.core.records import RecordType
+from remediator.records import RecordType
 from tests.vm.guest import lib
 
 NAME = "churn"

@@ -34,12 +34,12 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from remediator.clock import SystemClock
 from remediator.core.actions import Action, Reclaim, RestoreMemoryHigh, SetMemoryHigh
-from remediator.core.records import Record, RecordType
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.daemon.executor import Executor, Outcome
 from remediator.daemon.state_store import StateStore
 from remediator.errors import KernelTransient
 from remediator.kernel.roots import KernelRoots
+from remediator.records import Record, RecordType
 from tests.vm.guest import lib
 
 NAME = "executor_faults"

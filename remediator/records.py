@@ -4,12 +4,17 @@ Records are plain values. The journal writer turns them into journald fields
 (``REMEDIATOR_*``) or one escaped stderr line; nothing here does I/O. The
 MESSAGE_IDs are part of the product's interface (documented in the README and
 in the journal catalog): never change one.
+
+A record holds what happened in the enforcing wording ("set memory.high of ...",
+result ``applied``) plus ``dry_run``; ``presented`` turns it into what a reader
+sees (dry-run: "would set ...", result ``would``) at the one place every writer
+calls, so no part of the daemon words dry-run itself.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Union
 
 from remediator.readings import CgroupSnapshot, NodeSnapshot
@@ -20,6 +25,45 @@ PRIORITY_WARNING = 4
 PRIORITY_NOTICE = 5
 PRIORITY_INFO = 6
 PRIORITY_DEBUG = 7
+
+
+class Knob(str, enum.Enum):
+    """The kernel values remediator changes: one module each under ``remediator.knobs``.
+    Its value is REMEDIATOR_ACTION on every record about it, restores and recoveries included."""
+
+    RECLAIM = "reclaim"
+    MEMORY_HIGH = "memory_high"
+    VFS_CACHE_PRESSURE = "vfs_cache_pressure"
+    DROP_CACHES = "drop_caches"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Result(str, enum.Enum):
+    """REMEDIATOR_RESULT of an action record (and of a restore or a recovery)."""
+
+    APPLIED = "applied"  # written (dry-run: would be)
+    PARTIAL = "partial"  # reclaim took less than asked, or ran out of time
+    DECLINED = "declined"  # not done, with the reason in the message
+    FAILED = "failed"  # the kernel said no (REMEDIATOR_ERRNO)
+    REFUSED = "refused"  # stopped before the kernel: confinement, or an original that cannot be recorded
+    STOOD_BACK = "stood_back"  # another writer changed the value: released, never restored
+    RESTORED = "restored"  # our original is back (calm, back-off, exit, reload)
+    RECOVERED = "recovered"  # an original left by a previous run is back (start-up)
+    NOT_RESTORED = "not_restored"  # the value is not ours any more: left as it is
+    GONE = "gone"  # the cgroup disappeared
+    WOULD = "would"  # only as presented: the dry-run form of applied, partial, restored, recovered
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The results that mean the write (or restore) took place; in dry-run it did not, and is presented "would".
+WRITTEN_RESULTS = frozenset({Result.APPLIED, Result.PARTIAL, Result.RESTORED, Result.RECOVERED})
+# Extra fields that report work done in the kernel: a dry-run record never carries them.
+WORK_FIELDS = frozenset({"RECLAIM_REQUESTED_BYTES", "RECLAIM_COMPLETED_BYTES", "WRITTEN_MONOTONIC_US"})
+DRY_RUN_PREFIX = "would "
 
 
 class RecordType(enum.Enum):
@@ -67,8 +111,9 @@ class Record:
     message: str
     policy: str = ""
     cgroup: Optional[str] = None
-    action: str = ""
-    result: str = ""  # applied | would | partial | declined | failed | stood_back | restored | ...
+    action: Optional[Knob] = None
+    # A ``Result`` on action records; daemon records use their own words (started, loaded, ...).
+    result: str = ""
     before: str = ""
     after: str = ""
     errno: str = ""
@@ -137,3 +182,18 @@ def evidence_from(
         if snapshot.vfs_cache_pressure is not None:
             ev["VFS_CACHE_PRESSURE"] = str(snapshot.vfs_cache_pressure)
     return ev
+
+
+def presented(record: Record) -> Record:
+    """The record as a reader sees it: in dry-run a write that "took place" is worded
+    "would ..." with result ``would``, and figures of work that was not done are left out."""
+    if not record.dry_run:
+        return record
+    message = record.message
+    result = record.result
+    if result in WRITTEN_RESULTS:
+        result = Result.WOULD.value
+        if not message.startswith(DRY_RUN_PREFIX):
+            message = DRY_RUN_PREFIX + message
+    extra = {k: v for k, v in record.extra.items() if k not in WORK_FIELDS}
+    return replace(record, message=message, result=str(result), extra=extra)
