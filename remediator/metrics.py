@@ -32,9 +32,10 @@ node_exporter, already on the node, already scraped, serves the file.
 - ``remediator_reclaimed_bytes_total{policy}``: the ``RECLAIM_COMPLETED_BYTES``
   extra field of records that are not dry-run.
 - ``remediator_declines_total{policy,action,reason}``: records whose result is
-  ``declined``; ``reason`` is the ``REASON`` extra field mapped by
-  ``decline_reason`` to a small fixed set (``DeclineReason``), so the label's
-  cardinality stays fixed when the decision core gains a reason.
+  ``declined``; ``reason`` is the ``REASON`` extra field, which the core sets
+  to one of a small fixed set (``core/reasons.py``: ``DeclineReason``); a raw
+  key there is mapped by ``decline_reason``, anything else (a decline without
+  the field) is ``other``, so the label's cardinality stays fixed.
 - ``remediator_pressure_events_total{policy}``: PRESSURE_CONFIRMED records.
 - ``remediator_backoffs_total{policy}``: BACKED_OFF records.
 
@@ -66,6 +67,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from remediator import __version__
+from remediator.core.reasons import REASON_FIELD, REASON_KEYS, DeclineReason, decline_reason
 from remediator.errors import RemediatorError
 from remediator.identity import Identity
 from remediator.records import Record, RecordType, Result, presented
@@ -75,7 +77,6 @@ DEFAULT_MAX_CGROUP_SERIES = 200
 # The Debian node_exporter package's textfile directory (--collector.textfile.directory).
 DEFAULT_TEXTFILE = Path("/var/lib/prometheus/node-exporter/remediator.prom")
 
-REASON_FIELD = "REASON"
 RECLAIM_COMPLETED_FIELD = "RECLAIM_COMPLETED_BYTES"
 # Bytes fit in 20 digits; a longer "number" is not one the executor wrote.
 _BYTES = re.compile(r"[0-9]{1,20}\Z")
@@ -90,52 +91,6 @@ class MetricsWriteError(RemediatorError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
-
-
-class DeclineReason(str, enum.Enum):
-    """Why a rung or a policy did not act, in the few words an alert can be written on."""
-
-    FLOOR = "floor"  # unreclaimable memory leaves no room for memory.high below the limit
-    NOT_RECLAIMABLE = "not_reclaimable"  # too little clean page cache to reclaim
-    COOLDOWN = "cooldown"
-    RATE_LIMIT = "rate_limit"  # max_per_hour, or the node-wide limit
-    OTHER_WRITER = "other_writer"  # someone else (or another policy) owns the value
-    NO_KERNEL_SUPPORT = "no_kernel_support"  # e.g. no memory.reclaim before 5.19
-    CONDITIONS = "conditions"  # a policy condition does not hold
-    BACKED_OFF = "backed_off"  # memory.high was backed off: not again before the calm
-    NOT_ALLOWED = "not_allowed"  # a node-wide rung in a policy without allow_node_wide
-    LADDER_EXHAUSTED = "ladder_exhausted"  # pressure persists and no rung is left
-    OTHER = "other"
-
-
-# The decision core's stable reason keys (core/decide.py, core/ladder.py; a rung's come as
-# "rung<N>:<key>", a condition's as "condition:<name>") -> the label. Unknown keys are "other".
-REASON_KEYS: Mapping[str, DeclineReason] = {
-    "no_room_above_floor": DeclineReason.FLOOR,
-    "too_little_cache": DeclineReason.NOT_RECLAIMABLE,
-    "cooldown": DeclineReason.COOLDOWN,
-    "max_per_hour": DeclineReason.RATE_LIMIT,
-    "node_rate_limit": DeclineReason.RATE_LIMIT,
-    "other_writer": DeclineReason.OTHER_WRITER,
-    "vfs_owned_elsewhere": DeclineReason.OTHER_WRITER,
-    "no_memory_reclaim": DeclineReason.NO_KERNEL_SUPPORT,
-    "backed_off": DeclineReason.BACKED_OFF,
-    "node_wide_not_allowed": DeclineReason.NOT_ALLOWED,
-    "ladder_exhausted": DeclineReason.LADDER_EXHAUSTED,
-}
-_RUNG_PREFIX = re.compile(r"rung[0-9]+:")
-_CONDITION_PREFIX = "condition:"
-
-
-def decline_reason(key: str) -> DeclineReason:
-    """The label for a decline's reason key (``rung1:no_room_above_floor`` -> ``floor``)."""
-    key = key.strip()
-    if key.startswith(_CONDITION_PREFIX):
-        return DeclineReason.CONDITIONS
-    match = _RUNG_PREFIX.match(key)
-    if match is not None:
-        key = key[match.end() :]
-    return REASON_KEYS.get(key, DeclineReason.OTHER)
 
 
 class WatchMode(str, enum.Enum):
@@ -481,3 +436,20 @@ def _replace_atomically(path: Path, content: bytes) -> None:
             raise
     finally:
         os.close(directory)
+
+
+__all__ = [
+    "DEFAULT_INTERVAL_SEC",
+    "DEFAULT_MAX_CGROUP_SERIES",
+    "DEFAULT_TEXTFILE",
+    "REASON_FIELD",
+    "REASON_KEYS",
+    "CgroupPressure",
+    "DeclineReason",
+    "Metrics",
+    "MetricsWriteError",
+    "PolicyState",
+    "WatchMode",
+    "decline_reason",
+    "is_restore",
+]

@@ -77,6 +77,8 @@ The behaviour, step by step (this is the product's behaviour; tests pin it):
 
 ACTION_DECLINED records are limited to one per target per reason per
 ``DECLINE_RECORD_INTERVAL_SEC``, so a pressured cgroup does not flood the journal.
+Each carries ``REASON`` (a fixed set of labels) and ``REASON_KEY`` (the stable
+key it was limited by): ``core/reasons.py``.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ from remediator.core.ladder import (
     failed_condition,
     format_share,
 )
+from remediator.core.reasons import reason_fields
 from remediator.core.state import (
     CoreConfig,
     CoreState,
@@ -323,7 +326,9 @@ class _Turn:
         if last is not None and self.now - last < DECLINE_RECORD_INTERVAL_SEC:
             return
         self.target = self.target.with_declined(reason, self.now, DECLINE_RECORD_INTERVAL_SEC)
-        extra = {"RUNG": str(rung)} if rung is not None else {}
+        extra = reason_fields(reason)
+        if rung is not None:
+            extra["RUNG"] = str(rung)
         self.records.append(
             Record(
                 type=RecordType.ACTION_DECLINED,
