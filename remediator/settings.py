@@ -69,9 +69,25 @@ def _checked_path(value: Any) -> Any:
     return value
 
 
+def _checked_textfile(value: Any) -> Any:
+    # The empty string switches the metrics off (``REMEDIATOR_METRICS_TEXTFILE=``).
+    if value == "" or value is None:
+        return None
+    _checked_path(value)
+    if isinstance(value, (str, os.PathLike)) and not os.fspath(value).endswith(".prom"):
+        raise ValueError("must end in .prom: node_exporter's textfile collector reads only *.prom files")
+    return value
+
+
 # Paths come from YAML strings, environment strings and argparse Paths alike:
 # the only fields where a string is converted rather than refused.
 _PathSetting = Annotated[Path, BeforeValidator(_checked_path), Field(strict=False)]
+_TextfileSetting = Annotated[
+    Optional[Annotated[Path, Field(strict=False)]], BeforeValidator(_checked_textfile)
+]
+
+# The Debian node_exporter package's textfile directory (--collector.textfile.directory).
+DEFAULT_METRICS_TEXTFILE = Path("/var/lib/prometheus/node-exporter/remediator.prom")
 
 
 class Settings(BaseSettings):
@@ -123,6 +139,31 @@ class Settings(BaseSettings):
         le=30,
         description="Worst-case time spent retrying a write after a transient error (EAGAIN, EBUSY, EINTR). "
         "0..30, default 2.",
+    )
+    metrics_textfile: _TextfileSetting = Field(
+        DEFAULT_METRICS_TEXTFILE,
+        description="Prometheus metrics for node_exporter's textfile collector, replaced atomically; "
+        'the directory must exist. "" disables. Default /var/lib/prometheus/node-exporter/remediator.prom '
+        "(Debian's textfile directory).",
+    )
+    metrics_interval_sec: float = Field(
+        15.0,
+        ge=1,
+        le=3600,
+        description="The metrics file is written at most this often (and at stop). 1..3600, default 15.",
+    )
+    metrics_max_cgroup_series: int = Field(
+        200,
+        ge=0,
+        le=100000,
+        description="At most this many cgroups in remediator_cgroup_full_pressure_avg10 (the most "
+        "pressured of those under action). 0..100000, default 200.",
+    )
+    pods_log_dir: _PathSetting = Field(
+        Path("/var/log/pods"),
+        description="The kubelet's pod log directory: pod namespace, name and container names for the "
+        "records, status and target.kubernetes (its sibling containers/ names containers). Default "
+        "/var/log/pods.",
     )
     insecure_allow_untrusted_files: bool = Field(
         False,

@@ -110,7 +110,8 @@ def test_file_errors_are_located_by_line_and_column(tmp_path: Path) -> None:
         f"{config}:4:1: log_target: must be 'auto', 'journal', 'stderr' or 'json' (got 'journald')",
         f"{config}:5:1: policy_dir: unknown key (expected one of: dry_run, policies_dir, state_file, "
         "cgroup_root, proc_root, rescan_interval_sec, sampling_interval_sec, node_actions_max_per_hour, "
-        "log_target, write_retry_budget_sec, insecure_allow_untrusted_files)",
+        "log_target, write_retry_budget_sec, metrics_textfile, metrics_interval_sec, "
+        "metrics_max_cgroup_series, pods_log_dir, insecure_allow_untrusted_files)",
     ]
 
 
@@ -361,3 +362,31 @@ def test_a_bad_default_state_path_is_said_to_be_the_default(
     assert error_lines(tmp_path / "a.yaml", False) == [
         "default: state_file: /run/remediator/state.json is unusable here"
     ]
+
+
+# ------------------------------------------------------------------ metrics and identity keys
+
+
+def test_metrics_and_identity_defaults() -> None:
+    defaults = load_settings(None, False, {}, environ={})
+    assert defaults.metrics_textfile == Path("/var/lib/prometheus/node-exporter/remediator.prom")
+    assert defaults.metrics_interval_sec == 15.0
+    assert defaults.metrics_max_cgroup_series == 200
+    assert defaults.pods_log_dir == Path("/var/log/pods")
+
+
+def test_an_empty_metrics_textfile_disables_the_metrics_from_every_source(tmp_path: Path) -> None:
+    assert load_settings(None, False, {}, {"REMEDIATOR_METRICS_TEXTFILE": ""}).metrics_textfile is None
+    config = write(tmp_path, 'metrics_textfile: ""\n')
+    assert load_settings(config, True, {}, environ={}).metrics_textfile is None
+
+
+def test_metrics_textfile_must_be_an_absolute_prom_file(tmp_path: Path) -> None:
+    config = write(tmp_path, "metrics_textfile: /var/lib/x/remediator.txt\nmetrics_interval_sec: 0\n")
+    assert error_lines(config) == [
+        f"{config}:1:1: metrics_textfile: must end in .prom: node_exporter's textfile collector reads "
+        "only *.prom files",
+        f"{config}:2:1: metrics_interval_sec: must be >= 1 (got 0)",
+    ]
+    with pytest.raises(SettingsError, match="env:REMEDIATOR_METRICS_TEXTFILE: metrics_textfile: must be an"):
+        load_settings(None, False, {}, {"REMEDIATOR_METRICS_TEXTFILE": "x.prom"})
