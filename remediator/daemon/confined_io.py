@@ -14,7 +14,9 @@ Two guarantees, enforced here and nowhere else:
   ``PathNotConfined`` instead of redirecting a write to another file; ``..``
   and absolute names never get that far because cgroup names go through
   ``normalize_cgroup``. The roots themselves may be symlinks: they come from
-  the operator's configuration, not from the tree.
+  the operator's configuration, not from the tree. A file with more than one
+  hard link is refused for writing too: a link planted in a copied tree would
+  carry the write to the other name (kernfs and procfs files have one link).
 
 Reads of the value we are about to overwrite (the re-read before every write)
 go through the same walk, so the file we check is the file we write.
@@ -204,6 +206,23 @@ class ConfinedIO:
         os.close(fd)
         return True
 
+    def cgroup_id(self, cgroup: str) -> int:
+        """The inode number of the cgroup's directory, reached by the confined walk.
+
+        On cgroup2 it is the cgroup's id (kernfs: 64-bit, not reused while the
+        system runs), so a cgroup removed and created again under the same name
+        has another id: an original recorded for the first is not the second's.
+        Raises ``CgroupGone`` when the directory is not there.
+        """
+        resolved = self._resolve(CgroupFile(cgroup, MEMORY_HIGH), for_write=False)
+        fd = self._walk(resolved)
+        try:
+            return os.fstat(fd).st_ino
+        except OSError as exc:
+            raise kernel_error_from_oserror(exc, resolved.path, resolved.cgroup_dir) from exc
+        finally:
+            os.close(fd)
+
     # ---- resolution -----------------------------------------------------
     def _resolve(self, target: KernelFile, for_write: bool) -> _Resolved:
         if isinstance(target, CgroupFile):
@@ -277,13 +296,17 @@ class ConfinedIO:
         finally:
             os.close(dir_fd)
         try:
-            mode = os.fstat(fd).st_mode
+            st = os.fstat(fd)
         except OSError as exc:
             os.close(fd)
             raise kernel_error_from_oserror(exc, resolved.path, resolved.cgroup_dir) from exc
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise PathNotConfined(str(resolved.path), "not a regular file")
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+            os.close(fd)
+            reason = f"{resolved.filename!r} has {st.st_nlink} hard links; a write would change another file"
+            raise PathNotConfined(str(resolved.path), reason)
         return fd
 
     @staticmethod

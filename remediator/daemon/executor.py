@@ -73,7 +73,7 @@ from remediator.errors import (
 )
 from remediator.kernel.memory_limits import parse_bytes, parse_limit
 from remediator.kernel.roots import KernelRoots
-from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType
+from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType, Result
 from remediator.sizes import format_bytes
 
 RESULTS = frozenset(
@@ -390,8 +390,15 @@ class Executor:
         read: Callable[[], Optional[int]],
     ) -> Outcome:
         """Re-read, stand back or record the original, write, confirm."""
-        actual = self._retry(read)
         ledger = self._ledger
+        records: List[Record] = []
+        cgroup_id: Optional[int] = None
+        if kind == KIND_MEMORY_HIGH:
+            cgroup_id = self._retry(lambda: self._io.cgroup_id(name))
+            existing = ledger.get(kind, name)
+            if existing is None or existing.cgroup_id not in (None, cgroup_id):
+                records.extend(self._drop_gone_cgroups(ledger))
+        actual = self._retry(read)
         current = self._as_if(ledger.get(kind, name), actual)
         if self._dry_run and check_expected and expected == actual:
             # The core knows nothing was written in dry-run and may judge by the
@@ -412,12 +419,13 @@ class Executor:
                 record_type=RecordType.STOOD_BACK,
             )
         # StateUnwritable from here means "refused": nothing has been written yet.
-        records: List[Record] = []
         if self._dry_run:
-            ledger.record_original(kind, name, current, ctx.cause.policy, self._clock.wall())
+            ledger.record_original(kind, name, current, ctx.cause.policy, self._clock.wall(), cgroup_id)
             ledger.update_ours(kind, name, value)
         else:
-            ledger.record_and_begin_write(kind, name, current, ctx.cause.policy, self._clock.wall(), value)
+            ledger.record_and_begin_write(
+                kind, name, current, ctx.cause.policy, self._clock.wall(), value, cgroup_id
+            )
             data = _limit_text(value).encode("ascii")
             try:
                 self._retry(lambda: self._io.write(target, data))
@@ -439,6 +447,39 @@ class Executor:
                 )
         outcome = self._finish(ctx, "applied", before=_limit_text(current), after=_limit_text(value))
         return Outcome(outcome.result, outcome.records + tuple(records))
+
+    def _drop_gone_cgroups(self, ledger: StateStore) -> Tuple[Record, ...]:
+        """Forget the originals of cgroups that are gone (or were created again) before a new one
+        is recorded: the file then holds live clamps only, whatever the churn of pods around it."""
+        records: List[Record] = []
+        for entry in ledger.entries():
+            if entry.kind != KIND_MEMORY_HIGH or self._same_cgroup(entry):
+                continue
+            try:
+                ledger.drop(entry.kind, entry.name)
+            except StateUnwritable:
+                continue  # the new recording will meet the same trouble and say so
+            records.append(
+                Record(
+                    RecordType.ROLLED_BACK,
+                    f"forget the original memory.high of {entry.name}: the cgroup it belonged to is gone",
+                    policy=entry.policy,
+                    cgroup=entry.name,
+                    action=Knob.MEMORY_HIGH,
+                    result=Result.GONE,
+                    dry_run=self._dry_run,
+                    priority=PRIORITY_DEBUG,
+                )
+            )
+        return tuple(records)
+
+    def _same_cgroup(self, entry: OwnedValue) -> bool:
+        """Whether the cgroup an entry was recorded for is still there (not gone, not created again)."""
+        try:
+            current_id = self._io.cgroup_id(entry.name)
+        except RemediatorError:
+            return False
+        return entry.cgroup_id is None or entry.cgroup_id == current_id
 
     def _forget_pending(self, kind: str, name: str) -> None:
         # A stale announcement left on disk only widens what a restore accepts as ours.
@@ -485,6 +526,14 @@ class Executor:
         except CgroupGone:
             self._forget(ledger, entry)
             return _Restored("gone", "", "", "the cgroup is gone")
+        if entry.kind == KIND_MEMORY_HIGH and not self._same_cgroup(entry):
+            self._forget(ledger, entry)
+            return _Restored(
+                "gone",
+                "",
+                "",
+                "the cgroup it was recorded for is gone; this one was created again under its name",
+            )
         current = self._as_if(entry, actual) if simulated else actual
         before = _limit_text(current)
         original = _limit_text(entry.original)

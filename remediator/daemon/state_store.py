@@ -16,6 +16,11 @@ back. Hence:
   original in the same save, ``record_and_begin_write``) before it is made and
   confirmed (``update_ours``) after, so a crash between the two still leaves a
   store that recognises the value in the kernel as ours. Two saves per write.
+- **Bounded.** The writer refuses to record a new value (``StateFull``, so the
+  change is refused with a record) when the file, with every entry at its
+  widest, would cross the same ``MAX_STATE_FILE_BYTES`` the loader accepts:
+  a file the next start would not trust is never written. Entries of cgroups
+  that are gone are dropped by the executor before a new one is added.
 - **Distrust on load.** The file is validated strictly (schema version,
   allowed kinds and names only, integers in range, canonical cgroup names,
   owner and mode). Anything else is moved aside to ``<name>.quarantine.<n>``
@@ -26,7 +31,7 @@ JSON layout (schema_version 1)::
 
     {"schema_version": 1,
      "entries": [{"kind": "memory_high", "cgroup": "system.slice/a.service",
-                  "original": "max", "ours": 3221225472, "pending": null,
+                  "cgroup_id": 4211, "original": "max", "ours": 3221225472, "pending": null,
                   "policy": "cache-heavy", "recorded_at": 1700000000.0},
                  {"kind": "sysctl", "sysctl": "vfs_cache_pressure",
                   "original": 100, "ours": 200, "pending": {"value": 200}, ...}]}
@@ -64,6 +69,10 @@ MAX_SYSCTL_VALUE = 2**31 - 1
 # much larger is not ours.
 MAX_STATE_FILE_BYTES = 4 * 1024 * 1024
 
+# The longest cgroup name an entry may hold (PATH_MAX), and cgroup ids are 64-bit inode numbers.
+MAX_CGROUP_NAME = 4096
+MAX_CGROUP_ID = 2**64 - 1
+
 StoreKey = Tuple[str, str]  # (kind, cgroup name or sysctl name)
 
 
@@ -79,6 +88,10 @@ class StateUnwritable(RemediatorError):
     @property
     def errno_name(self) -> str:
         return errno_mod.errorcode.get(self.errno, str(self.errno)) if self.errno is not None else ""
+
+
+class StateFull(StateUnwritable):
+    """One more entry could make the file larger than the loader accepts: refuse the new value."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,9 @@ class OwnedValue:
     policy: str
     recorded_at: float  # wall time of the first recording
     pending: Optional[PendingWrite] = None
+    # memory.high: the id (directory inode) of the cgroup the original was read from; None in
+    # files written before it was recorded. Another id under the same name is another cgroup.
+    cgroup_id: Optional[int] = None
 
     @property
     def key(self) -> StoreKey:
@@ -133,7 +149,8 @@ class _PendingSysctl(_StrictModel):
 
 class _MemoryHighEntry(_StrictModel):
     kind: Literal["memory_high"]
-    cgroup: Annotated[str, Field(min_length=1, max_length=4096)]
+    cgroup: Annotated[str, Field(min_length=1, max_length=MAX_CGROUP_NAME)]
+    cgroup_id: Optional[Annotated[int, Field(ge=0, le=MAX_CGROUP_ID)]] = None
     original: Union[Literal["max"], _LimitBytes]
     ours: Union[Literal["max"], _LimitBytes]
     pending: Optional[_PendingLimit] = None
@@ -177,6 +194,7 @@ def _owned_from_model(entry: Union[_MemoryHighEntry, _SysctlEntry]) -> OwnedValu
             policy=entry.policy,
             recorded_at=entry.recorded_at,
             pending=None if entry.pending is None else PendingWrite(_limit_from_json(entry.pending.value)),
+            cgroup_id=entry.cgroup_id,
         )
     return OwnedValue(
         kind=KIND_SYSCTL,
@@ -191,7 +209,7 @@ def _owned_from_model(entry: Union[_MemoryHighEntry, _SysctlEntry]) -> OwnedValu
 
 def _owned_to_json(value: OwnedValue) -> Dict[str, Any]:
     name_field = "cgroup" if value.kind == KIND_MEMORY_HIGH else "sysctl"
-    return {
+    document: Dict[str, Any] = {
         "kind": value.kind,
         name_field: value.name,
         "original": _limit_to_json(value.original),
@@ -200,6 +218,23 @@ def _owned_to_json(value: OwnedValue) -> Dict[str, Any]:
         "policy": value.policy,
         "recorded_at": value.recorded_at,
     }
+    if value.cgroup_id is not None:
+        document["cgroup_id"] = value.cgroup_id
+    return document
+
+
+def _widest(value: OwnedValue) -> OwnedValue:
+    """The entry as large as later updates of its values could make it."""
+    widest_value = MAX_LIMIT_BYTES if value.kind == KIND_MEMORY_HIGH else MAX_SYSCTL_VALUE
+    return replace(value, ours=widest_value, pending=PendingWrite(widest_value))
+
+
+def _encode(entries: Dict[StoreKey, OwnedValue]) -> bytes:
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "entries": [_owned_to_json(entries[k]) for k in sorted(entries)],
+    }
+    return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
 def validate_key(kind: str, name: str) -> StoreKey:
@@ -250,8 +285,11 @@ class StateStore:
     ``StateUnwritable`` and the in-memory view is unchanged.
     """
 
-    def __init__(self, path: Optional[Path]) -> None:
+    def __init__(self, path: Optional[Path], max_bytes: int = MAX_STATE_FILE_BYTES) -> None:
         self._path = path
+        # One limit for what is written and what is loaded: the writer never makes a file
+        # the loader would refuse (and quarantine, losing the originals of live clamps).
+        self._max_bytes = max_bytes
         self._entries: Dict[StoreKey, OwnedValue] = {}
 
     @classmethod
@@ -272,7 +310,13 @@ class StateStore:
 
     # ---- mutations ----------------------------------------------------------
     def record_original(
-        self, kind: str, name: str, original: Optional[int], policy: str, wall_time: float
+        self,
+        kind: str,
+        name: str,
+        original: Optional[int],
+        policy: str,
+        wall_time: float,
+        cgroup_id: Optional[int] = None,
     ) -> OwnedValue:
         """Record ``original`` unless this value is already owned; returns the entry in force.
 
@@ -285,7 +329,13 @@ class StateStore:
         if existing is not None:
             return existing
         entry = OwnedValue(
-            kind=key[0], name=key[1], original=original, ours=original, policy=policy, recorded_at=wall_time
+            kind=key[0],
+            name=key[1],
+            original=original,
+            ours=original,
+            policy=policy,
+            recorded_at=wall_time,
+            cgroup_id=cgroup_id,
         )
         self._commit({**self._entries, key: entry})
         return entry
@@ -304,6 +354,7 @@ class StateStore:
         policy: str,
         wall_time: float,
         value: Optional[int],
+        cgroup_id: Optional[int] = None,
     ) -> None:
         """``record_original`` and ``begin_write`` in one persisted step.
 
@@ -312,7 +363,13 @@ class StateStore:
         """
         key = validate_key(kind, name)
         entry = self._entries.get(key) or OwnedValue(
-            kind=key[0], name=key[1], original=original, ours=original, policy=policy, recorded_at=wall_time
+            kind=key[0],
+            name=key[1],
+            original=original,
+            ours=original,
+            policy=policy,
+            recorded_at=wall_time,
+            cgroup_id=cgroup_id,
         )
         self._commit({**self._entries, key: replace(entry, pending=PendingWrite(value))})
 
@@ -349,7 +406,7 @@ class StateStore:
         if self._path is None:
             return ()
         try:
-            text = self._read_checked(self._path)
+            text = self._read_checked(self._path, self._max_bytes)
         except FileNotFoundError:
             return ()
         except _InvalidStateFile as exc:
@@ -361,7 +418,7 @@ class StateStore:
         return ()
 
     @staticmethod
-    def _read_checked(path: Path) -> str:
+    def _read_checked(path: Path, max_bytes: int) -> str:
         # O_NONBLOCK: a FIFO planted in place of the file must not hang the start-up.
         flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
@@ -380,17 +437,17 @@ class StateStore:
                 raise _InvalidStateFile(f"owned by uid {st.st_uid}, not by us")
             if st.st_mode & 0o022:
                 raise _InvalidStateFile(f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
-            if st.st_size > MAX_STATE_FILE_BYTES:
-                raise _InvalidStateFile(f"too large ({st.st_size} bytes)")
+            if st.st_size > max_bytes:
+                raise _InvalidStateFile(f"too large ({st.st_size} bytes, the limit is {max_bytes})")
             directory_problem = _directory_problem(path.parent)
             if directory_problem is not None:
                 raise _InvalidStateFile(directory_problem)
-            data = os.read(fd, MAX_STATE_FILE_BYTES + 1)
+            data = os.read(fd, max_bytes + 1)
         except OSError as exc:
             raise _InvalidStateFile(f"cannot be read: {exc.strerror}") from exc
         finally:
             os.close(fd)
-        if len(data) > MAX_STATE_FILE_BYTES:
+        if len(data) > max_bytes:
             raise _InvalidStateFile("too large")
         try:
             return data.decode("utf-8")
@@ -468,16 +525,30 @@ class StateStore:
     def _commit(self, entries: Dict[StoreKey, OwnedValue]) -> None:
         """Persist ``entries``, then adopt them; on failure nothing changes."""
         if self._path is not None:
+            if entries.keys() - self._entries.keys():
+                self._check_room(self._path, entries, self._max_bytes)
             self._persist(self._path, entries)
         self._entries = entries
 
     @staticmethod
+    def _check_room(path: Path, entries: Dict[StoreKey, OwnedValue], max_bytes: int) -> None:
+        """Refuse a new entry unless every entry could reach its widest and the file still load.
+
+        Checked where an entry is added only: updates and drops of recorded
+        values must always go through, or a restore could not be confirmed.
+        """
+        widest = len(_encode({key: _widest(value) for key, value in entries.items()}))
+        if widest > max_bytes:
+            raise StateFull(
+                path,
+                f"recording one more original ({len(entries)} values) could make the file "
+                f"{widest} bytes, above the {max_bytes} its loader accepts; new values "
+                "are refused until recorded ones are restored",
+            )
+
+    @staticmethod
     def _persist(path: Path, entries: Dict[StoreKey, OwnedValue]) -> None:
-        document = {
-            "schema_version": SCHEMA_VERSION,
-            "entries": [_owned_to_json(entries[k]) for k in sorted(entries)],
-        }
-        data = (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        data = _encode(entries)
         directory = path.parent
         tmp = directory / f".{path.name}.tmp.{os.getpid()}"
         try:

@@ -26,7 +26,7 @@ from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.daemon.executor import RECLAIM_CHUNK_BYTES, Executor, Outcome
 from remediator.daemon.state_store import KIND_MEMORY_HIGH, KIND_SYSCTL, StateStore
 from remediator.kernel.roots import KernelRoots
-from remediator.records import PRIORITY_DEBUG, Record, RecordType
+from remediator.records import PRIORITY_DEBUG, Knob, Record, RecordType
 from tests.fakefs import FakeKernel
 
 APP = "system.slice/app.service"
@@ -185,6 +185,7 @@ def test_set_memory_high_records_the_original_then_writes(tmp_path: Path) -> Non
         {
             "kind": "memory_high",
             "cgroup": APP,
+            "cgroup_id": (rig.kernel.cgroup_root / APP).stat().st_ino,
             "original": "max",
             "ours": 3 * GiB,
             "pending": None,
@@ -779,3 +780,45 @@ def test_after_recovery_new_changes_are_recorded_afresh(tmp_path: Path) -> None:
     rig.executor.execute(set_high(GiB, expected=None))
     assert [(e.kind, e.name, e.original) for e in rig.store.entries()] == [(KIND_MEMORY_HIGH, APP, None)]
     assert rig.store.get(KIND_SYSCTL, "vfs_cache_pressure") is None
+
+
+# ---- one ledger under churn ---------------------------------------------------------------------
+
+
+def _recreate(kernel: FakeKernel, cgroup: str, high: Optional[int]) -> None:
+    """Remove a cgroup and create another under its name (made first, so its inode differs)."""
+    kernel.add_cgroup("replacement.scope", current=GiB, high=high)
+    shutil.rmtree(kernel.cgroup_root / cgroup)
+    os.rename(kernel.cgroup_root / "replacement.scope", kernel.cgroup_root / cgroup)
+
+
+def test_originals_of_removed_cgroups_are_dropped_before_a_new_one_is_recorded(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    assert rig.executor.execute(set_high(3 * GiB, expected=None)).result == "applied"
+    shutil.rmtree(rig.kernel.cgroup_root / APP)  # the pod went away while clamped
+    outcome = rig.executor.execute(set_high(GiB // 2, expected=None, cgroup=OTHER))
+    assert outcome.result == "applied"
+    assert [e["cgroup"] for e in rig.stored()] == [OTHER]
+    gone = [r for r in outcome.records if r.result == "gone"]
+    assert [(r.cgroup, r.action) for r in gone] == [(APP, Knob.MEMORY_HIGH)]
+
+
+def test_a_cgroup_created_again_under_a_clamped_name_does_not_inherit_its_original(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    assert rig.executor.execute(set_high(3 * GiB, expected=None)).result == "applied"
+    _recreate(rig.kernel, APP, high=5 * GiB)  # the new cgroup's own memory.high
+    # The ledger's entry is for the dead cgroup: restoring "max" into the new one would be wrong.
+    restored = rig.executor.execute(restore_high(3 * GiB))
+    assert restored.result == "gone"
+    assert rig.high() == str(5 * GiB)
+    assert rig.stored() == []
+
+
+def test_a_clamp_of_a_recreated_cgroup_records_its_own_original(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    assert rig.executor.execute(set_high(3 * GiB, expected=None)).result == "applied"
+    _recreate(rig.kernel, APP, high=5 * GiB)
+    assert rig.executor.execute(set_high(2 * GiB, expected=5 * GiB)).result == "applied"
+    [entry] = rig.stored()
+    assert (entry["original"], entry["ours"]) == (5 * GiB, 2 * GiB)  # not the dead cgroup's "max"
+    assert entry["cgroup_id"] == (rig.kernel.cgroup_root / APP).stat().st_ino

@@ -165,3 +165,30 @@ def test_cgroup_exists_follows_the_same_walk(kernel: FakeKernel, outside: Path) 
     assert not io.cgroup_exists("system.slice/nothing.service")
     assert not io.cgroup_exists("linked.slice")
     assert not io.cgroup_exists("../outside")
+
+
+def test_hard_linked_interface_file_is_refused_for_writing(kernel: FakeKernel, outside: Path) -> None:
+    target = kernel.cgroup_root / APP / "memory.high"
+    target.unlink()
+    os.link(outside / "memory.high", target)
+    with pytest.raises(PathNotConfined, match="2 hard links"):
+        ConfinedIO(kernel.roots).write(CgroupFile(APP, "memory.high"), b"1")
+    assert (outside / "memory.high").read_text() == "untouched\n"
+    # Reading it harms nothing: the re-read before a write still reports what is there.
+    assert ConfinedIO(kernel.roots).read(CgroupFile(APP, "memory.high")) == "untouched\n"
+
+
+def test_cgroup_id_differs_for_a_cgroup_created_again_under_the_same_name(kernel: FakeKernel) -> None:
+    io = ConfinedIO(kernel.roots)
+    first = io.cgroup_id(APP)
+    assert io.cgroup_id(APP) == first
+    old = kernel.cgroup_root / APP
+    # The new directory exists before the old one goes, so the file system cannot hand back its inode.
+    kernel.add_cgroup("system.slice/new.service", current=1 << 20, high=None)
+    for child in old.iterdir():
+        child.unlink()
+    old.rmdir()
+    os.rename(kernel.cgroup_root / "system.slice/new.service", old)
+    assert io.cgroup_id(APP) != first
+    with pytest.raises(CgroupGone):
+        io.cgroup_id("system.slice/never.service")

@@ -16,6 +16,7 @@ from remediator.daemon.state_store import (
     KIND_SYSCTL,
     SCHEMA_VERSION,
     PendingWrite,
+    StateFull,
     StateStore,
     StateUnwritable,
 )
@@ -319,3 +320,41 @@ def test_valid_state_file_loads(state_path: Path) -> None:
     sysctl_entry = store.get(KIND_SYSCTL, "vfs_cache_pressure")
     assert sysctl_entry is not None
     assert sysctl_entry.pending == PendingWrite(300)
+
+
+def test_a_new_entry_that_could_outgrow_the_loaders_limit_is_refused_and_updates_still_go_through(
+    state_path: Path,
+) -> None:
+    limit = 2048
+    store = StateStore(state_path, max_bytes=limit)
+    recorded = []
+    with pytest.raises(StateFull, match=f"above the {limit} its loader accepts"):
+        for n in range(100):
+            name = f"kubepods.slice/pod-{n:03d}-" + "x" * 60
+            store.record_original(KIND_MEMORY_HIGH, name, None, "cache-heavy", WALL, cgroup_id=n)
+            recorded.append(name)
+    assert 0 < len(recorded) < 100
+    assert [e.name for e in store.entries()] == recorded  # the refused one is not in memory either
+    # Every recorded value can still reach its widest (a restore is always confirmed) ...
+    for name in recorded:
+        store.begin_write(KIND_MEMORY_HIGH, name, 2**63 - 1)
+        store.update_ours(KIND_MEMORY_HIGH, name, 2**63 - 1)
+    assert state_path.stat().st_size <= limit
+    # ... and the next start loads the file the writer wrote, with the same limit.
+    again = StateStore(state_path, max_bytes=limit)
+    assert again.load() == ()
+    assert [e.name for e in again.entries()] == recorded
+
+
+def test_cgroup_id_round_trips_and_files_without_it_still_load(state_path: Path) -> None:
+    store = StateStore(state_path)
+    store.record_original(KIND_MEMORY_HIGH, APP, None, "cache-heavy", WALL, cgroup_id=4211)
+    again = StateStore(state_path)
+    assert again.load() == ()
+    entry = again.get(KIND_MEMORY_HIGH, APP)
+    assert entry is not None and entry.cgroup_id == 4211
+    write_state(state_path, [good_entry()])
+    older = StateStore(state_path)
+    assert older.load() == ()
+    entry = older.get(KIND_MEMORY_HIGH, APP)
+    assert entry is not None and entry.cgroup_id is None
