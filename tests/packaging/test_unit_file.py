@@ -88,11 +88,12 @@ def test_unit_is_type_notify_with_watchdog_and_reloads_without_bin_kill() -> Non
     assert service["Restart"] == ["on-failure"]
 
 
-def test_unit_keeps_write_access_to_cgroups_and_vm_sysctls_only() -> None:
+def test_unit_keeps_write_access_to_cgroups_vm_sysctls_and_the_metrics_directory_only() -> None:
     service = directives("Service")
     assert service["ProtectSystem"] == ["strict"]
     writable = " ".join(service.get("ReadWritePaths", [])).split()
-    assert sorted(writable) == ["/proc/sys/vm", "/sys/fs/cgroup"]
+    # "-": node_exporter (and its textfile directory) is only recommended, not required.
+    assert sorted(writable) == ["-/var/lib/prometheus/node-exporter", "/proc/sys/vm", "/sys/fs/cgroup"]
     assert service["RuntimeDirectory"] == ["remediator"], "the state file lives in /run/remediator"
     assert service["RuntimeDirectoryPreserve"] == ["yes"], (
         "crash recovery reads the state file after a restart"
