@@ -21,7 +21,7 @@ from remediator.kernel.memory_limits import (
     read_memory_min,
     read_memory_swap_max,
 )
-from remediator.kernel.memory_stat import read_memory_stat
+from remediator.kernel.memory_stat import STAT_FILE, check_plausible, read_memory_stat
 from remediator.kernel.psi import read_cgroup_pressure, read_node_pressure
 from remediator.kernel.roots import KernelRoots, normalize_cgroup
 from remediator.kernel.sysctl_vm import read_vfs_cache_pressure
@@ -33,15 +33,21 @@ def read_cgroup_snapshot(roots: KernelRoots, cgroup: str) -> CgroupSnapshot:
     another ``KernelError`` or ``KernelParseError`` otherwise."""
     name = normalize_cgroup(cgroup)
     pressure = read_cgroup_pressure(roots, name)
+    current_bytes = read_memory_current(roots, name)
+    max_bytes = read_memory_max(roots, name)
+    stat = read_memory_stat(roots, name)
+    # A stat claiming more than the cgroup can hold (a crafted or copied tree) would size a
+    # reclaim or a memory.high by figures that are not the kernel's: refuse the snapshot.
+    check_plausible(stat, current_bytes, max_bytes, str(roots.cgroup_file(name, STAT_FILE)))
     return CgroupSnapshot(
         cgroup=name,
-        current_bytes=read_memory_current(roots, name),
-        max_bytes=read_memory_max(roots, name),
+        current_bytes=current_bytes,
+        max_bytes=max_bytes,
         high_bytes=read_memory_high(roots, name),
         min_bytes=read_memory_min(roots, name),
         low_bytes=read_memory_low(roots, name),
         swap_max_bytes=read_memory_swap_max(roots, name),
-        stat=read_memory_stat(roots, name),
+        stat=stat,
         events=read_memory_events(roots, name),
         pressure=pressure,
         events_local=_optional_local_events(roots, name),

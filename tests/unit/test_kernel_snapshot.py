@@ -135,3 +135,17 @@ def test_snapshot_without_events_local_falls_back_to_the_hierarchical_counter(ke
     snap = read_cgroup_snapshot(kernel.roots, SEED)
     assert snap.events_local is None
     assert snap.own_high_events == snap.events.high
+
+
+def test_a_stat_claiming_more_than_the_cgroup_can_hold_is_refused_by_name(kernel: FakeKernel) -> None:
+    # 4 GiB used, no limit: 64 GiB of page cache is not the kernel's figure (a crafted tree).
+    kernel.add_cgroup(SEED, current=4 << 30, stat={**SEED_STAT, "file": 64 << 30})
+    with pytest.raises(KernelParseError, match=r"memory\.stat.*file 68719476736 bytes"):
+        read_cgroup_snapshot(kernel.roots, SEED)
+
+
+def test_a_stat_within_the_limit_is_taken_although_usage_fell_below_it(kernel: FakeKernel) -> None:
+    # Stats lag a large free: 3 GiB of file under a 4 GiB limit with 1 GiB now in use is plausible.
+    stat = {**SEED_STAT, "anon": 1 << 29, "file": 3 << 30}
+    kernel.add_cgroup(SEED, current=1 << 30, max_bytes=4 << 30, stat=stat)
+    assert read_cgroup_snapshot(kernel.roots, SEED).stat.get("file") == 3 << 30
