@@ -214,6 +214,17 @@ class Capabilities:
         return False
 
     @property
+    def triggers_may_be_armed(self) -> bool:
+        """Whether the watcher may write trigger strings at all.
+
+        Only into the kernel's own files: a cgroup root that is a cgroup2 mount
+        and a proc root whose probe ran (a procfs mount). On a copied tree (a
+        bug report replayed with --cgroup-root) the same write would put
+        ``full 100000 2000000`` into someone's files, so copies are sampled.
+        """
+        return self.cgroup_root_is_cgroup2 and self.trigger is not None and self.trigger.accepted
+
+    @property
     def watch_mode(self) -> str:
         """``triggers`` (the kernel wakes us, for the windows it accepts), ``sampling``
         (we read avg10/total on a timer) or ``none`` (no PSI at all)."""

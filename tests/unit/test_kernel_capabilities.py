@@ -363,3 +363,18 @@ def test_a_plain_directory_without_cgroup_files_is_not_a_copied_tree(kernel: Fak
     caps = probe(kernel.roots)
     assert not caps.cgroup_root_is_copy
     assert not caps.memory_controller_v2
+
+
+def test_triggers_may_be_armed_only_on_a_cgroup2_mount_whose_probe_accepted_them(kernel: FakeKernel) -> None:
+    kernel.add_seed()
+    mounted = probe(kernel.roots, trigger_checker=ScriptedTriggers(accept_2s=True, accept_1s=False))
+    assert mounted.cgroup_root_is_cgroup2 and mounted.triggers_may_be_armed
+    refused = probe(kernel.roots, trigger_checker=ScriptedTriggers(accept_2s=False, accept_1s=False))
+    assert not refused.triggers_may_be_armed
+    # A copy (no mount): nothing is probed and nothing may be armed, whatever PSI files it holds.
+    (kernel.proc_root / "self" / "mounts").write_text(
+        "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"
+    )
+    copy = probe(kernel.roots)
+    assert copy.cgroup_root_is_copy
+    assert copy.trigger is None and not copy.triggers_may_be_armed
