@@ -252,29 +252,6 @@ class Executor:
             records.extend(self._recover_entry(entry))
         return tuple(records)
 
-    def restore_all(self, reason: str) -> Tuple[Record, ...]:
-        """Give back every value this run owns (shutdown, when the service decides to)."""
-        records: List[Record] = []
-        ledger = self._ledger
-        for entry in ledger.entries():
-            ctx = _Context(
-                cause=Record(
-                    RecordType.ROLLED_BACK,
-                    f"restore {self._describe(entry)} to "
-                    f"{self._format(entry.kind, entry.original)} ({reason})",
-                    policy=entry.policy,
-                ),
-                action=self._restore_action_name(entry.kind),
-                cgroup=entry.name if entry.kind == KIND_MEMORY_HIGH else None,
-            )
-            try:
-                restored = self._restore_entry(entry, ledger, simulated=self._dry_run)
-            except RemediatorError as exc:
-                records.extend(self._error_outcome(ctx, exc).records)
-                continue
-            records.extend(self._restored_outcome(ctx, restored).records)
-        return tuple(records)
-
     # ==== actions ===============================================================
     def _reclaim(self, action: Reclaim, ctx: _Context) -> Outcome:
         if action.bytes <= 0:

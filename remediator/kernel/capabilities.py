@@ -185,33 +185,11 @@ class Capabilities:
         )
 
     @property
-    def can_watch_node(self) -> bool:
-        return self.psi_present
-
-    @property
     def triggers_accepted(self) -> Optional[bool]:
         """Whether some PSI trigger can be armed on the node's pressure file (None: not probed)."""
         if self.trigger is None or self.short_window_trigger is None:
             return None
         return self.trigger.accepted or self.short_window_trigger.accepted
-
-    @property
-    def trigger_errno(self) -> Optional[int]:
-        """Why triggers are refused (from the 2 s probe), when they are."""
-        return None if self.trigger is None or self.trigger.accepted else self.trigger.errno
-
-    def trigger_window_allowed(self, window_us: int) -> Optional[bool]:
-        """Whether a trigger with this window is expected to be accepted (None: not probed).
-
-        For the watcher to choose, per policy, between kernel triggers and sampling.
-        """
-        if self.trigger is None or self.short_window_trigger is None:
-            return None
-        if self.short_window_trigger.accepted:
-            return True
-        if self.trigger.accepted:
-            return window_us % UNPRIVILEGED_WINDOW_MULTIPLE_US == 0
-        return False
 
     @property
     def triggers_may_be_armed(self) -> bool:

@@ -16,7 +16,7 @@ import errno as errno_mod
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional
 
 from remediator.errors import KernelError, KernelOther, kernel_error_from_oserror
 
@@ -121,9 +121,3 @@ def check_trigger(path: Path, spec: PsiTrigger) -> TriggerCheck:
         return TriggerCheck(accepted=False, reason=f"{path}: {what}{errno_note}", errno=exc.errno)
     os.close(fd)
     return TriggerCheck(accepted=True, reason=f"PSI triggers are accepted on {path}")
-
-
-def trigger_support(path: Path, spec: PsiTrigger) -> Tuple[bool, str]:
-    """(accepted, reason): whether ``spec`` can be armed on ``path``, and in words why not."""
-    check = check_trigger(path, spec)
-    return check.accepted, check.reason

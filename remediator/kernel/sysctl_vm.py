@@ -8,8 +8,6 @@ writable. Nothing in this module ever opens a sysctl for writing.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from remediator.errors import KernelParseError
@@ -39,25 +37,3 @@ def parse_sysctl_int(text: str, source: str = "") -> int:
 def read_vfs_cache_pressure(roots: KernelRoots) -> int:
     path = vm_sysctl_path(roots, VFS_CACHE_PRESSURE)
     return parse_sysctl_int(read_text(path), str(path))
-
-
-@dataclass(frozen=True)
-class DropCachesStatus:
-    path: Path
-    exists: bool
-    # Some write bit is set and access(W_OK) agrees (false on a read-only /proc/sys,
-    # or without root). A hint, not a promise: only the write itself can tell.
-    writable_looking: bool
-
-
-def drop_caches_status(roots: KernelRoots) -> DropCachesStatus:
-    """Whether ``vm.drop_caches`` exists and looks writable, without opening it."""
-    path = vm_sysctl_path(roots, DROP_CACHES)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return DropCachesStatus(path=path, exists=False, writable_looking=False)
-    has_write_bit = bool(mode & 0o222)
-    return DropCachesStatus(
-        path=path, exists=True, writable_looking=has_write_bit and os.access(path, os.W_OK)
-    )

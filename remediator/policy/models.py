@@ -59,14 +59,6 @@ def parse_size(value: Any) -> Any:
     )
 
 
-def format_size(value: int) -> str:
-    """Bytes -> the shortest exact spelling (``67108864`` -> ``64Mi``)."""
-    for suffix, unit in (("Ti", TiB), ("Gi", GiB), ("Mi", MiB), ("Ki", KiB)):
-        if value and value % unit == 0:
-            return f"{value // unit}{suffix}"
-    return str(value)
-
-
 Size = Annotated[int, BeforeValidator(parse_size)]
 PositiveSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
 

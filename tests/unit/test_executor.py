@@ -638,37 +638,9 @@ def test_dry_run_release_keeps_the_observation_wording(tmp_path: Path) -> None:
         True,
         RecordType.STOOD_BACK,
     )
-    assert rig.executor.restore_all("exit") == ()
 
 
-def test_dry_run_restore_all_reports_what_it_would_give_back(tmp_path: Path) -> None:
-    rig = make_rig(tmp_path, dry_run=True)
-    rig.executor.execute(set_high(3 * GiB, expected=None))
-    records = rig.executor.restore_all("shutdown")
-    assert [(r.result, r.before, r.after, r.dry_run) for r in records] == [
-        ("would", str(3 * GiB), "max", True)
-    ]
-    assert records[0].message.startswith("would restore memory.high of")
-    assert rig.executor.restore_all("shutdown") == ()
-
-
-# ---- restore_all and recovery ------------------------------------------------------------
-
-
-def test_restore_all_gives_back_every_owned_value(tmp_path: Path) -> None:
-    rig = make_rig(tmp_path)
-    rig.executor.execute(set_high(3 * GiB, expected=None))
-    rig.executor.execute(set_high(512 * MiB, expected=None, cgroup=OTHER))
-    rig.executor.execute(set_sysctl("vfs_cache_pressure", 200, expected=100))
-    records = rig.executor.restore_all("shutdown")
-    assert sorted((r.cgroup or "", r.result) for r in records) == [
-        ("", "restored"),
-        (APP, "restored"),
-        (OTHER, "restored"),
-    ]
-    assert all(r.type == RecordType.ROLLED_BACK and "(shutdown)" in r.message for r in records)
-    assert (rig.high(), rig.high(OTHER), rig.vfs()) == ("max", "max", "100")
-    assert rig.stored() == []
+# ---- recovery ------------------------------------------------------------
 
 
 def _leave_state(path: Path, entries: List[Dict[str, object]]) -> None:

@@ -16,7 +16,6 @@ from remediator.kernel.psi_trigger import (
     TriggerRefused,
     arm_trigger,
     check_trigger,
-    trigger_support,
 )
 from tests.fakefs import QUIET_PRESSURE, FakeKernel
 
@@ -141,27 +140,6 @@ def test_arming_in_a_removed_cgroup_is_cgroup_gone(tmp_path: Path) -> None:
 def test_arming_a_missing_pressure_file_is_file_missing(tmp_path: Path) -> None:
     with pytest.raises(KernelFileMissing):
         arm_trigger(tmp_path / "memory.pressure", SPEC, tmp_path)
-
-
-def test_trigger_support_arms_and_closes_at_once(pressure_file: Path, fds: FdLedger) -> None:
-    accepted, reason = trigger_support(pressure_file, SPEC)
-    assert accepted
-    assert str(pressure_file) in reason
-    assert len(fds.opened) == 1
-    assert fds.still_open == []
-
-
-def test_trigger_support_explains_a_refusal(
-    pressure_file: Path, fds: FdLedger, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _write_fails_with(monkeypatch, errno.EINVAL)
-    accepted, reason = trigger_support(pressure_file, SPEC)
-    assert not accepted
-    assert "EINVAL" in reason
-    assert "some 150000 1000000" in reason
-    check = check_trigger(pressure_file, SPEC)
-    assert (check.accepted, check.errno, check.errno_name) == (False, errno.EINVAL, "EINVAL")
-    assert fds.still_open == []
 
 
 def test_check_trigger_reports_a_missing_file_without_raising(tmp_path: Path) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
-from typing import Any, List
 
 import pytest
 from hypothesis import given
@@ -15,7 +13,6 @@ from remediator.errors import KernelFileMissing, KernelParseError
 from remediator.kernel.sysctl_vm import (
     DROP_CACHES,
     VFS_CACHE_PRESSURE,
-    drop_caches_status,
     parse_sysctl_int,
     read_vfs_cache_pressure,
     vm_sysctl_path,
@@ -51,43 +48,6 @@ def test_vm_sysctl_path_is_under_the_proc_root_and_only_for_known_sysctls(kernel
     assert vm_sysctl_path(kernel.roots, DROP_CACHES) == kernel.proc_root / "sys/vm/drop_caches"
     with pytest.raises(ValueError, match="swappiness"):
         vm_sysctl_path(kernel.roots, "swappiness")
-
-
-def test_drop_caches_with_a_write_bit_looks_writable(kernel: FakeKernel) -> None:
-    path = kernel.proc_root / "sys/vm/drop_caches"
-    path.chmod(0o200)  # as the kernel has it: write-only for root
-    status = drop_caches_status(kernel.roots)
-    assert status.exists
-    assert status.writable_looking == os.access(path, os.W_OK)
-
-
-def test_drop_caches_without_a_write_bit_does_not_look_writable(kernel: FakeKernel) -> None:
-    # Root passes access(W_OK) whatever the mode: the mode bits must also say so.
-    (kernel.proc_root / "sys/vm/drop_caches").chmod(0o444)
-    status = drop_caches_status(kernel.roots)
-    assert status.exists
-    assert not status.writable_looking
-
-
-def test_missing_drop_caches_is_reported_not_raised(kernel: FakeKernel) -> None:
-    (kernel.proc_root / "sys/vm/drop_caches").unlink()
-    status = drop_caches_status(kernel.roots)
-    assert (status.exists, status.writable_looking) == (False, False)
-
-
-def test_looking_at_drop_caches_writes_nothing(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = kernel.snapshot_files()
-    opened: List[object] = []
-    real_open = os.open
-
-    def recording_open(path: Any, flags: int, mode: int = 0o777) -> int:
-        opened.append(path)
-        return real_open(path, flags, mode)
-
-    monkeypatch.setattr(os, "open", recording_open)
-    drop_caches_status(kernel.roots)
-    assert opened == []
-    assert kernel.snapshot_files() == before
 
 
 @given(

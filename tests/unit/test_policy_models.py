@@ -19,7 +19,6 @@ from remediator.policy.models import (
     TriggerModel,
     VfsCachePressureModel,
     check_cgroup_glob,
-    format_size,
 )
 
 
@@ -138,11 +137,6 @@ def test_keyed_value_error_reads_as_key_and_message() -> None:
     error = KeyedValueError([(("stall_ms",), "must be <= window_ms (1000) (got 2000)")])
 
     assert str(error) == "stall_ms: must be <= window_ms (1000) (got 2000)"
-
-
-@pytest.mark.parametrize(("value", "text"), [(64 << 20, "64Mi"), (1 << 30, "1Gi"), (1536, "1536"), (0, "0")])
-def test_format_size_gives_the_shortest_exact_spelling(value: int, text: str) -> None:
-    assert format_size(value) == text
 
 
 DOCUMENTED_MODELS: List[Type[BaseModel]] = [
