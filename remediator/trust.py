@@ -202,6 +202,37 @@ def path_text_problem(text: str) -> Optional[str]:
     return None
 
 
+# What every state file remediator.daemon.state_store writes begins with: "{" then, within its first bytes,
+# one of its two top-level keys (sorted: "entries" comes first).
+_HEADER_BYTES = 256
+_HEADER_KEYS = (b'"entries"', b'"schema_version"')
+
+
+def carries_state_header(path: Path) -> bool:
+    """Whether the file at ``path`` is one the state store could have written (or is empty).
+
+    Decides whether the store's quarantine may move it, and whether settings
+    accept the path: an empty file has nothing to lose, a remediator file is
+    ours to move, and anything else (``/etc/passwd`` named by a typo) is not
+    ours to touch. Never blocks: O_NONBLOCK, regular files only.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, _HEADER_BYTES)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if not head.strip():
+        return True
+    return head.lstrip().startswith(b"{") and any(key in head for key in _HEADER_KEYS)
+
+
 def state_path_problem(path: Path, owners: Optional[FrozenSet[int]] = None) -> Optional[str]:
     """None when ``path`` may be the state file; otherwise why not, in one clause.
 
@@ -238,6 +269,12 @@ def state_path_problem(path: Path, owners: Optional[FrozenSet[int]] = None) -> O
                 f"{path} is {file_type_name(st.st_mode)}; the state file must be a regular file "
                 "(or absent), which the daemon replaces and, when invalid, moves aside"
             )
+        # Unreadable to an unprivileged `check`: judged by the daemon, as root, at start.
+        if os.access(path, os.R_OK) and not carries_state_header(path):
+            return (
+                f"{path} is not a remediator state file; the daemon would replace it with one "
+                "(name a path of its own, e.g. /var/lib/remediator/state.json)"
+            )
     untrusted = check_directory(path.parent, owners)
     if untrusted is None:
         return None
@@ -257,6 +294,7 @@ __all__ = [
     "check_file",
     "file_type_name",
     "path_text_problem",
+    "carries_state_header",
     "state_path_problem",
     "trusted_owners",
 ]

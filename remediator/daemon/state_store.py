@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from remediator.errors import RemediatorError
 from remediator.kernel.roots import InvalidCgroupName, normalize_cgroup
 from remediator.records import Record, RecordType
+from remediator.trust import carries_state_header
 
 SCHEMA_VERSION = 1
 
@@ -291,6 +292,8 @@ class StateStore:
         # the loader would refuse (and quarantine, losing the originals of live clamps).
         self._max_bytes = max_bytes
         self._entries: Dict[StoreKey, OwnedValue] = {}
+        # Why the file at the path is someone else's (load left it in place), or None.
+        self._foreign: Optional[str] = None
 
     @classmethod
     def in_memory(cls) -> StateStore:
@@ -400,22 +403,38 @@ class StateStore:
 
         An invalid, corrupt or suspicious file is moved aside (``quarantine``
         False: only reported, for dry-run) and a STATE_QUARANTINED record is
-        returned; nothing in it is trusted.
+        returned; nothing in it is trusted. Only a file that carries a state
+        file's header (or is empty) is moved: anything else at the path (an
+        operator's typo naming another file) is left in place, and then no
+        original can be recorded (``StateUnwritable`` on every change) until
+        someone moves it, because the next save would replace it.
         """
         self._entries = {}
+        self._foreign = None
         if self._path is None:
             return ()
         try:
             text = self._read_checked(self._path, self._max_bytes)
+            self._entries = self._parse(text)
         except FileNotFoundError:
             return ()
         except _InvalidStateFile as exc:
-            return (self._quarantine(str(exc), quarantine),)
-        try:
-            self._entries = self._parse(text)
-        except _InvalidStateFile as exc:
-            return (self._quarantine(str(exc), quarantine),)
+            if carries_state_header(self._path):
+                return (self._quarantine(str(exc), quarantine),)
+            return (self._leave_foreign(str(exc)),)
         return ()
+
+    def _leave_foreign(self, reason: str) -> Record:
+        assert self._path is not None
+        self._foreign = reason
+        return Record(
+            RecordType.STATE_QUARANTINED,
+            f"state file {self._path} is not trusted ({reason}) and is not a remediator state file, "
+            "so it is left in place; no original can be recorded there, so changes of memory.high "
+            "and vm.vfs_cache_pressure are refused until it is moved away or state_file names another path",
+            result="left_in_place",
+            extra={"STATE_FILE": str(self._path)},
+        )
 
     @staticmethod
     def _read_checked(path: Path, max_bytes: int) -> str:
@@ -525,6 +544,12 @@ class StateStore:
     def _commit(self, entries: Dict[StoreKey, OwnedValue]) -> None:
         """Persist ``entries``, then adopt them; on failure nothing changes."""
         if self._path is not None:
+            if self._foreign is not None:
+                raise StateUnwritable(
+                    self._path,
+                    f"not a remediator state file ({self._foreign}); left in place, "
+                    "so no original is recorded",
+                )
             if entries.keys() - self._entries.keys():
                 self._check_room(self._path, entries, self._max_bytes)
             self._persist(self._path, entries)

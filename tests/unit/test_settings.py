@@ -299,6 +299,17 @@ def test_a_directory_named_as_state_file_is_refused_where_it_was_set(tmp_path: P
     ]
 
 
+def test_a_regular_file_that_is_not_remediator_state_is_refused_where_it_was_set(tmp_path: Path) -> None:
+    passwd = private_dir(tmp_path) / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    config = write(tmp_path, f"dry_run: true\nstate_file: {passwd}\n")
+
+    assert error_lines(config) == [
+        f"{config}:2:1: state_file: {passwd} is not a remediator state file; the daemon would replace "
+        "it with one (name a path of its own, e.g. /var/lib/remediator/state.json)"
+    ]
+
+
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "socket"])
 def test_a_state_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
     path = private_dir(tmp_path) / "state.json"

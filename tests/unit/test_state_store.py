@@ -196,8 +196,7 @@ def test_in_memory_store_never_touches_the_disk(tmp_path: Path) -> None:
 
 
 HOSTILE_OR_CORRUPT = {
-    "not json": "{",
-    "not an object": "[]",
+    "not json": '{"entries": [',
     "wrong schema version": json.dumps({"schema_version": 2, "entries": []}),
     "schema version as text": json.dumps({"schema_version": "1", "entries": []}),
     "unknown kind": json.dumps({"schema_version": 1, "entries": [good_entry(kind="memory_max")]}),

@@ -82,7 +82,7 @@ HOSTILE = {
     '"original": ' + "9" * 5000 + ', "ours": 1, "policy": "p", "recorded_at": 1}]}',
     "limit one past the kernel's": document(entry(ours=2**63)),
     "negative time": document(entry(recorded_at=-1.0)),
-    "nesting 100000 deep": "[" * 100_000 + "]" * 100_000,
+    "nesting 100000 deep": '{"entries": ' + "[" * 100_000 + "]" * 100_000 + "}",
     "entries is a mapping": json.dumps({"schema_version": 1, "entries": {"0": entry()}}),
     "entry is a string": json.dumps({"schema_version": 1, "entries": ["memory_high system.slice/x 0"]}),
     "entry is null": json.dumps({"schema_version": 1, "entries": [None]}),
@@ -115,7 +115,7 @@ HOSTILE = {
     "trailing slash": document(entry(cgroup="system.slice/app.service/")),
     "NUL in the name": document(entry(cgroup="system.slice/a\u0000b")),
     "policy name 10 KiB long": document(entry(policy="p" * 10_240)),
-    "invalid UTF-8": "\udcff",
+    "invalid UTF-8": '{"entries": "\udcff"}',
     "a second document after the first": document(entry()) + document(entry()),
     "empty file": "",
 }
@@ -325,8 +325,7 @@ def test_any_json_either_loads_only_allowed_entries_or_is_quarantined(scratch: P
 
 
 def test_pid_file_is_never_written_through_a_planted_symlink(tmp_path: Path) -> None:
-    from remediator.daemon.service import _write_pid_file
-    from remediator.settings import Settings
+    from remediator.daemon.pid_file import pid_file_path, write_pid_file
 
     state_dir = tmp_path / "run"
     state_dir.mkdir(mode=0o700)
@@ -335,7 +334,7 @@ def test_pid_file_is_never_written_through_a_planted_symlink(tmp_path: Path) -> 
     (state_dir / "remediator.tmp").symlink_to(victim)
     (state_dir / "remediator.pid").symlink_to(victim)
 
-    written = _write_pid_file(Settings(state_file=state_dir / "state.json"))
+    written = write_pid_file(pid_file_path(state_dir / "state.json"))
 
     assert written == state_dir / "remediator.pid"
     assert victim.read_text() == "precious\n"
