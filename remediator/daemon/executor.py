@@ -395,6 +395,16 @@ class Executor:
                 ),
                 record_type=RecordType.STOOD_BACK,
             )
+        if kind == KIND_SYSCTL and current == 0:
+            # 0 is the policy validator's "dangerous" value: someone chose it on purpose, and an
+            # original of 0 is one no restore should ever write back.
+            return self._finish(
+                ctx,
+                "declined",
+                before="0",
+                after="0",
+                detail="declined: vm.vfs_cache_pressure is 0 (set on purpose by someone else): left as it is",
+            )
         # StateUnwritable from here means "refused": nothing has been written yet.
         if self._dry_run:
             ledger.record_original(kind, name, current, ctx.cause.policy, self._clock.wall(), cgroup_id)

@@ -162,7 +162,9 @@ class _MemoryHighEntry(_StrictModel):
 class _SysctlEntry(_StrictModel):
     kind: Literal["sysctl"]
     sysctl: Literal["vfs_cache_pressure"]
-    original: _SysctlValue
+    # Never 0: the executor leaves a node at 0 alone (a deliberate, dangerous setting it will not
+    # take over), so an entry that would restore 0 was not written by us.
+    original: Annotated[int, Field(ge=1, le=MAX_SYSCTL_VALUE)]
     ours: _SysctlValue
     pending: Optional[_PendingSysctl] = None
     policy: _Policy

@@ -794,3 +794,13 @@ def test_a_clamp_of_a_recreated_cgroup_records_its_own_original(tmp_path: Path) 
     [entry] = rig.stored()
     assert (entry["original"], entry["ours"]) == (5 * GiB, 2 * GiB)  # not the dead cgroup's "max"
     assert entry["cgroup_id"] == (rig.kernel.cgroup_root / APP).stat().st_ino
+
+
+def test_a_node_whose_vfs_cache_pressure_is_0_is_left_alone_and_nothing_is_recorded(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    (rig.kernel.proc_root / "sys" / "vm" / "vfs_cache_pressure").write_text("0\n")
+    outcome = rig.executor.execute(set_sysctl("vfs_cache_pressure", 200, expected=0))
+    assert outcome.result == "declined"
+    assert "is 0 (set on purpose" in only(outcome).message
+    assert rig.vfs() == "0"
+    assert not rig.store_path.exists() or rig.stored() == []

@@ -109,6 +109,16 @@ HOSTILE = {
             "recorded_at": WALL,
         }
     ),
+    "vfs_cache_pressure restored to 0": document(
+        {
+            "kind": "sysctl",
+            "sysctl": "vfs_cache_pressure",
+            "original": 0,
+            "ours": 200,
+            "policy": "p",
+            "recorded_at": WALL,
+        }
+    ),
     "another file of the cgroup": document(entry(file="memory.max")),
     "path outside the root": document(entry(cgroup="../../../etc/cron.d/x")),
     "absolute path": document(entry(cgroup="/etc/cron.d")),
