@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the trace to create (gzip if it ends in .gz; default remediator-<UTC time>.trace.gz)",
     )  # fmt: skip
 
+    replay = sub.add_parser(
+        "replay", help="what the daemon would have done with a trace (dry-run, simulated clock)"
+    )
+    _add_global(replay, suppress=True)
+    replay.add_argument(
+        "trace", type=Path, metavar="TRACE", help="a remediator.trace/v1 file (gzip or plain)"
+    )
+    replay.add_argument(
+        "--json", action="store_true", help="machine-readable output (schema remediator.replay/v1)"
+    )
+
     run = sub.add_parser("run", help="run the daemon (systemd Type=notify)")
     _add_global(run, suppress=True)
     # One or the other: with both, the last one used to win silently (a usage error now, exit 2).
@@ -261,6 +272,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             duration_sec=args.duration,
         )
         return run_record(request, SystemClock(), sys.stdout, sys.stderr)
+    if args.command == "replay":
+        from remediator.commands.replay import run_replay
+
+        return run_replay(settings, args.trace, args.json, sys.stdout, sys.stderr)
     if args.command == "run":
         from remediator.daemon.service import run_service
 

@@ -318,6 +318,11 @@ class Watcher:
             return "sampling"
         return None
 
+    def next_sample_at(self) -> Optional[float]:
+        """When the next sampling target is due (None: nothing is sampled). ``wait()`` wakes for it
+        by itself; a replay on a simulated clock asks, to move the clock there."""
+        return self._next_sample_at()
+
     def stats(self) -> WatchStats:
         return WatchStats(armed=len(self._armed), sampling=len(self._sampled))
 
