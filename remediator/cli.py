@@ -277,7 +277,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
         return run_replay(settings, args.trace, args.json, sys.stdout, sys.stderr)
     if args.command == "run":
-        from remediator.daemon.service import run_service
+        from remediator.daemon.run import run_service
 
         overrides = _overrides(args)
 

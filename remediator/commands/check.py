@@ -59,6 +59,7 @@ def describe_policy(policy: Policy) -> str:
 
 def run_check(settings: Settings, config_file: Optional[Path], out: TextIO, err: TextIO) -> int:
     from remediator.daemon.discovery import selection_by_policy
+    from remediator.identity import IdentityResolver
 
     # Every line goes through escape_name: file names, cgroup names and the values an issue repeats
     # are anyone's choice, and a newline in one must not split (or forge) a line of this report.
@@ -84,7 +85,9 @@ def run_check(settings: Settings, config_file: Optional[Path], out: TextIO, err:
         say(err, str(issue))
     caps = probe(roots)
     valid: Sequence[Policy] = policy_set.policies
-    selection = selection_by_policy(roots, valid) if caps.memory_controller_v2 else {}
+    # As the daemon selects: target.kubernetes by each cgroup's identity, pod names from pods_log_dir.
+    identify = IdentityResolver(pods_log_dir=settings.pods_log_dir).identify
+    selection = selection_by_policy(roots, valid, identify=identify) if caps.memory_controller_v2 else {}
     for policy in valid:
         state = "" if policy.enabled else " (disabled)"
         say(out, f"policy {policy.name}{state} [{policy.source}]: {describe_policy(policy)}")

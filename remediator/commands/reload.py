@@ -16,19 +16,12 @@ remediator's ``run`` (``remediator.daemon.pid_file.daemon_problem``).
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 from typing import Optional, TextIO
 
-from remediator.daemon import pid_file
-from remediator.daemon.pid_file import PidFileError, read_pid_file, signal_daemon
+from remediator.daemon.pid_file import PidFileError, pid_file_path, read_pid_file, signal_daemon
 from remediator.policy.loader import load_policy_dir
 from remediator.settings import Settings
 from remediator.text import escape_name, plural
-
-
-def pid_file_path(settings: Settings) -> Path:
-    """Kept for remediator.daemon.service until it imports remediator.daemon.pid_file itself."""
-    return pid_file.pid_file_path(settings.state_file)
 
 
 def run_reload(settings: Settings, pid: Optional[int], err: TextIO) -> int:
@@ -45,7 +38,7 @@ def run_reload(settings: Settings, pid: Optional[int], err: TextIO) -> int:
         say(f"{count} in {settings.policies_dir}: not reloading; the daemon keeps the policies it runs")
         return 1
     try:
-        target = read_pid_file(pid_file.pid_file_path(settings.state_file)) if pid is None else pid
+        target = read_pid_file(pid_file_path(settings.state_file)) if pid is None else pid
         signal_daemon(target, signal.SIGHUP, settings.proc_root)
     except PidFileError as exc:
         say(str(exc))

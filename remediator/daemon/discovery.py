@@ -20,12 +20,16 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from remediator.core.state import TargetKey
+from remediator.identity import Identity, parse_cgroup
 from remediator.kernel.psi_trigger import PsiTrigger
 from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
 from remediator.policy.compiled import CgroupSelector, Policy
 
 CgroupWalker = Callable[[KernelRoots], Iterable[str]]
 """Yields cgroup names relative to the root, like ``cgroup_tree.walk_cgroups``."""
+
+Identify = Callable[[str], Identity]
+"""A cgroup's identity: ``parse_cgroup`` (the path alone) or ``IdentityResolver.identify`` (pod names)."""
 
 NEVER_SELECTED_NAMES = frozenset({"init.scope"})
 
@@ -75,9 +79,16 @@ def _never_selected(cgroup: str, daemon_cgroup: Optional[str]) -> bool:
 
 
 def discover(
-    roots: KernelRoots, policies: Sequence[Policy], walk: Optional[CgroupWalker] = None
+    roots: KernelRoots,
+    policies: Sequence[Policy],
+    walk: Optional[CgroupWalker] = None,
+    identify: Identify = parse_cgroup,
 ) -> Discovery:
     """Walk the tree once and apply every policy to it; see the module docstring.
+
+    A policy with ``target.kubernetes`` selects by the cgroup's identity
+    (``CgroupSelector.selects``), asked for once per cgroup and only when such
+    a policy's globs match it; the others by their globs alone.
 
     Raises the walker's ``KernelError`` when the tree cannot be listed: a
     partial walk would look like cgroups disappearing, so the caller should
@@ -98,26 +109,38 @@ def discover(
         for cgroup in walker(roots):
             if _never_selected(cgroup, daemon_cgroup):
                 continue
+            identity: Optional[Identity] = None
             for policy, selector in cgroup_policies:
-                if selector.matches(cgroup):
-                    selections[policy.name].append(cgroup)
-                    if policy.enabled:
-                        targets[TargetKey(policy.name, cgroup)] = policy.trigger.psi
+                if not selector.matches(cgroup):
+                    continue
+                if selector.kubernetes is not None:
+                    identity = identity if identity is not None else identify(cgroup)
+                    if not selector.kubernetes.matches(identity):
+                        continue
+                selections[policy.name].append(cgroup)
+                if policy.enabled:
+                    targets[TargetKey(policy.name, cgroup)] = policy.trigger.psi
     return Discovery(targets, {name: tuple(names) for name, names in selections.items()})
 
 
 def desired_targets(
-    roots: KernelRoots, policies: Sequence[Policy], walk: Optional[CgroupWalker] = None
+    roots: KernelRoots,
+    policies: Sequence[Policy],
+    walk: Optional[CgroupWalker] = None,
+    identify: Identify = parse_cgroup,
 ) -> Dict[TargetKey, PsiTrigger]:
     """What the watcher should watch now: (enabled policy, cgroup or None for the node) -> trigger."""
-    return discover(roots, policies, walk).targets
+    return discover(roots, policies, walk, identify).targets
 
 
 def selection_by_policy(
-    roots: KernelRoots, policies: Sequence[Policy], walk: Optional[CgroupWalker] = None
+    roots: KernelRoots,
+    policies: Sequence[Policy],
+    walk: Optional[CgroupWalker] = None,
+    identify: Identify = parse_cgroup,
 ) -> Dict[str, Tuple[str, ...]]:
     """Cgroup policy name (enabled or not) -> the cgroups it selects now; for ``remediator check``."""
-    return discover(roots, policies, walk).selection_by_policy
+    return discover(roots, policies, walk, identify).selection_by_policy
 
 
 __all__ = [

@@ -11,16 +11,12 @@ deadline the core asked for comes: it costs nothing when nothing happens.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import resource
-import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, Optional, Protocol, Sequence, Set, Tuple, Union
 
 from remediator import __version__
-from remediator.clock import Clock, SystemClock
+from remediator.clock import Clock
 from remediator.core.decide import (
     CoreConfig,
     CoreState,
@@ -35,19 +31,29 @@ from remediator.core.decide import (
 )
 from remediator.daemon.discovery import desired_targets
 from remediator.daemon.executor import Executor
-from remediator.daemon.journal import RecordWriter, make_writer
+from remediator.daemon.journal import RecordWriter
+from remediator.daemon.metrics_feed import MetricsFeed, annotate
 from remediator.daemon.notify import Notifier
-from remediator.daemon.state_store import StateStore
+from remediator.daemon.service_records import (
+    policy_records,
+    rejected_on_reload,
+    restart_only_changes,
+    watch_ended,
+    watch_record,
+)
 from remediator.daemon.watcher import Fired, Gone, SampleDue, WatchChange, Watcher
 from remediator.errors import CgroupGone, KernelError, KernelParseError
-from remediator.kernel.capabilities import Capabilities, probe
+from remediator.identity import Identity, IdentityResolver, parse_cgroup
+from remediator.kernel.capabilities import Capabilities
 from remediator.kernel.roots import KernelRoots
 from remediator.kernel.snapshot import read_cgroup_snapshot, read_node_snapshot
+from remediator.metrics import PolicyState
 from remediator.policy.compiled import Policy
 from remediator.policy.loader import PolicySet, load_policy_dir
 from remediator.readings import CgroupSnapshot, NodeSnapshot
 from remediator.records import Record, RecordType
 from remediator.settings import Settings, SettingsError
+from remediator.text import plural
 
 
 class PolicyLoader(Protocol):
@@ -98,7 +104,12 @@ class Service:
     capabilities: Capabilities
     load_policies: PolicyLoader = load_policy_dir
     reload_settings: Optional[Callable[[], Settings]] = None
+    # Who each cgroup is (records, target.kubernetes); None: from the path alone (no pod names).
+    identities: Optional[IdentityResolver] = None
+    # Prometheus metrics; None: none kept (tests of other things).
+    metrics: Optional[MetricsFeed] = None
     policies: Dict[str, Policy] = field(default_factory=dict)
+    _policy_counts: Dict[PolicyState, int] = field(default_factory=dict)
     state: CoreState = field(default_factory=initial_state)
     wakeups: Dict[TargetKey, float] = field(default_factory=dict)
     _fallback_reported: Set[Tuple[str, str]] = field(default_factory=set)
@@ -118,40 +129,38 @@ class Service:
     def dry_run(self) -> bool:
         return self.settings.dry_run
 
+    def identify(self, cgroup: str) -> Identity:
+        return self.identities.identify(cgroup) if self.identities is not None else parse_cgroup(cgroup)
+
     # ---- records -------------------------------------------------------
     def emit(self, record: Record) -> None:
+        """The one way out for a record: marked dry-run, given its cgroup's identity, written, counted."""
         if self.dry_run and not record.dry_run:
             record = replace(record, dry_run=True)
+        record = annotate(record, self.identify)
         self.writer.write(record)
+        if self.metrics is not None:
+            self.metrics.observe(record)
 
     def emit_all(self, records: Sequence[Record]) -> None:
         for r in records:
             self.emit(r)
 
     # ---- policies ------------------------------------------------------
-    def _policy_records(self, policy_set: PolicySet) -> List[Record]:
-        out = [
-            Record(
-                RecordType.POLICY_REJECTED,
-                f"policy rejected: {issue}",
-                policy=Path(issue.file).stem,
-                result="rejected",
-            )
-            for issue in policy_set.issues
-        ]
-        out.extend(
-            Record(
-                RecordType.POLICY_LOADED,
-                f"policy {p.name} loaded from {p.source}" + ("" if p.enabled else " (disabled)"),
-                policy=p.name,
-                result="loaded",
-            )
-            for p in policy_set.policies
-        )
-        return out
+    def install_policies(self, policy_set: PolicySet) -> None:
+        self.policies = {p.name: p for p in policy_set.policies if p.enabled}
+        if self.metrics is not None:
+            self.metrics.policies_loaded(policy_set)
+        enabled = len(self.policies)
+        self._policy_counts = {
+            PolicyState.LOADED: enabled,
+            PolicyState.DISABLED: len(policy_set.policies) - enabled,
+        }
 
-    def install_policies(self, policies: Sequence[Policy]) -> None:
-        self.policies = {p.name: p for p in policies if p.enabled}
+    def _reload_refused(self, attempt: Optional[PolicySet]) -> None:
+        if self.metrics is not None:
+            self.metrics.reload_refused(self._policy_counts, attempt)
+        self.notifier.ready(self.status_text())
 
     # ---- start ---------------------------------------------------------
     def start(self) -> None:
@@ -168,8 +177,8 @@ class Service:
         policy_set = self.load_policies(
             self.settings.policies_dir, allow_untrusted=self.settings.insecure_allow_untrusted_files
         )
-        self.emit_all(self._policy_records(policy_set))
-        self.install_policies(policy_set.policies)
+        self.emit_all(policy_records(policy_set))
+        self.install_policies(policy_set)
         self.emit_all(self.executor.recover())
         self.rescan()
         interval = self.notifier.watchdog_interval_sec()
@@ -181,8 +190,8 @@ class Service:
         stats = self.watcher.stats()
         mode = "dry-run" if self.dry_run else "enforcing"
         return (
-            f"{mode}: {len(self.policies)} policies, watching {stats.armed} target(s) by PSI trigger, "
-            f"{stats.sampling} by sampling"
+            f"{mode}: {plural(len(self.policies), 'policy', 'policies')}, watching "
+            f"{plural(stats.armed, 'target')} by PSI trigger, {stats.sampling} by sampling"
         )
 
     # ---- watching ------------------------------------------------------
@@ -195,29 +204,9 @@ class Service:
             first = reason_key not in self._fallback_reported
             self._fallback_reported.add(reason_key)
             # Logged once per policy and reason: a refusing kernel refuses every target alike.
-            self.emit(
-                Record(
-                    RecordType.FALLBACK_SAMPLING,
-                    # Not always the kernel's refusal: a read-only mount (a sandbox) fails the same way.
-                    f"could not arm a PSI trigger on {change.path} ({change.reason}); "
-                    f"sampling pressure every {self.settings.sampling_interval_sec:g} s instead",
-                    policy=key.policy,
-                    cgroup=key.cgroup,
-                    result="sampling",
-                    errno=change.errno_name,
-                    priority=None if first else 7,
-                )
-            )
+            self.emit(watch_record(change, self.settings.sampling_interval_sec, first))
         elif change.kind in ("armed", "sampling"):
-            self.emit(
-                Record(
-                    RecordType.WATCH_STARTED,
-                    f"watching {change.path} ({change.kind})",
-                    policy=key.policy,
-                    cgroup=key.cgroup,
-                    result=change.kind,
-                )
-            )
+            self.emit(watch_record(change, self.settings.sampling_interval_sec, False))
         elif change.kind in ("removed", "gone"):
             self._forget(key, change.kind)
 
@@ -227,22 +216,14 @@ class Service:
         if key not in self._watching:
             return
         self._watching.discard(key)
-        self.emit(
-            Record(
-                RecordType.WATCH_ENDED,
-                f"stopped watching ({why})",
-                policy=key.policy,
-                cgroup=key.cgroup,
-                result=why,
-            )
-        )
+        self.emit(watch_ended(key, why))
 
     def rescan(self) -> None:
         started = self.clock.monotonic()
         interval = self.settings.rescan_interval_sec
         self._next_rescan = started + interval
         try:
-            desired = desired_targets(self.roots, list(self.policies.values()))
+            desired = desired_targets(self.roots, list(self.policies.values()), identify=self.identify)
         except KernelError as exc:
             # A partial walk would look like cgroups disappearing: keep the current targets.
             self.emit(
@@ -351,6 +332,9 @@ class Service:
             candidates.append(min(self.wakeups.values()))
         if self._next_watchdog is not None:
             candidates.append(self._next_watchdog)
+        metrics_due = self.metrics.next_due_at() if self.metrics is not None else None
+        if metrics_due is not None:
+            candidates.append(metrics_due)
         return min(candidates)
 
     def step(self) -> None:
@@ -377,6 +361,24 @@ class Service:
             self.notifier.watchdog()
             interval = self.notifier.watchdog_interval_sec() or 0.0
             self._next_watchdog = now + interval if interval else None
+        if self.metrics is not None:
+            record = self.metrics.write_if_due(self._refresh_metrics)
+            if record is not None:
+                self.emit(record)
+
+    # ---- metrics -------------------------------------------------------
+    def _refresh_metrics(self) -> None:
+        if self.metrics is not None and self.metrics.path is not None:
+            modes = [(key, self.watcher.mode_of(key)) for key in list(self.watcher.keys())]
+            self.metrics.refresh(modes, self.state, self.identify)
+
+    def write_metrics_now(self) -> None:
+        """Write the metrics file whatever the interval: at stop and at the end of ``--once``."""
+        if self.metrics is not None:
+            self._refresh_metrics()
+            record = self.metrics.write_now()
+            if record is not None:
+                self.emit(record)
 
     def request_stop(self) -> None:
         self._stop = True
@@ -395,54 +397,20 @@ class Service:
             try:
                 new_settings = self.reload_settings()
             except SettingsError as exc:
-                for issue in exc.issues:
-                    self.emit(
-                        Record(
-                            RecordType.POLICY_REJECTED,
-                            f"settings rejected on reload, keeping the running ones: {issue}",
-                            result="rejected",
-                        )
-                    )
-                self.notifier.ready(self.status_text())
+                self.emit_all([rejected_on_reload(issue, settings=True) for issue in exc.issues])
+                self._reload_refused(None)
                 return
         policy_set = self.load_policies(
             new_settings.policies_dir, allow_untrusted=new_settings.insecure_allow_untrusted_files
         )
         if policy_set.issues:
             # All or nothing: a half-applied policy set is worse than the old one.
-            for issue in policy_set.issues:
-                self.emit(
-                    Record(
-                        RecordType.POLICY_REJECTED,
-                        f"policy rejected on reload, keeping the running policies: {issue}",
-                        policy=Path(issue.file).stem,
-                        result="rejected",
-                    )
-                )
-            self.notifier.ready(self.status_text())
+            self.emit_all([rejected_on_reload(issue, settings=False) for issue in policy_set.issues])
+            self._reload_refused(policy_set)
             return
-        if (
-            new_settings.dry_run != self.settings.dry_run
-            or new_settings.cgroup_root != self.settings.cgroup_root
-        ):
-            self.emit(
-                Record(
-                    RecordType.POLICY_REJECTED,
-                    "dry_run, cgroup_root and proc_root change only on restart; keeping the running values",
-                    result="rejected",
-                    priority=4,
-                )
-            )
-            new_settings = new_settings.model_copy(
-                update={
-                    "dry_run": self.settings.dry_run,
-                    "cgroup_root": self.settings.cgroup_root,
-                    "proc_root": self.settings.proc_root,
-                }
-            )
-        self.settings = new_settings
+        self._apply_settings(new_settings)
         old = self.policies
-        self.install_policies(policy_set.policies)
+        self.install_policies(policy_set)
         dropped = {
             name: p for name, p in old.items() if name not in self.policies or self.policies[name] != p
         }
@@ -451,22 +419,33 @@ class Service:
             self.apply(on_exit(dropped, self.state, self.clock.monotonic()), None)
             for key in [k for k in self.wakeups if k.policy in dropped]:
                 self.wakeups.pop(key, None)
-        self.emit_all(self._policy_records(policy_set))
+        self.emit_all(policy_records(policy_set))
         self.rescan()
         self.emit(
             Record(
                 RecordType.DAEMON_RELOADED,
-                f"reloaded: {len(self.policies)} policies active",
+                f"reloaded: {plural(len(self.policies), 'policy', 'policies')} active",
                 result="reloaded",
             )
         )
         self.notifier.ready(self.status_text())
+
+    def _apply_settings(self, new_settings: Settings) -> None:
+        """Take reloaded settings: every key is applied, or refused by name and kept as it runs."""
+        new_settings, refused = restart_only_changes(self.settings, new_settings)
+        self.emit_all(refused)
+        if new_settings.pods_log_dir != self.settings.pods_log_dir and self.identities is not None:
+            self.identities = IdentityResolver(pods_log_dir=new_settings.pods_log_dir, clock=self.clock)
+        if self.metrics is not None:
+            self.metrics.configure(new_settings)
+        self.settings = new_settings
 
     def shutdown(self) -> None:
         self.notifier.stopping()
         self.apply(on_exit(self.policies, self.state, self.clock.monotonic()), None)
         self.watcher.close()
         self.emit(Record(RecordType.DAEMON_STOPPING, "remediator stopping", result="stopped"))
+        self.write_metrics_now()
 
     def run_once(self, settle_sec: float) -> None:
         """Observe every target twice, ``settle_sec`` apart, so rates can be measured; then decide once."""
@@ -478,106 +457,4 @@ class Service:
             self.observe(key, fired=False, tick=tick)
 
 
-def _install_signal_handlers(service: Service) -> int:
-    """Signals only set flags; a self-pipe wakes the poll() so they are handled at once."""
-    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-
-    def on_term(_signum: int, _frame: object) -> None:
-        service.request_stop()
-
-    def on_hup(_signum: int, _frame: object) -> None:
-        service.request_reload()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-    return read_fd
-
-
-def _write_pid_file(settings: Settings) -> Optional[Path]:
-    from remediator.commands.reload import pid_file_path
-
-    path = pid_file_path(settings)
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        # Never through a link someone planted (root writing its pid through /run/x.tmp -> /etc/...):
-        # a fresh file, created exclusively, then renamed over the name (rename replaces a link itself).
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(tmp, flags, 0o644), "w") as out:
-            out.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
-        return path
-    except OSError:
-        return None
-
-
-def build_service(
-    settings: Settings, clock: Clock, reload_settings: Optional[Callable[[], Settings]]
-) -> Service:
-    roots = KernelRoots(settings.cgroup_root, settings.proc_root)
-    writer = make_writer(settings.log_target)
-    store = StateStore(settings.state_file)
-    executor = Executor(
-        roots, store, clock, dry_run=settings.dry_run, retry_budget_sec=settings.write_retry_budget_sec
-    )
-    watcher = Watcher(roots, clock, settings.sampling_interval_sec)
-    return Service(
-        settings=settings,
-        clock=clock,
-        writer=writer,
-        notifier=Notifier(),
-        executor=executor,
-        watcher=watcher,
-        capabilities=probe(roots),
-        reload_settings=reload_settings,
-    )
-
-
-def raise_open_file_limit() -> Tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the (soft, hard) now in force.
-
-    Every armed trigger is an open fd, so a node with more watched cgroups than
-    the usual soft limit of 1024 would otherwise fail with EMFILE on arming and
-    on every read after it (measured: at 2000 cgroups the daemon never got ready;
-    bench/cost). systemd gives services 1024 soft and 524288 hard for this very
-    reason: programs that need many fds raise the soft limit themselves.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard:  # already as high as it may go (RLIM_INFINITY included)
-        return soft, hard
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):
-        return soft, hard  # keep what we have; arming reports EMFILE per target
-    return hard, hard
-
-
-def run_service(
-    settings: Settings, once: bool = False, reload_settings: Optional[Callable[[], Settings]] = None
-) -> int:
-    raise_open_file_limit()
-    service = build_service(settings, SystemClock(), reload_settings)
-    wake_fd = _install_signal_handlers(service)
-    service.watcher.add_wakeup_fd(wake_fd)
-    pid_file = None if once else _write_pid_file(settings)
-    try:
-        service.start()
-        if once:
-            service.run_once(settle_sec=max(1.0, settings.sampling_interval_sec))
-            service.watcher.close()
-            return 0
-        while not service.stopping:
-            service.step()
-        service.shutdown()
-        return 0
-    finally:
-        if pid_file is not None:
-            with contextlib.suppress(OSError):
-                pid_file.unlink()
-
-
-__all__ = ["Service", "build_service", "raise_open_file_limit", "run_service"]
+__all__ = ["DECIDED_FIELD", "WOKEN_FIELD", "WRITTEN_FIELD", "Service"]

@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 import pytest
 
-from remediator.daemon import service
+from remediator.daemon import run as service
 
 
 def _fake_limits(

@@ -277,7 +277,6 @@ KNOWN_WRITERS = {
     "remediator/daemon/confined_io.py": "the only writer of kernel values (allow-listed, confined)",
     "remediator/kernel/psi_trigger.py": "PSI trigger registration on pressure files (O_NOFOLLOW)",
     "remediator/daemon/state_store.py": "the state file (private directory, atomic rename)",
-    "remediator/daemon/service.py": "the PID file next to the state file",
     "remediator/metrics.py": "the metrics textfile (O_EXCL|O_NOFOLLOW temporary beside it, renamed over it)",
     "remediator/daemon/pid_file.py": "the PID file (O_EXCL temporary, renamed)",
     "remediator/trace/writer.py": "a trace the operator asked for (O_EXCL)",
