@@ -188,6 +188,10 @@ class Measurement:
     stall_rate: Optional[float]  # share of wall time stalled over the interval; None if interval <= 0
     pressured: Optional[bool]  # None: no information (baseline, unconfirmed event, zero interval)
     fired: bool = False  # judged as a kernel trigger event (delta >= stall_us), not as a rate
+    # A fired event: the stall the kernel can have counted for it (from our looks, see
+    # window_stall_bound_us) and over how many seconds back that figure reaches.
+    event_stall_us: Optional[int] = None
+    event_span_sec: Optional[float] = None
 
 
 def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: float) -> Measurement:
@@ -202,20 +206,31 @@ def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: fl
     rate = delta / (interval * 1e6) if interval > 0 else None
     pressured: Optional[bool]
     if obs.fired:
-        pressured = True if window_stall_bound_us(trigger, target, total, now) >= trigger.stall_us else None
-    elif rate is None:
-        pressured = None
-    else:
-        pressured = rate >= trigger.threshold_fraction
-    return Measurement(total, delta, interval, rate, pressured, fired=obs.fired)
+        event_stall_us, since = window_stall_bound_us(trigger, target, total, now)
+        pressured = True if event_stall_us >= trigger.stall_us else None
+        return Measurement(
+            total,
+            delta,
+            interval,
+            rate,
+            pressured,
+            True,
+            event_stall_us,
+            None if since is None else now - since,
+        )
+    pressured = None if rate is None else rate >= trigger.threshold_fraction
+    return Measurement(total, delta, interval, rate, pressured)
 
 
 # How many trigger windows back the kernel's trigger growth reaches (the current one + the previous).
 KERNEL_HISTORY_WINDOWS = 2
 
 
-def window_stall_bound_us(trigger: TriggerSpec, target: TargetState, total_us: int, now: float) -> int:
-    """The most stall the kernel's trigger can have counted for an event now, from our own looks.
+def window_stall_bound_us(
+    trigger: TriggerSpec, target: TargetState, total_us: int, now: float
+) -> Tuple[int, Optional[float]]:
+    """The most stall the kernel's trigger can have counted for an event now, from our own looks,
+    and the time of the look it is counted from (None: no look to count from, stall 0).
 
     The kernel's growth is the stall since its window began (at most one window ago) plus a share
     of the previous window's growth (kernel/sched/psi.c window_update), so it counts stall from
@@ -231,11 +246,11 @@ def window_stall_bound_us(trigger: TriggerSpec, target: TargetState, total_us: i
         if target.last_at is not None and target.last_total_us is not None
         else ()
     )
-    base: Optional[int] = None
+    base: Optional[Tuple[float, int]] = None
     for at, total in looks:  # oldest first
         if base is None or at <= window_start:
-            base = total
-    return total_us - base if base is not None else 0
+            base = (at, total)
+    return (total_us - base[1], base[0]) if base is not None else (0, None)
 
 
 def remember_look(
@@ -253,12 +268,14 @@ def stall_text(trigger: TriggerSpec, m: Measurement) -> str:
     threshold = format_share(trigger.threshold_fraction)
     if m.delta_us is None or m.stall_rate is None:
         return f"{trigger.kind} stall unknown (threshold {threshold})"
-    if m.fired:
-        # A trigger event is confirmed by the stall since the last look, which may be
-        # long ago: its average share would understate what the kernel saw in one window.
+    if m.fired and m.event_stall_us is not None and m.event_span_sec is not None:
+        # The figure the event was confirmed by, in the trigger's own terms (stall within a span
+        # of windows): the stall since the last look alone can be below the threshold the kernel
+        # crossed (a window that began before a recent look), and an average over a long gap
+        # understates it.
         return (
-            f"PSI trigger fired: {trigger.kind} stall {m.delta_us / 1000:.0f} ms since the last look "
-            f"{m.interval_sec:.1f} s ago (trigger: {trigger.stall_us // 1000} ms within "
+            f"PSI trigger fired: {trigger.kind} stall {m.event_stall_us / 1000:.0f} ms within the last "
+            f"{m.event_span_sec * 1000:.0f} ms (trigger: {trigger.stall_us // 1000} ms within "
             f"{trigger.window_us // 1000} ms)"
         )
     return (

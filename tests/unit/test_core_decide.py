@@ -99,6 +99,11 @@ def test_trigger_event_whose_window_began_before_a_recent_look_is_confirmed() ->
     decision = driver.observe(10.4, share=0.3, fired=True)  # 120 ms since the last look
     assert [type(a) for a in decision.actions] == [Reclaim]
     assert driver.state.target(driver.key).pressured_since == 10.4
+    # The record states the figure the event was confirmed by (170 ms counted from the look at 0.0,
+    # the newest before the kernel's reach), in the trigger's terms: never the 120 ms since the last
+    # look, a figure under the 150 ms threshold it claims was met.
+    [confirmed] = [r for r in decision.records if r.type is RecordType.PRESSURE_CONFIRMED]
+    assert "full stall 170 ms within the last 10400 ms (trigger: 150 ms within 1000 ms)" in confirmed.message
 
 
 def test_trigger_event_is_unconfirmed_when_even_its_whole_window_holds_too_little_stall() -> None:
@@ -230,8 +235,8 @@ def test_pressure_confirmed_once_per_episode_with_stall_and_threshold() -> None:
     first = driver.observe(10.0, share=0.5, fired=True)
     confirmed = [r for r in first.records if r.type is RecordType.PRESSURE_CONFIRMED]
     assert len(confirmed) == 1
-    # A fired event is judged by the stall since the last look against the trigger, not by an average.
-    assert "PSI trigger fired: full stall 5000 ms since the last look 10.0 s ago" in confirmed[0].message
+    # A fired event is judged by the stall the kernel can have counted for it, not by an average.
+    assert "PSI trigger fired: full stall 5000 ms within the last 10000 ms" in confirmed[0].message
     assert "(trigger: 150 ms within 1000 ms)" in confirmed[0].message
     assert confirmed[0].evidence["STALL_DELTA_US"] == "5000000"
     assert confirmed[0].policy == "cache-hog" and confirmed[0].cgroup == CGROUP
