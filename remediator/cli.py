@@ -237,6 +237,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         )
     if args.command == "status":
         from remediator.commands.status import run_status
+        from remediator.identity import IdentityResolver
         from remediator.kernel.roots import KernelRoots
         from remediator.policy.loader import load_policy_dir
 
@@ -246,8 +247,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         )
         if not args.cgroups and not args.all and policy_set.issues:
             _write_lines(sys.stderr, (f"remediator: policy ignored: {issue}" for issue in policy_set.issues))
+        # Pod, namespace and container names from the kubelet's log directories, as the daemon names them.
+        identify = IdentityResolver(pods_log_dir=settings.pods_log_dir).identify
         return run_status(
-            roots, policy_set.policies, args.cgroups, args.all, args.json, sys.stdout, sys.stderr
+            roots, policy_set.policies, args.cgroups, args.all, args.json, sys.stdout, sys.stderr, identify
         )
     if args.command == "record":
         from remediator.clock import SystemClock

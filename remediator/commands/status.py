@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from remediator.diagnosis.composition import compose
 from remediator.diagnosis.explain import diagnose
 from remediator.errors import CgroupGone, KernelError, KernelParseError
+from remediator.identity import Identity, parse_cgroup
 from remediator.kernel.capabilities import Capabilities, probe
 from remediator.kernel.cgroup_tree import walk_cgroups
 from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
@@ -26,28 +27,65 @@ from remediator.text import escape_name
 
 SCHEMA = "remediator.status/v1"
 
+Identify = Callable[[str], Identity]
+
 
 @dataclass(frozen=True)
 class StatusRow:
     snapshot: CgroupSnapshot
     policies: Tuple[str, ...]
     diagnosis: str
+    identity: Optional[Identity] = None
 
 
-def matching_policies(cgroup: str, policies: Sequence[Policy]) -> Tuple[str, ...]:
-    return tuple(
-        p.name for p in policies if isinstance(p.target, CgroupSelector) and p.target.matches(cgroup)
-    )
+def matching_policies(
+    cgroup: str, policies: Sequence[Policy], identify: Identify = parse_cgroup
+) -> Tuple[str, ...]:
+    """The cgroup policies that select ``cgroup`` as the daemon would (globs, then target.kubernetes)."""
+    identity: Optional[Identity] = None
+    names = []
+    for p in policies:
+        if not isinstance(p.target, CgroupSelector) or not p.target.matches(cgroup):
+            continue
+        if p.target.kubernetes is not None:
+            identity = identity if identity is not None else identify(cgroup)
+            if not p.target.kubernetes.matches(identity):
+                continue
+        names.append(p.name)
+    return tuple(names)
 
 
 def select_cgroups(
-    roots: KernelRoots, explicit: Sequence[str], all_cgroups: bool, policies: Sequence[Policy]
+    roots: KernelRoots,
+    explicit: Sequence[str],
+    all_cgroups: bool,
+    policies: Sequence[Policy],
+    identify: Identify = parse_cgroup,
 ) -> List[str]:
     if explicit:
         return [normalize_cgroup(c) for c in explicit]
     if all_cgroups:
         return [c for c in walk_cgroups(roots, memory_only=True) if c != ""]
-    return [c for c in walk_cgroups(roots, memory_only=True) if c != "" and matching_policies(c, policies)]
+    return [
+        c
+        for c in walk_cgroups(roots, memory_only=True)
+        if c != "" and matching_policies(c, policies, identify)
+    ]
+
+
+def display_name(identity: Optional[Identity]) -> str:
+    """``namespace/pod/container`` or the unit; ``-`` when that would only repeat the cgroup."""
+    if identity is None:
+        return "-"
+    name = identity.readable_name
+    return "-" if name == (identity.cgroup or "/") else name
+
+
+def identity_json(identity: Optional[Identity]) -> Dict[str, str]:
+    """The identity fields known, by their journal names in lower case (``unit``, ``pod_uid``, ...)."""
+    if identity is None:
+        return {}
+    return {key.lower(): value for key, value in identity.journal_fields().items()}
 
 
 def _line_json(line: Optional[PressureLine]) -> Optional[Dict[str, Any]]:
@@ -95,6 +133,8 @@ def row_json(row: StatusRow, node: Optional[NodeSnapshot]) -> Dict[str, Any]:
         "pressure": _pressure_json(s.pressure),
         "policies": list(row.policies),
         "diagnosis": row.diagnosis,
+        "name": row.identity.readable_name if row.identity is not None else (s.cgroup or "/"),
+        "identity": identity_json(row.identity),
     }
 
 
@@ -105,7 +145,7 @@ def _avgs(line: Optional[PressureLine]) -> str:
 
 
 _HEADERS = (
-    "CGROUP", "CURRENT", "MAX", "HIGH", "ANON", "FILE", "SHMEM", "MAPPED", "DIRTY+WB", "RECLAIMABLE",
+    "CGROUP", "NAME", "CURRENT", "MAX", "HIGH", "ANON", "FILE", "SHMEM", "MAPPED", "DIRTY+WB", "RECLAIMABLE",
     "SLAB", "KSTACK", "SOCK", "EV high/max/oom_kill", "SOME 10/60/300", "FULL 10/60/300", "POLICY",
 )  # fmt: skip
 
@@ -124,6 +164,7 @@ def render_table(rows: Sequence[StatusRow], node: Optional[NodeSnapshot], out: T
         table.append(
             (
                 escape_name(s.cgroup or "/"),
+                escape_name(display_name(row.identity)),
                 format_bytes(s.current_bytes),
                 format_bytes(s.max_bytes),
                 format_bytes(s.high_bytes),
@@ -145,7 +186,8 @@ def render_table(rows: Sequence[StatusRow], node: Optional[NodeSnapshot], out: T
     widths = [max(len(r[i]) for r in table) for i in range(len(_HEADERS))]
     for r in table:
         # Names left-aligned, figures right-aligned, so columns of sizes line up.
-        cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(r) - 1)]
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+        cells += [r[i].rjust(widths[i]) for i in range(2, len(r) - 1)]
         cells.append(r[-1])
         out.write("  ".join(cells).rstrip() + "\n")
     out.write("\n")
@@ -165,7 +207,11 @@ def unsupported_paragraph(caps: Capabilities) -> str:
 
 
 def collect_rows(
-    roots: KernelRoots, cgroups: Sequence[str], policies: Sequence[Policy], node: Optional[NodeSnapshot]
+    roots: KernelRoots,
+    cgroups: Sequence[str],
+    policies: Sequence[Policy],
+    node: Optional[NodeSnapshot],
+    identify: Identify = parse_cgroup,
 ) -> Tuple[List[StatusRow], List[str]]:
     rows: List[StatusRow] = []
     problems: List[str] = []
@@ -182,7 +228,9 @@ def collect_rows(
         except (KernelError, KernelParseError) as exc:
             problems.append(f"{cgroup or '/'}: {exc}")
             continue
-        rows.append(StatusRow(snap, matching_policies(cgroup, policies), diagnose(snap, node)))
+        identity = identify(cgroup)
+        policy_names = matching_policies(cgroup, policies, identify)
+        rows.append(StatusRow(snap, policy_names, diagnose(snap, node), identity))
     return rows, problems
 
 
@@ -203,6 +251,7 @@ def run_status(
     as_json: bool,
     out: TextIO,
     err: TextIO,
+    identify: Identify = parse_cgroup,
 ) -> int:
     """0; 1 when a named cgroup cannot be read or the cgroup root does not exist; 2 for a bad name."""
     if not os.path.isdir(roots.cgroup_root):
@@ -244,11 +293,11 @@ def run_status(
             )
         return 1 if explicit else 0
     try:
-        cgroups = select_cgroups(roots, explicit, all_cgroups, policies)
+        cgroups = select_cgroups(roots, explicit, all_cgroups, policies, identify)
     except InvalidCgroupName as exc:
         _say(err, f"remediator: {exc}")
         return 2
-    rows, problems = collect_rows(roots, cgroups, policies, node)
+    rows, problems = collect_rows(roots, cgroups, policies, node, identify)
     for p in problems:
         _say(err, f"remediator: {p}")
     if as_json:
