@@ -107,8 +107,9 @@ def run_service(
         service.start()
         if once:
             service.run_once(settle_sec=max(1.0, settings.sampling_interval_sec))
-            service.watcher.close()
+            # Before the close, so the file shows what this pass watched.
             service.write_metrics_now()
+            service.watcher.close()
             return 0
         while not service.stopping:
             service.step()

@@ -202,10 +202,12 @@ def test_run_once_writes_the_file_at_its_end(tmp_path: Path, textfile: Path) -> 
     rig = _rig(tmp_path, textfile)
     rig.service.start()
     rig.service.run_once(settle_sec=0.0)
+    rig.service.write_metrics_now()  # as run_service does, before closing the watcher
     rig.service.watcher.close()
-    rig.service.write_metrics_now()
     rig.triggers.close()
-    assert value(rig.samples(), "remediator_policies", state="loaded") == 2.0
+    samples = rig.samples()
+    assert value(samples, "remediator_policies", state="loaded") == 2.0
+    assert value(samples, "remediator_watched_targets", policy="services-cache", mode="trigger") == 1.0
 
 
 def test_no_textfile_means_no_write_and_no_wake_up_for_it(tmp_path: Path) -> None:
