@@ -38,11 +38,11 @@ from remediator.readings import (
 )
 from remediator.trace.format import (
     EndReason,
+    NodeWatchMode,
     PolicyDigest,
     TraceCapabilities,
     TraceHeader,
     TraceSource,
-    WatchMode,
 )
 from remediator.trace.writer import TraceWriter
 
@@ -57,7 +57,7 @@ def _header(interval: float) -> TraceHeader:
     return TraceHeader(
         node="synthetic",
         kernel_release="6.1.0-synthetic",
-        capabilities=TraceCapabilities(True, WatchMode.TRIGGERS, True, True, ("synthetic trace",)),
+        capabilities=TraceCapabilities(True, NodeWatchMode.TRIGGERS, True, True, ("synthetic trace",)),
         policies=(PolicyDigest("services-cache.yaml", "0" * 64),),
         start_wall=1_764_944_000.0,
         start_monotonic=0.0,

@@ -9,11 +9,11 @@ from typing import Dict, List, Optional, Sequence
 from remediator.readings import CgroupSnapshot, MemoryEvents, MemoryStat, NodeSnapshot, Pressure, PressureLine
 from remediator.trace.format import (
     EndReason,
+    NodeWatchMode,
     PolicyDigest,
     TraceCapabilities,
     TraceHeader,
     TraceSource,
-    WatchMode,
 )
 from remediator.trace.writer import TraceWriter
 
@@ -29,7 +29,7 @@ def header(interval: float = 1.0, triggers: Optional[bool] = True, reclaim: bool
         kernel_release="6.1.0-test-amd64",
         capabilities=TraceCapabilities(
             memory_reclaim=reclaim,
-            watch_mode=WatchMode.TRIGGERS if triggers is not False else WatchMode.SAMPLING,
+            watch_mode=NodeWatchMode.TRIGGERS if triggers is not False else NodeWatchMode.SAMPLING,
             triggers_accepted=triggers,
             short_window_triggers=triggers,
             summary=("Kernel 6.1.0-test-amd64.",),

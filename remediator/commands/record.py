@@ -45,11 +45,11 @@ from remediator.policy.loader import MAX_POLICY_FILE_BYTES, list_policy_files
 from remediator.sizes import format_bytes
 from remediator.trace.format import (
     EndReason,
+    NodeWatchMode,
     PolicyDigest,
     TraceCapabilities,
     TraceHeader,
     TraceSource,
-    WatchMode,
 )
 from remediator.trace.writer import TraceWriter
 
@@ -150,7 +150,7 @@ def _accepted(check: Optional[TriggerCheck]) -> Optional[bool]:
 def trace_capabilities(caps: Capabilities) -> TraceCapabilities:
     return TraceCapabilities(
         memory_reclaim=caps.memory_reclaim,
-        watch_mode=WatchMode(caps.watch_mode),
+        watch_mode=NodeWatchMode(caps.watch_mode),
         triggers_accepted=None if caps.trigger is None else caps.trigger.accepted,
         short_window_triggers=None
         if caps.short_window_trigger is None

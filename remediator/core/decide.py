@@ -107,11 +107,11 @@ from remediator.core.ladder import (
 )
 from remediator.core.reasons import reason_fields
 from remediator.core.state import (
+    ChangedValue,
     CoreConfig,
     CoreState,
     NodeState,
     Observation,
-    OwnedValue,
     PendingRung,
     ProposedSysctl,
     ProposedWrite,
@@ -866,7 +866,7 @@ def _note_memory_high_write(state: CoreState, action: SetMemoryHigh, result: str
     if action.value is None or not (result in _WRITTEN or result == _SIMULATED):
         return state.with_target(key, target)
     previous = target.memory_high
-    owned = OwnedValue(
+    owned = ChangedValue(
         ours=action.value,
         # A second, lower write keeps the original of the first one.
         before=previous.before if previous is not None else action.expected,
@@ -884,7 +884,7 @@ def _note_vfs_write(state: CoreState, action: SetSysctl, result: str, now: float
     node = replace(state.node, proposed_vfs=None)
     if proposal is None or not (result in _WRITTEN or result == _SIMULATED):
         return state.with_node(node)
-    owned = OwnedValue(
+    owned = ChangedValue(
         ours=action.value,
         before=proposal.before,
         simulated=result == _SIMULATED,

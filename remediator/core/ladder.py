@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple, Union
 
 from remediator.core.actions import Action, Reclaim, SetMemoryHigh, SetSysctl
-from remediator.core.state import OwnedValue, TargetKey
+from remediator.core.state import ChangedValue, TargetKey
 from remediator.diagnosis.composition import (
     PAGE_SIZE,
     MemoryComposition,
@@ -79,9 +79,9 @@ class RungContext:
     reclaim_supported: bool
     evidence: Mapping[str, str]
     stall_text: str  # the measured stall vs the threshold, for messages
-    owned_memory_high: Optional[OwnedValue]
+    owned_memory_high: Optional[ChangedValue]
     memory_high_barred: bool
-    owned_vfs: Optional[OwnedValue]  # vfs_cache_pressure owned by this target
+    owned_vfs: Optional[ChangedValue]  # vfs_cache_pressure owned by this target
     vfs_owned_elsewhere: Optional[TargetKey]  # another target owns vfs_cache_pressure
 
     @property
@@ -151,7 +151,7 @@ def failed_condition(
     conditions: Conditions,
     snapshot: Union[CgroupSnapshot, NodeSnapshot],
     composition: Optional[MemoryComposition],
-    owned_memory_high: Optional[OwnedValue],
+    owned_memory_high: Optional[ChangedValue],
 ) -> Optional[Tuple[str, str]]:
     """The first policy condition that does not hold, as (reason key, message); None if all hold.
 

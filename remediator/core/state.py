@@ -89,7 +89,7 @@ class PendingRung:
 
 @dataclass(frozen=True)
 class ProposedWrite:
-    """A write we asked the executor for; it becomes an ``OwnedValue`` once the
+    """A write we asked the executor for; it becomes an ``ChangedValue`` once the
     executor reports it applied (or would have applied it, in dry-run)."""
 
     value: int
@@ -100,8 +100,10 @@ class ProposedWrite:
 
 
 @dataclass(frozen=True)
-class OwnedValue:
-    """A value we wrote and must give back (rollback) unless another writer takes it over."""
+class ChangedValue:
+    """The core's view of a value it decided to change: what it expects the kernel to hold, and
+    the evidence the write was decided on (for the back-off). Who owns the value, and its original,
+    is the state store's alone (``remediator.daemon.state_store.OwnedValue``)."""
 
     ours: int
     before: Optional[int]  # the value before our first write (None = "max")
@@ -141,7 +143,7 @@ class TargetState:
     rung_taken_at: Mapping[int, Tuple[float, ...]] = field(default_factory=_empty_mapping)
     # Per decline reason: when its record was last emitted (storm limit).
     declined_at: Mapping[str, float] = field(default_factory=_empty_mapping)
-    memory_high: Optional[OwnedValue] = None
+    memory_high: Optional[ChangedValue] = None
     proposed_memory_high: Optional[ProposedWrite] = None
     # Set when our memory.high caused throttling: not used again until a full calm period.
     memory_high_barred: bool = False
@@ -181,7 +183,7 @@ class NodeState:
     actions_at: Tuple[float, ...] = ()
     # vm.vfs_cache_pressure has one owner at a time across all policies.
     vfs_owner: Optional[TargetKey] = None
-    vfs_cache_pressure: Optional[OwnedValue] = None
+    vfs_cache_pressure: Optional[ChangedValue] = None
     proposed_vfs: Optional[ProposedSysctl] = None
 
 

@@ -117,7 +117,7 @@ class EndReason(str, Enum):
     WINDOW = "window"  # a flight recorder's window, written at an incident
 
 
-class WatchMode(str, Enum):
+class NodeWatchMode(str, Enum):
     """How the daemon would have been woken on the recorded node (Capabilities.watch_mode)."""
 
     TRIGGERS = "triggers"
@@ -142,7 +142,7 @@ class TraceCapabilities:
     """What the recording node could do, as far as replay needs to know."""
 
     memory_reclaim: bool
-    watch_mode: WatchMode
+    watch_mode: NodeWatchMode
     # Whether a 2 s / a 1 s PSI trigger window was accepted (None: not probed).
     triggers_accepted: Optional[bool]
     short_window_triggers: Optional[bool]

@@ -48,6 +48,7 @@ from remediator.trace.format import (
     CgroupSample,
     EndReason,
     NodeSample,
+    NodeWatchMode,
     PolicyDigest,
     TraceCapabilities,
     TraceEnd,
@@ -59,7 +60,6 @@ from remediator.trace.format import (
     TraceTruncation,
     TriggerFired,
     TruncationReason,
-    WatchMode,
 )
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -219,7 +219,7 @@ def _header(check: _Checker, record: Mapping[str, Any]) -> TraceHeader:
     caps = check.obj(check.required(record, "capabilities"), "capabilities")
     watch_mode = caps.get("watch_mode")
     try:
-        mode = WatchMode(watch_mode)
+        mode = NodeWatchMode(watch_mode)
     except ValueError:
         raise check.fail("capabilities.watch_mode", f"unknown watch mode {_describe(watch_mode)}") from None
     summary = caps.get("summary", [])

@@ -29,6 +29,7 @@ from remediator.trace.format import (
     CgroupSample,
     EndReason,
     NodeSample,
+    NodeWatchMode,
     PolicyDigest,
     TraceCapabilities,
     TraceEnd,
@@ -38,7 +39,6 @@ from remediator.trace.format import (
     TraceSource,
     TriggerFired,
     TruncationReason,
-    WatchMode,
     record_time,
 )
 from remediator.trace.reader import TraceReader, open_trace, read_trace
@@ -51,7 +51,7 @@ HEADER = TraceHeader(
     kernel_release="6.1.0-18-amd64",
     capabilities=TraceCapabilities(
         memory_reclaim=True,
-        watch_mode=WatchMode.TRIGGERS,
+        watch_mode=NodeWatchMode.TRIGGERS,
         triggers_accepted=True,
         short_window_triggers=False,
         summary=("Kernel 6.1.0-18-amd64.", "PSI triggers work."),
