@@ -9,13 +9,16 @@ bootstrap:
 	@scripts/bootstrap
 
 # The main job on the embedded defaults: check the shipped policies, show this
-# machine's memory picture, and run the daemon once in dry-run (audit) mode.
+# machine's memory picture, run the daemon once in dry-run (audit) mode, and replay
+# the committed real-kernel trace with the shipped policies (README, "Record and replay").
 demo: bootstrap
 	$(VENV)/remediator --policies policies check
 	@echo
 	$(VENV)/remediator --policies policies status
 	@echo
 	$(VENV)/remediator --policies policies --config packaging/etc/remediator.yaml run --dry-run --once --log-target stderr
+	@echo
+	$(VENV)/remediator --policies policies replay tests/fixtures/traces/seed-dry-run.trace.gz
 
 lint: bootstrap
 	$(VENV)/ruff check $(PY_SOURCES)

@@ -1,0 +1,120 @@
+"""Fidelity of ``remediator replay`` on the real kernel (issue 15 item 5).
+
+In one light VM the daemon runs the shipped services-cache policy in dry-run while
+``remediator record`` samples the same pressured service every second
+(tests/vm/scenarios/record_replay.py). Here the recording is replayed with the same
+policy: the replay's sequence of (cgroup, action, result) must be the daemon's own, and
+each action's time must agree with the daemon's within one sampling interval. Times are
+compared on the guest's CLOCK_MONOTONIC: the daemon stamps its records with it
+(DECIDED_MONOTONIC_US) and the trace's times count from it (start_monotonic).
+
+``REMEDIATOR_KEEP_TRACE=DIR`` copies the recorded trace to DIR (how the committed
+fixture tests/fixtures/traces/seed-dry-run.trace.gz was made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from remediator.records import RecordType
+from remediator.replay.engine import ReplayResult, replay_trace
+from remediator.settings import load_settings
+from tests.vm import harness, scenario_boot
+from tests.vm.scenarios import record_replay
+
+pytestmark = pytest.mark.vm
+
+BOOT_TIMEOUT_SEC = 240.0
+DRIVE = "/dev/vdb"
+INTERVAL_SEC = 1.0
+# Records about a knob: what "the daemon's decisions" are compared on.
+ACTION_TYPES = {
+    t.message_id: t
+    for t in (
+        RecordType.ACTION_APPLIED,
+        RecordType.ACTION_FAILED,
+        RecordType.STOOD_BACK,
+        RecordType.BACKED_OFF,
+        RecordType.ROLLED_BACK,
+    )
+}
+
+Decision = Tuple[str, str, str, float]  # cgroup, action, result, monotonic seconds
+
+
+def daemon_decisions(records: List[Dict[str, Any]], start: float, end: float) -> List[Decision]:
+    out: List[Decision] = []
+    for r in records:
+        if r.get("MESSAGE_ID") not in ACTION_TYPES or "REMEDIATOR_DECIDED_MONOTONIC_US" not in r:
+            continue
+        at = int(r["REMEDIATOR_DECIDED_MONOTONIC_US"]) / 1e6
+        if start <= at <= end:
+            out.append((r.get("REMEDIATOR_CGROUP", ""), r["REMEDIATOR_ACTION"], r["REMEDIATOR_RESULT"], at))
+    return out
+
+
+def replay_decisions(result: ReplayResult) -> List[Decision]:
+    start = result.header.start_monotonic
+    return [
+        (t.record.cgroup or "", str(t.record.action), t.record.result, start + t.t)
+        for t in result.records
+        if t.record.type in ACTION_TYPES.values() and t.record.action is not None
+    ]
+
+
+def _show(label: str, decisions: List[Decision], start: float) -> None:
+    print(f"{label}:")
+    for cgroup, action, result, at in decisions:
+        print(f"  +{at - start:6.2f} s {cgroup} {action} {result}")
+
+
+@pytest.mark.xfail(
+    reason="measured 2026-12-05: the first two decisions agree within 0.25 s, but after the ladder is "
+    "exhausted the replay fires the trace's triggers on a 2 s grid that falls between the daemon's looks "
+    "and reclaims every 4 s where the daemon reclaimed every 2.0-2.2 s (README, Record and replay)",
+    strict=False,
+)
+def test_replaying_a_recording_gives_the_daemons_decisions_at_the_daemons_times(
+    vm_light: harness.LightVm, tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "vm"
+    out_dir.mkdir()
+    boot = scenario_boot.boot_scenarios(
+        vm_light, out_dir, [("record_replay", [DRIVE])], package="tests.vm.scenarios",
+        timeout_sec=BOOT_TIMEOUT_SEC, disk_files_mib=record_replay.DISK_FILES_MIB,
+    )  # fmt: skip
+    report = boot.report("record_replay")
+    assert report["recorder"]["exit"] == 0, report["recorder"]
+    trace = out_dir / record_replay.TRACE_NAME
+    keep: Optional[str] = os.environ.get("REMEDIATOR_KEEP_TRACE")
+    if keep:
+        shutil.copy(trace, Path(keep) / "seed-dry-run.trace.gz")
+
+    policies = tmp_path / "policies.d"
+    policies.mkdir()
+    shutil.copy(record_replay.SHIPPED_POLICY, policies / "services-cache.yaml")
+    settings = load_settings(None, False, {"policies_dir": policies}, environ={})
+    result = replay_trace(trace, settings, workdir=tmp_path)
+
+    start = result.header.start_monotonic
+    end = start + result.end_t
+    replayed = replay_decisions(result)
+    recorded = daemon_decisions(report["records"], start, end)
+    print(
+        f"trace: {trace.stat().st_size} bytes, {result.end_t:.1f} s; recorder: {report['recorder']['stdout']}"
+    )
+    _show("daemon", recorded, start)
+    _show("replay", replayed, start)
+
+    for r in report["records"]:
+        print(f"  daemon record {r.get('ARRIVED_SEC')} {r.get('RECORD_TYPE')}: {str(r.get('MESSAGE'))[:140]}")
+    assert recorded, "the daemon took no action while the recorder ran: nothing to compare"
+    assert [d[:3] for d in replayed] == [d[:3] for d in recorded]
+    gaps = [abs(r[3] - d[3]) for r, d in zip(replayed, recorded)]
+    print(f"action time differences: max {max(gaps):.3f} s, mean {sum(gaps) / len(gaps):.3f} s")
+    assert max(gaps) <= INTERVAL_SEC
