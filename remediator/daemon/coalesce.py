@@ -17,7 +17,8 @@ counts at stop and at the end of --once, so no count is lost. Per target and
 kind that is at most two records per interval (the first and one summary).
 
 Daemon-level records (start, stop, reload, policies, the state file) are rare
-and each says something new: they always go out.
+and each says something new: they always go out. So do the watch records: each
+start is paired with an end (a cgroup created again under its name starts again).
 """
 
 from __future__ import annotations
@@ -39,17 +40,19 @@ COALESCED_TYPES = frozenset(
         RecordType.ACTION_FAILED,
         RecordType.ESCALATED,
         RecordType.STOOD_BACK,
-        RecordType.FALLBACK_SAMPLING,
     }
 )
 
-_Key = Tuple[RecordType, str, Optional[str], str, str, str]
+_Key = Tuple[RecordType, str, Optional[str], str, str, str, str]
 
 
 def _key(record: Record) -> _Key:
+    # The decision's own words: its reason, and whether it is a follow-up (a proactive reclaim
+    # is another decision than the answer to pressure that preceded it).
     reason = record.extra.get("REASON_KEY", record.extra.get("REASON", ""))
     action = "" if record.action is None else record.action.value
-    return (record.type, record.policy, record.cgroup, action, str(record.result), reason)
+    follow_up = record.extra.get("FOLLOW_UP", "")
+    return (record.type, record.policy, record.cgroup, action, str(record.result), reason, follow_up)
 
 
 @dataclass

@@ -252,6 +252,11 @@ class Executor:
             records.extend(self._recover_entry(entry))
         return tuple(records)
 
+    def forget_gone_cgroups(self) -> Tuple[Record, ...]:
+        """Drop the originals of cgroups that are gone (the service asks at every rescan), so a
+        removed cgroup's entry leaves the state file within one rescan, whatever the churn."""
+        return self._drop_gone_cgroups(self._ledger)
+
     # ==== actions ===============================================================
     def _reclaim(self, action: Reclaim, ctx: _Context) -> Outcome:
         if action.bytes <= 0:

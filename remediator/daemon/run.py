@@ -13,20 +13,22 @@ import contextlib
 import os
 import resource
 import signal
+import sys
 from typing import Callable, Optional, Tuple
 
 from remediator.clock import Clock, SystemClock
 from remediator.daemon.executor import Executor
-from remediator.daemon.journal import make_writer
+from remediator.daemon.journal import JsonLinesWriter, StderrWriter, make_writer
 from remediator.daemon.metrics_feed import MetricsFeed
 from remediator.daemon.notify import Notifier
 from remediator.daemon.pid_file import PidFileError, pid_file_path, remove_pid_file, write_pid_file
-from remediator.daemon.service import Service
+from remediator.daemon.service import Service, StartRefused
 from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.identity import IdentityResolver
 from remediator.kernel.capabilities import probe
 from remediator.kernel.roots import KernelRoots
+from remediator.records import PRIORITY_ERR, Record, RecordType
 from remediator.settings import Settings
 
 
@@ -56,8 +58,11 @@ def build_service(
     executor = Executor(
         roots, store, clock, dry_run=settings.dry_run, retry_budget_sec=settings.write_retry_budget_sec
     )
-    watcher = Watcher(roots, clock, settings.sampling_interval_sec)
     capabilities = probe(roots)
+    # Trigger strings go only into the kernel's own files: a copied tree is sampled (issue 12 item 4).
+    watcher = Watcher(
+        roots, clock, settings.sampling_interval_sec, use_triggers=capabilities.triggers_may_be_armed
+    )
     return Service(
         settings=settings,
         clock=clock,
@@ -104,15 +109,25 @@ def run_service(
         with contextlib.suppress(PidFileError):
             pid_file = write_pid_file(pid_file_path(settings.state_file))
     try:
-        service.start()
+        try:
+            service.start()
+        except StartRefused as exc:
+            record = Record(
+                RecordType.DAEMON_STOPPING,
+                f"refusing to start: {exc}",
+                result="refused",
+                priority=PRIORITY_ERR,
+            )
+            service.emit(record)
+            if not isinstance(service.writer, (StderrWriter, JsonLinesWriter)):
+                print(f"remediator: refusing to start: {exc}", file=sys.stderr)
+            return 1
         if once:
             service.run_once(settle_sec=max(1.0, settings.sampling_interval_sec))
-            # Before the close, so the file shows what this pass watched.
-            service.write_metrics_now()
-            service.watcher.close()
-            return 0
-        while not service.stopping:
-            service.step()
+        else:
+            while not service.stopping:
+                service.step()
+        # --once too: what the policies restore on exit is restored, and the stop is recorded.
         service.shutdown()
         return 0
     finally:

@@ -29,12 +29,16 @@ from remediator.core.decide import (
     note_outcome,
     on_exit,
 )
+from remediator.daemon.coalesce import RecordCoalescer
 from remediator.daemon.discovery import desired_targets
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import RecordWriter
+from remediator.daemon.last_valid import LastValidPolicies, PoliciesNotKept, kept_directory
 from remediator.daemon.metrics_feed import MetricsFeed, annotate
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service_records import (
+    degraded_record,
+    not_kept_record,
     policy_records,
     rejected_on_reload,
     restart_only_changes,
@@ -42,7 +46,7 @@ from remediator.daemon.service_records import (
     watch_record,
 )
 from remediator.daemon.watcher import Fired, Gone, SampleDue, WatchChange, Watcher
-from remediator.errors import CgroupGone, KernelError, KernelParseError
+from remediator.errors import CgroupGone, KernelError, KernelParseError, RemediatorError
 from remediator.identity import Identity, IdentityResolver, parse_cgroup
 from remediator.kernel.capabilities import Capabilities
 from remediator.kernel.roots import KernelRoots
@@ -54,6 +58,11 @@ from remediator.readings import CgroupSnapshot, NodeSnapshot
 from remediator.records import Record, RecordType
 from remediator.settings import Settings, SettingsError
 from remediator.text import plural
+
+
+class StartRefused(RemediatorError):
+    """The policy directory is invalid and no valid set was ever kept: running part of it would
+    silently unprotect what the invalid part protected."""
 
 
 class PolicyLoader(Protocol):
@@ -120,6 +129,9 @@ class Service:
     _next_watchdog: Optional[float] = None
     _stop: bool = False
     _reload: bool = False
+    coalescer: RecordCoalescer = field(default_factory=RecordCoalescer)
+    # Why the service runs the last valid set instead of the directory's ("" when it does not).
+    _degraded: str = ""
 
     @property
     def roots(self) -> KernelRoots:
@@ -138,9 +150,19 @@ class Service:
         if self.dry_run and not record.dry_run:
             record = replace(record, dry_run=True)
         record = annotate(record, self.identify)
-        self.writer.write(record)
         if self.metrics is not None:
-            self.metrics.observe(record)
+            self.metrics.observe(record)  # every record counts, coalesced or not
+        for admitted in self.coalescer.admit(record, self.clock.monotonic()):
+            self.writer.write(admitted)
+
+    def flush_held_records(self) -> None:
+        """Write the counts of every coalesced kind now (stop; a replay's end)."""
+        self._write_held(self.coalescer.flush(self.clock.monotonic()))
+
+    def _write_held(self, records: Sequence[Record]) -> None:
+        """Summaries of coalesced records (already annotated and counted)."""
+        for record in records:
+            self.writer.write(record)
 
     def emit_all(self, records: Sequence[Record]) -> None:
         for r in records:
@@ -178,7 +200,7 @@ class Service:
             self.settings.policies_dir, allow_untrusted=self.settings.insecure_allow_untrusted_files
         )
         self.emit_all(policy_records(policy_set))
-        self.install_policies(policy_set)
+        self.install_policies(self._policies_to_run(policy_set))
         self.emit_all(self.executor.recover())
         self.rescan()
         interval = self.notifier.watchdog_interval_sec()
@@ -186,13 +208,47 @@ class Service:
         self._next_watchdog = now + interval if interval else None
         self.notifier.ready(self.status_text())
 
+    def _policies_to_run(self, policy_set: PolicySet) -> PolicySet:
+        """The reload's rule at start too: an invalid set never replaces a valid one.
+
+        A valid set runs and is kept (not in dry-run: it writes nothing); an
+        invalid one is replaced by the last kept set (DEGRADED), or the start
+        is refused when none was ever kept.
+        """
+        keeper = LastValidPolicies(kept_directory(self.settings.state_file))
+        if not policy_set.issues:
+            self._keep(policy_set)
+            return policy_set
+        first = str(policy_set.issues[0])
+        kept = keeper.load(allow_untrusted=self.settings.insecure_allow_untrusted_files)
+        if kept is None:
+            raise StartRefused(
+                f"{plural(len(policy_set.issues), 'invalid policy setting', 'invalid policy settings')} "
+                f"(first: {first}) and no last valid policy set under {keeper.directory}: refusing to "
+                "start, because running the valid part would leave what the rest protects unprotected"
+            )
+        self._degraded = f"DEGRADED: running the last valid policies; {first}"
+        self.emit(degraded_record(self._degraded, keeper.directory, kept))
+        return kept
+
+    def _keep(self, policy_set: PolicySet) -> None:
+        """A valid set runs: it is the fallback of the next start from now on."""
+        self._degraded = ""
+        if self.dry_run:
+            return  # dry-run writes nothing, not even this copy
+        try:
+            LastValidPolicies(kept_directory(self.settings.state_file)).keep(policy_set.files)
+        except PoliciesNotKept as exc:
+            self.emit(not_kept_record(exc))
+
     def status_text(self) -> str:
         stats = self.watcher.stats()
         mode = "dry-run" if self.dry_run else "enforcing"
-        return (
+        running = (
             f"{mode}: {plural(len(self.policies), 'policy', 'policies')}, watching "
             f"{plural(stats.armed, 'target')} by PSI trigger, {stats.sampling} by sampling"
         )
+        return f"{self._degraded} ({running})" if self._degraded else running
 
     # ---- watching ------------------------------------------------------
     def _report_change(self, change: WatchChange) -> None:
@@ -237,6 +293,7 @@ class Service:
             )
             return
         changes = self.watcher.sync(desired)
+        self.emit_all(self.executor.forget_gone_cgroups())
         # Every new trigger is armed by now: say so for all of them before the baseline reads, which
         # for a burst of new cgroups take longer than the arming (the cost benchmark's pick-up).
         for change in changes:
@@ -361,6 +418,7 @@ class Service:
             self.notifier.watchdog()
             interval = self.notifier.watchdog_interval_sec() or 0.0
             self._next_watchdog = now + interval if interval else None
+        self._write_held(self.coalescer.due(now))
         if self.metrics is not None:
             record = self.metrics.write_if_due(self._refresh_metrics)
             if record is not None:
@@ -411,6 +469,7 @@ class Service:
         self._apply_settings(new_settings)
         old = self.policies
         self.install_policies(policy_set)
+        self._keep(policy_set)
         dropped = {
             name: p for name, p in old.items() if name not in self.policies or self.policies[name] != p
         }
@@ -441,11 +500,13 @@ class Service:
         self.settings = new_settings
 
     def shutdown(self) -> None:
+        """Give back what the policies want restored on exit, then stop: the end of a run and of --once."""
         self.notifier.stopping()
         self.apply(on_exit(self.policies, self.state, self.clock.monotonic()), None)
+        self.flush_held_records()
+        self.write_metrics_now()  # before the watcher closes: the file shows what was watched
         self.watcher.close()
         self.emit(Record(RecordType.DAEMON_STOPPING, "remediator stopping", result="stopped"))
-        self.write_metrics_now()
 
     def run_once(self, settle_sec: float) -> None:
         """Observe every target twice, ``settle_sec`` apart, so rates can be measured; then decide once."""

@@ -14,7 +14,7 @@ from remediator.core.state import TargetKey
 from remediator.daemon.watcher import WatchChange
 from remediator.located.issues import PolicyIssue
 from remediator.policy.loader import PolicySet
-from remediator.records import PRIORITY_DEBUG, PRIORITY_WARNING, Record, RecordType
+from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, PRIORITY_WARNING, Record, RecordType
 from remediator.settings import Settings
 
 # Settings a reload cannot apply: the kernel roots, the mode, and what the writer, the state store,
@@ -53,6 +53,30 @@ def policy_records(policy_set: PolicySet) -> List[Record]:
         for p in policy_set.policies
     )
     return out
+
+
+def degraded_record(status: str, kept_in: Path, kept: PolicySet) -> Record:
+    """The start found the policy directory invalid and runs the last valid set instead."""
+    names = ", ".join(p.name for p in kept.policies)
+    return Record(
+        RecordType.POLICY_REJECTED,
+        f"{status}; the policy directory is invalid, so the last valid set kept in {kept_in} runs "
+        f"instead ({names}); fix the directory and reload",
+        result="degraded",
+        priority=PRIORITY_ERR,
+        extra={"KEPT_POLICIES": str(kept_in)},
+    )
+
+
+def not_kept_record(exc: Exception) -> Record:
+    """The valid set runs, but its copy could not be kept: the next start has no fallback."""
+    return Record(
+        RecordType.STATE_UNWRITABLE,
+        f"the running policy set could not be kept as the last valid one ({exc}); a start with an "
+        "invalid policy directory would then refuse to run",
+        result="failed",
+        priority=PRIORITY_WARNING,
+    )
 
 
 def rejected_on_reload(issue: PolicyIssue, settings: bool) -> Record:

@@ -274,6 +274,8 @@ class _Replay:
                 )
             self._step()
         self.result.end_t = end_t
+        # What the daemon holds back as repeats it writes as counts at its stop: so does the replay.
+        self.service.flush_held_records()
         return self._finish()
 
     def _finish(self) -> ReplayResult:

@@ -24,7 +24,7 @@ from remediator.clock import FakeClock
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
 from remediator.daemon.notify import Notifier
-from remediator.daemon.service import Service
+from remediator.daemon.service import Service, StartRefused
 from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
@@ -369,7 +369,9 @@ def run_rig(tmp_path: Path, policies: Path) -> Iterator[RunRig]:
 
 
 def test_run_rejects_an_untrusted_policy_with_a_record_and_watches_nothing_for_it(run_rig: RunRig) -> None:
-    run_rig.service.start()
+    # No valid set was ever run here, so there is none to fall back to: the start is refused.
+    with pytest.raises(StartRefused, match="no last valid policy set"):
+        run_rig.service.start()
 
     [rejected] = run_rig.of(RecordType.POLICY_REJECTED)
     assert "policies.d/web.yaml:1:1: (file): not trusted: " in rejected
@@ -412,3 +414,30 @@ def test_copied_policies_keep_their_trusted_modes(tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(REPO / "policies", copy)
     assert issue_lines(copy) == []
+
+
+def test_a_start_with_an_invalid_policy_runs_the_last_valid_set_degraded(
+    tmp_path: Path, policies: Path
+) -> None:
+    first = RunRig(tmp_path / "first", policies)
+    first.service.start()  # a valid set runs, and is kept
+    first.service.watcher.close()
+    first.triggers.close()
+    kept_dir = tmp_path / "first" / "run" / "last-valid-policies"
+    assert sorted(p.name for p in kept_dir.iterdir()) == ["web.yaml"]
+
+    (policies / "web.yaml").chmod(0o666)  # now the directory's set is invalid
+    again = RunRig(tmp_path / "first", policies)
+    again.service.start()
+    try:
+        [degraded] = [m for m in again.of(RecordType.POLICY_REJECTED) if "DEGRADED" in m]
+        assert "last valid set kept in" in degraded
+        assert again.of(RecordType.POLICY_LOADED) == []  # the directory's records: nothing loaded from it
+        assert again.service.status_text().startswith(
+            "DEGRADED: running the last valid policies; policies.d/web.yaml:1:1: (file): not trusted"
+        )
+        assert list(again.service.policies) == ["web"]
+        assert again.triggers.live("system.slice/web.service") != []
+    finally:
+        again.service.watcher.close()
+        again.triggers.close()

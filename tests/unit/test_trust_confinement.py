@@ -281,6 +281,8 @@ KNOWN_WRITERS = {
     "remediator/daemon/pid_file.py": "the PID file (O_EXCL temporary, renamed)",
     "remediator/trace/writer.py": "a trace the operator asked for (O_EXCL)",
     "remediator/cli.py": "stdout re-pointed at /dev/null on EPIPE",
+    "remediator/daemon/last_valid.py": "the last valid policy set, kept beside the state",
+    "remediator/replay/tree.py": "a replay's private temporary tree",
 }
 _WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"}
 _WRITE_CALLS = {"write_text", "write_bytes", "ftruncate", "truncate"}
