@@ -14,6 +14,9 @@ from typing import Optional, Union
 
 from remediator.records import Record
 
+# Extra record field (REMEDIATOR_FOLLOW_UP=1) on a reclaim taken as a follow-up, not for a pressure.
+FOLLOW_UP_FIELD = "FOLLOW_UP"
+
 
 @dataclass(frozen=True)
 class Reclaim:

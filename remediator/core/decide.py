@@ -84,72 +84,47 @@ key it was limited by): ``core/reasons.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Mapping, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from remediator.core.actions import (
+    FOLLOW_UP_FIELD,
     Action,
     Reclaim,
-    ReleaseOwnership,
-    RestoreMemoryHigh,
-    RestoreSysctl,
     SetMemoryHigh,
     SetSysctl,
 )
 from remediator.core.ladder import (
     VFS_CACHE_PRESSURE,
-    RungContext,
     RungDecline,
     RungTake,
-    describe_target,
     evaluate_rung,
     failed_condition,
     format_share,
 )
-from remediator.core.reasons import reason_fields
+from remediator.core.measure import stall_text
 from remediator.core.state import (
-    ChangedValue,
     CoreConfig,
     CoreState,
-    NodeState,
     Observation,
     PendingRung,
     ProposedSysctl,
     ProposedWrite,
-    TargetKey,
-    TargetState,
-    initial_state,
 )
-from remediator.diagnosis.composition import compose
+from remediator.core.turn import TurnBase
 from remediator.policy.compiled import (
     NODE_WIDE_KINDS,
     ActionSpec,
     Policy,
     ReclaimAction,
     ReclaimFollowUp,
-    TriggerSpec,
 )
-from remediator.readings import CgroupSnapshot, NodeSnapshot
-from remediator.records import Knob, Record, RecordType, evidence_from
+from remediator.readings import CgroupSnapshot
+from remediator.records import Record, RecordType
 from remediator.sizes import format_bytes
 
-__all__ = [
-    "DECLINE_RECORD_INTERVAL_SEC",
-    "CoreConfig",
-    "CoreState",
-    "Decision",
-    "Measurement",
-    "Observation",
-    "TargetKey",
-    "decide",
-    "forget",
-    "initial_state",
-    "measure",
-    "note_outcome",
-    "on_exit",
-]
+__all__ = ["Decision", "decide", "follow_up_rung"]
 
 HOUR_SEC = 3600.0
-DECLINE_RECORD_INTERVAL_SEC = 60.0
 # Floor for the re-check interval of an open episode, so a policy with a
 # tiny verify_sec cannot make the watcher spin.
 MIN_RECHECK_SEC = 1.0
@@ -158,15 +133,6 @@ MIN_RECHECK_SEC = 1.0
 # tail of an episode long gone; the new stall may only be starting, and the kernel's next event
 # comes a whole window later (one per window). Measured: 1 of 30 reactions a window (2.08 s) late.
 UNCONFIRMED_RECHECK_WINDOW_SHARE = 0.25
-MEMORY_HIGH_FILE = "memory.high"
-
-# Executor outcomes that mean the value is now (or, in dry-run, would be) in the kernel.
-_WRITTEN = frozenset({"applied", "partial"})
-# Extra record field (REMEDIATOR_FOLLOW_UP=1) on a reclaim taken as a follow-up, not for a pressure.
-FOLLOW_UP_FIELD = "FOLLOW_UP"
-_SIMULATED = "would"
-# A failed restore leaves the value ours: asked again at the next calm observation.
-_RESTORE_RETRY = "failed"
 
 
 @dataclass(frozen=True)
@@ -178,210 +144,9 @@ class Decision:
     wakeup_at: Optional[float]
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """What one observation says about stall, relative to the previous one."""
-
-    total_us: int
-    delta_us: Optional[int]  # None: no usable baseline (first observation, counter reset)
-    interval_sec: float
-    stall_rate: Optional[float]  # share of wall time stalled over the interval; None if interval <= 0
-    pressured: Optional[bool]  # None: no information (baseline, unconfirmed event, zero interval)
-    fired: bool = False  # judged as a kernel trigger event (delta >= stall_us), not as a rate
-    # A fired event: the stall the kernel can have counted for it (from our looks, see
-    # window_stall_bound_us) and over how many seconds back that figure reaches.
-    event_stall_us: Optional[int] = None
-    event_span_sec: Optional[float] = None
-
-
-def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: float) -> Measurement:
-    """Step 1 of the module docstring."""
-    line = obs.snapshot.pressure.line(trigger.kind)
-    total = line.total_us if line is not None else 0
-    if target.last_total_us is None or target.last_at is None or total < target.last_total_us:
-        # No baseline yet, or the counter went backwards (the cgroup was recreated).
-        return Measurement(total, None, 0.0, None, None)
-    delta = total - target.last_total_us
-    interval = now - target.last_at
-    rate = delta / (interval * 1e6) if interval > 0 else None
-    pressured: Optional[bool]
-    if obs.fired:
-        event_stall_us, since = window_stall_bound_us(trigger, target, total, now)
-        pressured = True if event_stall_us >= trigger.stall_us else None
-        return Measurement(
-            total,
-            delta,
-            interval,
-            rate,
-            pressured,
-            True,
-            event_stall_us,
-            None if since is None else now - since,
-        )
-    pressured = None if rate is None else rate >= trigger.threshold_fraction
-    return Measurement(total, delta, interval, rate, pressured)
-
-
-# How many trigger windows back the kernel's trigger growth reaches (the current one + the previous).
-KERNEL_HISTORY_WINDOWS = 2
-
-
-def window_stall_bound_us(
-    trigger: TriggerSpec, target: TargetState, total_us: int, now: float
-) -> Tuple[int, Optional[float]]:
-    """The most stall the kernel's trigger can have counted for an event now, from our own looks,
-    and the time of the look it is counted from (None: no look to count from, stall 0).
-
-    The kernel's growth is the stall since its window began (at most one window ago) plus a share
-    of the previous window's growth (kernel/sched/psi.c window_update), so it counts stall from
-    as far back as two windows. The newest look at or before ``now - 2 x window`` (else the oldest
-    we have: the baseline taken when the trigger was armed, before which it saw nothing) bounds
-    that from below. An event whose bound is under stall_us cannot be the kernel's threshold
-    crossing (spurious, e.g. right after arming). Measuring only since the last look rejected real
-    events whose window began before a recent look: the daemon acted one window late.
-    """
-    window_start = now - KERNEL_HISTORY_WINDOWS * trigger.window_us / 1e6
-    looks = target.recent_looks or (
-        ((target.last_at, target.last_total_us),)
-        if target.last_at is not None and target.last_total_us is not None
-        else ()
-    )
-    base: Optional[Tuple[float, int]] = None
-    for at, total in looks:  # oldest first
-        if base is None or at <= window_start:
-            base = (at, total)
-    return (total_us - base[1], base[0]) if base is not None else (0, None)
-
-
-def remember_look(
-    trigger: TriggerSpec, looks: Tuple[Tuple[float, int], ...], now: float, total_us: int
-) -> Tuple[Tuple[float, int], ...]:
-    """``looks`` plus this one, pruned to what ``window_stall_bound_us`` can still use."""
-    window_start = now - KERNEL_HISTORY_WINDOWS * trigger.window_us / 1e6
-    kept = (*looks, (now, total_us))
-    older = [i for i, (at, _) in enumerate(kept) if at <= window_start]
-    return kept[older[-1] :] if older else kept
-
-
-def stall_text(trigger: TriggerSpec, m: Measurement) -> str:
-    """The measured stall vs the policy's threshold, for messages."""
-    threshold = format_share(trigger.threshold_fraction)
-    if m.delta_us is None or m.stall_rate is None:
-        return f"{trigger.kind} stall unknown (threshold {threshold})"
-    if m.fired and m.event_stall_us is not None and m.event_span_sec is not None:
-        # The figure the event was confirmed by, in the trigger's own terms (stall within a span
-        # of windows): the stall since the last look alone can be below the threshold the kernel
-        # crossed (a window that began before a recent look), and an average over a long gap
-        # understates it.
-        return (
-            f"PSI trigger fired: {trigger.kind} stall {m.event_stall_us / 1000:.0f} ms within the last "
-            f"{m.event_span_sec * 1000:.0f} ms (trigger: {trigger.stall_us // 1000} ms within "
-            f"{trigger.window_us // 1000} ms)"
-        )
-    return (
-        f"{trigger.kind} stall {m.delta_us / 1000:.0f} ms in the last {m.interval_sec:.1f} s = "
-        f"{format_share(m.stall_rate)} (threshold {threshold} = {trigger.stall_us} us per "
-        f"{trigger.window_us} us)"
-    )
-
-
-class _Turn:
-    """One decision in progress. Rebinds (never mutates) immutable state values."""
-
-    def __init__(
-        self, policy: Policy, state: CoreState, obs: Observation, now: float, config: CoreConfig
-    ) -> None:
-        self.policy = policy
-        self.state = state
-        self.obs = obs
-        self.key = obs.key
-        self.now = now
-        self.config = config
-        previous = state.target(obs.key)
-        self.m = measure(policy.trigger, previous, obs, now)
-        # A new baseline (first look, counter reset) starts the history afresh.
-        looks = previous.recent_looks if self.m.delta_us is not None else ()
-        self.target = replace(
-            previous,
-            last_total_us=self.m.total_us,
-            last_at=now,
-            recent_looks=remember_look(policy.trigger, looks, now, self.m.total_us),
-            last_snapshot=obs.snapshot,
-        )
-        self.node: NodeState = state.node
-        self.evidence = evidence_from(obs.snapshot, self.m.delta_us)
-        self.actions: List[Action] = []
-        self.records: List[Record] = []
-        self._context: Optional[RungContext] = None
-
-    # ------------------------------------------------------------ helpers
-
-    @property
-    def node_readings(self) -> Optional[NodeSnapshot]:
-        if self.obs.node is not None:
-            return self.obs.node
-        return self.obs.snapshot if isinstance(self.obs.snapshot, NodeSnapshot) else None
-
-    @property
-    def where(self) -> str:
-        return describe_target(self.key.cgroup)
-
-    def _record(self, record_type: RecordType, message: str, action: Optional[Knob] = None) -> Record:
-        return Record(
-            type=record_type,
-            message=message,
-            policy=self.policy.name,
-            cgroup=self.key.cgroup,
-            action=action,
-            evidence=self.evidence,
-        )
-
-    def _decline(
-        self, reason: str, message: str, action: Optional[Knob] = None, rung: Optional[int] = None
-    ) -> None:
-        last = self.target.declined_at.get(reason)
-        if last is not None and self.now - last < DECLINE_RECORD_INTERVAL_SEC:
-            return
-        self.target = self.target.with_declined(reason, self.now, DECLINE_RECORD_INTERVAL_SEC)
-        extra = reason_fields(reason)
-        if rung is not None:
-            extra["RUNG"] = str(rung)
-        self.records.append(
-            Record(
-                type=RecordType.ACTION_DECLINED,
-                message=message,
-                policy=self.policy.name,
-                cgroup=self.key.cgroup,
-                action=action,
-                result="declined",
-                evidence=self.evidence,
-                extra=extra,
-            )
-        )
-
-    def _owns_vfs(self) -> bool:
-        return self.node.vfs_owner == self.key and self.node.vfs_cache_pressure is not None
-
-    def _rung_context(self) -> RungContext:
-        if self._context is None:
-            snapshot = self.obs.snapshot
-            composition = compose(snapshot, self.obs.node) if isinstance(snapshot, CgroupSnapshot) else None
-            owner = self.node.vfs_owner
-            self._context = RungContext(
-                policy=self.policy,
-                key=self.key,
-                snapshot=snapshot,
-                node=self.node_readings,
-                composition=composition,
-                reclaim_supported=self.obs.reclaim_supported,
-                evidence=self.evidence,
-                stall_text=stall_text(self.policy.trigger, self.m),
-                owned_memory_high=self.target.memory_high,
-                memory_high_barred=self.target.memory_high_barred,
-                owned_vfs=self.node.vfs_cache_pressure if self._owns_vfs() else None,
-                vfs_owned_elsewhere=owner if owner is not None and owner != self.key else None,
-            )
-        return self._context
+class _Turn(TurnBase):
+    """One decision in progress: the episode, the ladder and the wake-up (steps 2-5, 9, 10).
+    Rebinds (never mutates) immutable state values."""
 
     # ------------------------------------------------------------ the turn
 
@@ -397,100 +162,6 @@ class _Turn:
         elif self.m.pressured is False:
             self._on_calm()
             self._follow_up()
-
-    def _restore_orphaned_vfs(self) -> None:
-        """vm.vfs_cache_pressure raised for a cgroup that is gone (forgotten) has nobody
-        left to roll it back when calm returns: restore it now rather than leave the node changed."""
-        owner = self.node.vfs_owner
-        owned = self.node.vfs_cache_pressure
-        if owner is None or owned is None or owned.restore_requested:
-            return
-        if owner == self.key or owner in self.state.targets:
-            return
-        node = self.node_readings
-        cause = Record(
-            type=RecordType.ROLLED_BACK,
-            message=(
-                f"restore vm.vfs_cache_pressure to {owned.before} (ours: {owned.ours}): "
-                f"{describe_target(owner.cgroup)}, whose pressure raised it, is gone"
-            ),
-            policy=owner.policy,
-            cgroup=owner.cgroup,
-            action=VFS_CACHE_PRESSURE,
-            evidence=evidence_from(node) if node is not None else {},
-        )
-        self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=owned.ours, cause=cause))
-        self.node = replace(self.node, vfs_cache_pressure=replace(owned, restore_requested=True))
-
-    def _check_other_writers(self) -> None:
-        snapshot = self.obs.snapshot
-        owned = self.target.memory_high
-        if (
-            owned is not None
-            and not owned.restore_requested
-            and isinstance(snapshot, CgroupSnapshot)
-            and snapshot.high_bytes != owned.expected
-        ):
-            cause = self._record(
-                RecordType.STOOD_BACK,
-                f"memory.high of {self.where} changed from {format_bytes(owned.expected)} to "
-                f"{format_bytes(snapshot.high_bytes)} by another writer; releasing it, not restoring",
-                Knob.MEMORY_HIGH,
-            )
-            self.actions.append(ReleaseOwnership(cgroup=snapshot.cgroup, file=MEMORY_HIGH_FILE, cause=cause))
-            self.target = replace(self.target, memory_high=None, proposed_memory_high=None)
-        vfs = self.node.vfs_cache_pressure
-        node = self.node_readings
-        if (
-            self._owns_vfs()
-            and vfs is not None
-            and not vfs.restore_requested
-            and node is not None
-            and node.vfs_cache_pressure is not None
-            and node.vfs_cache_pressure != vfs.expected
-        ):
-            cause = self._record(
-                RecordType.STOOD_BACK,
-                f"vm.vfs_cache_pressure changed from {vfs.expected} to {node.vfs_cache_pressure} "
-                "by another writer; releasing it, not restoring",
-                VFS_CACHE_PRESSURE,
-            )
-            self.actions.append(ReleaseOwnership(cgroup=None, file=VFS_CACHE_PRESSURE, cause=cause))
-            self.node = replace(self.node, vfs_owner=None, vfs_cache_pressure=None, proposed_vfs=None)
-
-    def _check_self_throttling(self) -> None:
-        snapshot = self.obs.snapshot
-        owned = self.target.memory_high
-        if owned is None or owned.restore_requested or owned.events_high_at_write is None:
-            return
-        if owned.stall_baseline is None or not isinstance(snapshot, CgroupSnapshot):
-            return
-        # Judged like the rung (at its verify time) and over all of the time since: an observation
-        # moments after the write (a trigger event right behind it) has an interval of milliseconds
-        # whose rate says nothing, and backing off on it undid good clamps (the packaging VM test).
-        decided_at, total_then = owned.stall_baseline
-        since = self.now - decided_at
-        stalled_us = self.m.total_us - total_then
-        if since < self.policy.verify_sec or since <= 0 or stalled_us < 0:
-            return
-        rate = stalled_us / (since * 1e6)
-        # The cgroup's own counter: a child breaching its own memory.high is not our clamp throttling.
-        if snapshot.own_high_events <= owned.events_high_at_write or rate <= owned.stall_rate_at_write:
-            return
-        cause = self._record(
-            RecordType.BACKED_OFF,
-            # A lower-case verb phrase: the executor prefixes "would " in dry-run.
-            f"restore memory.high of {self.where} to {format_bytes(owned.before)}: our "
-            f"{format_bytes(owned.ours)} is throttling it (memory.events.local high rose from "
-            f"{owned.events_high_at_write} to {snapshot.own_high_events} and the stall rate from "
-            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); "
-            f"not lowering memory.high again before {self.policy.rollback.calm_sec:g} s of calm",
-            Knob.MEMORY_HIGH,
-        )
-        self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
-        self.target = replace(
-            self.target, memory_high=replace(owned, restore_requested=True), memory_high_barred=True
-        )
 
     def _calm_lasted(self) -> bool:
         calm_since = self.target.calm_since
@@ -698,37 +369,7 @@ class _Turn:
             self.node = replace(self.node, proposed_vfs=proposal)
         self.target = target
 
-    def _roll_back(self) -> None:
-        calm = f"pressure stayed below the threshold for {self.policy.rollback.calm_sec:g} s"
-        owned = self.target.memory_high
-        snapshot = self.obs.snapshot
-        if owned is not None and not owned.restore_requested and isinstance(snapshot, CgroupSnapshot):
-            cause = self._record(
-                RecordType.ROLLED_BACK,
-                f"restore memory.high of {self.where} to {format_bytes(owned.before)} "
-                f"(ours: {format_bytes(owned.ours)}): {calm}",
-                Knob.MEMORY_HIGH,
-            )
-            self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
-            self.target = replace(self.target, memory_high=replace(owned, restore_requested=True))
-        vfs = self.node.vfs_cache_pressure
-        if self._owns_vfs() and vfs is not None and not vfs.restore_requested:
-            cause = self._record(
-                RecordType.ROLLED_BACK,
-                f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}): {calm}",
-                VFS_CACHE_PRESSURE,
-            )
-            self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause))
-            self.node = replace(self.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
-
     # ------------------------------------------------------------ result
-
-    def _owns_anything(self) -> bool:
-        owned = self.target.memory_high
-        vfs = self.node.vfs_cache_pressure
-        return (owned is not None and not owned.restore_requested) or (
-            self._owns_vfs() and vfs is not None and not vfs.restore_requested
-        )
 
     def _wakeup(self) -> Optional[float]:
         """Step 9 of the module docstring."""
@@ -805,158 +446,3 @@ def decide(policy: Policy, state: CoreState, obs: Observation, now: float, confi
     turn = _Turn(policy, state, obs, now, config)
     turn.run()
     return turn.decision()
-
-
-def note_outcome(state: CoreState, action: Action, result: str, now: float) -> CoreState:
-    """Executor feedback for one action of a Decision.
-
-    ``result`` is one of applied, would (dry-run), partial, declined, failed,
-    stood_back, gone, restored, not_restored.
-
-    - SetMemoryHigh / SetSysctl(vfs_cache_pressure): applied or partial (the
-      value was written) makes the target own the value; would does the same
-      but marks it simulated (the kernel still holds the old value, and the
-      other-writer check compares with that). Anything else takes no ownership.
-    - RestoreMemoryHigh / RestoreSysctl: drops ownership, except failed (the
-      value is still ours, so the restore is asked again at the next calm
-      observation that finds the calm period complete).
-    - Reclaim, drop_caches, ReleaseOwnership: nothing to remember.
-    """
-    if isinstance(action, SetMemoryHigh):
-        return _note_memory_high_write(state, action, result, now)
-    if isinstance(action, RestoreMemoryHigh):
-        key = TargetKey(action.cause.policy, action.cgroup)
-        target = state.targets.get(key)
-        if target is None or target.memory_high is None:
-            return state
-        owned = target.memory_high
-        memory_high = replace(owned, restore_requested=False) if result == _RESTORE_RETRY else None
-        return state.with_target(key, replace(target, memory_high=memory_high))
-    if (
-        isinstance(action, Reclaim)
-        and action.cause.extra.get(FOLLOW_UP_FIELD) == "1"
-        and result not in _WRITTEN
-    ):
-        # A follow-up that reclaimed nothing (dry-run's "would", refused, failed) changes nothing the
-        # next look could see: asking again every every_sec would only repeat the record.
-        key = TargetKey(action.cause.policy, action.cgroup)
-        target = state.targets.get(key)
-        return state if target is None else state.with_target(key, replace(target, follow_up_since=None))
-    if isinstance(action, SetSysctl) and action.name == VFS_CACHE_PRESSURE:
-        return _note_vfs_write(state, action, result, now)
-    if isinstance(action, RestoreSysctl) and action.name == VFS_CACHE_PRESSURE:
-        vfs = state.node.vfs_cache_pressure
-        if vfs is None:
-            return state
-        if result == _RESTORE_RETRY:
-            return state.with_node(
-                replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=False))
-            )
-        return state.with_node(replace(state.node, vfs_owner=None, vfs_cache_pressure=None))
-    return state
-
-
-def _note_memory_high_write(state: CoreState, action: SetMemoryHigh, result: str, now: float) -> CoreState:
-    key = TargetKey(action.cause.policy, action.cgroup)
-    target = state.targets.get(key)
-    if target is None:
-        return state
-    proposal = target.proposed_memory_high
-    target = replace(target, proposed_memory_high=None)
-    if action.value is None or not (result in _WRITTEN or result == _SIMULATED):
-        return state.with_target(key, target)
-    previous = target.memory_high
-    owned = ChangedValue(
-        ours=action.value,
-        # A second, lower write keeps the original of the first one.
-        before=previous.before if previous is not None else action.expected,
-        simulated=result == _SIMULATED,
-        written_at=now,
-        stall_rate_at_write=proposal.stall_rate if proposal is not None else 0.0,
-        events_high_at_write=proposal.events_high if proposal is not None else None,
-        stall_baseline=proposal.stall_baseline if proposal is not None else None,
-    )
-    return state.with_target(key, replace(target, memory_high=owned))
-
-
-def _note_vfs_write(state: CoreState, action: SetSysctl, result: str, now: float) -> CoreState:
-    proposal = state.node.proposed_vfs
-    node = replace(state.node, proposed_vfs=None)
-    if proposal is None or not (result in _WRITTEN or result == _SIMULATED):
-        return state.with_node(node)
-    owned = ChangedValue(
-        ours=action.value,
-        before=proposal.before,
-        simulated=result == _SIMULATED,
-        written_at=now,
-        stall_rate_at_write=proposal.write.stall_rate,
-        events_high_at_write=None,
-    )
-    return state.with_node(replace(node, vfs_owner=proposal.owner, vfs_cache_pressure=owned))
-
-
-def forget(state: CoreState, key: TargetKey) -> CoreState:
-    """The cgroup is gone: drop everything about the target, with no actions.
-
-    A gone cgroup's memory.high needs no restore. A node-wide value it owns
-    (vm.vfs_cache_pressure) is still changed on the node: it stays recorded
-    and the next decision about any target restores it.
-    """
-    node = state.node
-    if node.proposed_vfs is not None and node.proposed_vfs.owner == key:
-        node = replace(node, proposed_vfs=None)
-    return state.without_target(key).with_node(node)
-
-
-def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Decision:
-    """Restores for every value owned under one of ``policies`` whose rollback.restore_on_exit is set.
-
-    Only the given policies are considered, so the caller picks the scope: all
-    loaded policies at shutdown, or just the removed/changed ones on reload
-    (values owned under other policies are left alone). Restores already in
-    flight are not asked twice. The records are the actions' causes.
-    """
-    actions: List[Action] = []
-    new_state = state
-
-    def wants_restore(policy_name: str) -> bool:
-        policy = policies.get(policy_name)
-        return policy is not None and policy.rollback.restore_on_exit
-
-    for key, target in state.targets.items():
-        owned = target.memory_high
-        if owned is None or owned.restore_requested or key.cgroup is None or not wants_restore(key.policy):
-            continue
-        evidence = evidence_from(target.last_snapshot) if target.last_snapshot is not None else {}
-        cause = Record(
-            type=RecordType.ROLLED_BACK,
-            message=(
-                f"restore memory.high of {describe_target(key.cgroup)} to {format_bytes(owned.before)} "
-                f"(ours: {format_bytes(owned.ours)}) on exit"
-            ),
-            policy=key.policy,
-            cgroup=key.cgroup,
-            action=Knob.MEMORY_HIGH,
-            evidence=evidence,
-        )
-        actions.append(RestoreMemoryHigh(cgroup=key.cgroup, ours=owned.ours, cause=cause))
-        new_state = new_state.with_target(
-            key, replace(target, memory_high=replace(owned, restore_requested=True))
-        )
-    owner = state.node.vfs_owner
-    vfs = state.node.vfs_cache_pressure
-    if owner is not None and vfs is not None and not vfs.restore_requested and wants_restore(owner.policy):
-        last = state.targets[owner].last_snapshot if owner in state.targets else None
-        cause = Record(
-            type=RecordType.ROLLED_BACK,
-            message=f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}) on exit",
-            policy=owner.policy,
-            cgroup=owner.cgroup,
-            action=VFS_CACHE_PRESSURE,
-            evidence=evidence_from(last) if last is not None else {},
-        )
-        actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause))
-        new_state = new_state.with_node(
-            replace(new_state.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
-        )
-    return Decision(state=new_state, actions=tuple(actions), records=(), wakeup_at=None)

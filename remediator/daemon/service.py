@@ -17,18 +17,9 @@ from typing import Callable, Dict, Optional, Protocol, Sequence, Set, Tuple, Uni
 
 from remediator import __version__
 from remediator.clock import Clock
-from remediator.core.decide import (
-    CoreConfig,
-    CoreState,
-    Decision,
-    Observation,
-    TargetKey,
-    decide,
-    forget,
-    initial_state,
-    note_outcome,
-    on_exit,
-)
+from remediator.core.decide import Decision, decide
+from remediator.core.outcomes import forget, note_outcome, on_exit
+from remediator.core.state import CoreConfig, CoreState, Observation, TargetKey, initial_state
 from remediator.daemon.coalesce import RecordCoalescer
 from remediator.daemon.discovery import desired_targets
 from remediator.daemon.executor import Executor

@@ -20,7 +20,8 @@ from remediator.core.actions import (
     SetMemoryHigh,
     SetSysctl,
 )
-from remediator.core.decide import Decision, decide, note_outcome
+from remediator.core.decide import Decision, decide
+from remediator.core.outcomes import note_outcome
 from remediator.core.state import CoreConfig, CoreState, Observation, TargetKey, initial_state
 from remediator.kernel.psi_trigger import StallKind
 from remediator.policy.compiled import (

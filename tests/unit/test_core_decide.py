@@ -15,7 +15,8 @@ from remediator.core.actions import (
     SetMemoryHigh,
     SetSysctl,
 )
-from remediator.core.decide import decide, forget, on_exit
+from remediator.core.decide import decide
+from remediator.core.outcomes import forget, on_exit
 from remediator.core.state import CoreConfig, Observation, TargetKey, initial_state
 from remediator.diagnosis.composition import page_align_down
 from remediator.policy.compiled import Conditions, ReclaimFollowUp

@@ -1,0 +1,189 @@
+"""What the core learns after it decided: executor outcomes, gone cgroups, and the exit.
+
+``note_outcome`` folds an action's result back into the state (a write makes a
+value ours, a restore gives it back); ``forget`` drops a gone cgroup; ``on_exit``
+asks for the restores that policies want at a stop or when a reload drops them.
+Pure, like ``decide``: state in, state (and, for the exit, actions) out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import List, Mapping
+
+from remediator.core.actions import (
+    FOLLOW_UP_FIELD,
+    Action,
+    Reclaim,
+    RestoreMemoryHigh,
+    RestoreSysctl,
+    SetMemoryHigh,
+    SetSysctl,
+)
+from remediator.core.decide import Decision
+from remediator.core.ladder import VFS_CACHE_PRESSURE, describe_target
+from remediator.core.state import ChangedValue, CoreState, TargetKey
+from remediator.policy.compiled import Policy
+from remediator.records import Knob, Record, RecordType, evidence_from
+from remediator.sizes import format_bytes
+
+# Executor outcomes that mean the value is now (or, in dry-run, would be) in the kernel.
+_WRITTEN = frozenset({"applied", "partial"})
+_SIMULATED = "would"
+# A failed restore leaves the value ours: asked again at the next calm observation.
+_RESTORE_RETRY = "failed"
+
+
+def note_outcome(state: CoreState, action: Action, result: str, now: float) -> CoreState:
+    """Executor feedback for one action of a Decision.
+
+    ``result`` is one of applied, would (dry-run), partial, declined, failed,
+    stood_back, gone, restored, not_restored.
+
+    - SetMemoryHigh / SetSysctl(vfs_cache_pressure): applied or partial (the
+      value was written) makes the target own the value; would does the same
+      but marks it simulated (the kernel still holds the old value, and the
+      other-writer check compares with that). Anything else takes no ownership.
+    - RestoreMemoryHigh / RestoreSysctl: drops ownership, except failed (the
+      value is still ours, so the restore is asked again at the next calm
+      observation that finds the calm period complete).
+    - Reclaim, drop_caches, ReleaseOwnership: nothing to remember.
+    """
+    if isinstance(action, SetMemoryHigh):
+        return _note_memory_high_write(state, action, result, now)
+    if isinstance(action, RestoreMemoryHigh):
+        key = TargetKey(action.cause.policy, action.cgroup)
+        target = state.targets.get(key)
+        if target is None or target.memory_high is None:
+            return state
+        owned = target.memory_high
+        memory_high = replace(owned, restore_requested=False) if result == _RESTORE_RETRY else None
+        return state.with_target(key, replace(target, memory_high=memory_high))
+    if (
+        isinstance(action, Reclaim)
+        and action.cause.extra.get(FOLLOW_UP_FIELD) == "1"
+        and result not in _WRITTEN
+    ):
+        # A follow-up that reclaimed nothing (dry-run's "would", refused, failed) changes nothing the
+        # next look could see: asking again every every_sec would only repeat the record.
+        key = TargetKey(action.cause.policy, action.cgroup)
+        target = state.targets.get(key)
+        return state if target is None else state.with_target(key, replace(target, follow_up_since=None))
+    if isinstance(action, SetSysctl) and action.name == VFS_CACHE_PRESSURE:
+        return _note_vfs_write(state, action, result, now)
+    if isinstance(action, RestoreSysctl) and action.name == VFS_CACHE_PRESSURE:
+        vfs = state.node.vfs_cache_pressure
+        if vfs is None:
+            return state
+        if result == _RESTORE_RETRY:
+            return state.with_node(
+                replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=False))
+            )
+        return state.with_node(replace(state.node, vfs_owner=None, vfs_cache_pressure=None))
+    return state
+
+
+def _note_memory_high_write(state: CoreState, action: SetMemoryHigh, result: str, now: float) -> CoreState:
+    key = TargetKey(action.cause.policy, action.cgroup)
+    target = state.targets.get(key)
+    if target is None:
+        return state
+    proposal = target.proposed_memory_high
+    target = replace(target, proposed_memory_high=None)
+    if action.value is None or not (result in _WRITTEN or result == _SIMULATED):
+        return state.with_target(key, target)
+    previous = target.memory_high
+    owned = ChangedValue(
+        ours=action.value,
+        # A second, lower write keeps the original of the first one.
+        before=previous.before if previous is not None else action.expected,
+        simulated=result == _SIMULATED,
+        written_at=now,
+        stall_rate_at_write=proposal.stall_rate if proposal is not None else 0.0,
+        events_high_at_write=proposal.events_high if proposal is not None else None,
+        stall_baseline=proposal.stall_baseline if proposal is not None else None,
+    )
+    return state.with_target(key, replace(target, memory_high=owned))
+
+
+def _note_vfs_write(state: CoreState, action: SetSysctl, result: str, now: float) -> CoreState:
+    proposal = state.node.proposed_vfs
+    node = replace(state.node, proposed_vfs=None)
+    if proposal is None or not (result in _WRITTEN or result == _SIMULATED):
+        return state.with_node(node)
+    owned = ChangedValue(
+        ours=action.value,
+        before=proposal.before,
+        simulated=result == _SIMULATED,
+        written_at=now,
+        stall_rate_at_write=proposal.write.stall_rate,
+        events_high_at_write=None,
+    )
+    return state.with_node(replace(node, vfs_owner=proposal.owner, vfs_cache_pressure=owned))
+
+
+def forget(state: CoreState, key: TargetKey) -> CoreState:
+    """The cgroup is gone: drop everything about the target, with no actions.
+
+    A gone cgroup's memory.high needs no restore. A node-wide value it owns
+    (vm.vfs_cache_pressure) is still changed on the node: it stays recorded
+    and the next decision about any target restores it.
+    """
+    node = state.node
+    if node.proposed_vfs is not None and node.proposed_vfs.owner == key:
+        node = replace(node, proposed_vfs=None)
+    return state.without_target(key).with_node(node)
+
+
+def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Decision:
+    """Restores for every value owned under one of ``policies`` whose rollback.restore_on_exit is set.
+
+    Only the given policies are considered, so the caller picks the scope: all
+    loaded policies at shutdown, or just the removed/changed ones on reload
+    (values owned under other policies are left alone). Restores already in
+    flight are not asked twice. The records are the actions' causes.
+    """
+    actions: List[Action] = []
+    new_state = state
+
+    def wants_restore(policy_name: str) -> bool:
+        policy = policies.get(policy_name)
+        return policy is not None and policy.rollback.restore_on_exit
+
+    for key, target in state.targets.items():
+        owned = target.memory_high
+        if owned is None or owned.restore_requested or key.cgroup is None or not wants_restore(key.policy):
+            continue
+        evidence = evidence_from(target.last_snapshot) if target.last_snapshot is not None else {}
+        cause = Record(
+            type=RecordType.ROLLED_BACK,
+            message=(
+                f"restore memory.high of {describe_target(key.cgroup)} to {format_bytes(owned.before)} "
+                f"(ours: {format_bytes(owned.ours)}) on exit"
+            ),
+            policy=key.policy,
+            cgroup=key.cgroup,
+            action=Knob.MEMORY_HIGH,
+            evidence=evidence,
+        )
+        actions.append(RestoreMemoryHigh(cgroup=key.cgroup, ours=owned.ours, cause=cause))
+        new_state = new_state.with_target(
+            key, replace(target, memory_high=replace(owned, restore_requested=True))
+        )
+    owner = state.node.vfs_owner
+    vfs = state.node.vfs_cache_pressure
+    if owner is not None and vfs is not None and not vfs.restore_requested and wants_restore(owner.policy):
+        last = state.targets[owner].last_snapshot if owner in state.targets else None
+        cause = Record(
+            type=RecordType.ROLLED_BACK,
+            message=f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}) on exit",
+            policy=owner.policy,
+            cgroup=owner.cgroup,
+            action=VFS_CACHE_PRESSURE,
+            evidence=evidence_from(last) if last is not None else {},
+        )
+        actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause))
+        new_state = new_state.with_node(
+            replace(new_state.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
+        )
+    return Decision(state=new_state, actions=tuple(actions), records=(), wakeup_at=None)

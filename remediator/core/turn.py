@@ -1,0 +1,249 @@
+"""One decision in progress, the part that is not the ladder: measurement, records, and the
+guards of what the target owns (``remediator.core.decide`` steps 1, 6, 7 and 8).
+
+``TurnBase`` holds the turn's values (policy, previous state, observation, now),
+words its records, and checks on every look what a target owns: another writer
+took a value over (stand back), our memory.high throttles the cgroup (back off),
+calm lasted (roll back), the owner of vm.vfs_cache_pressure is gone (restore).
+``remediator.core.decide._Turn`` adds the episode and the ladder on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import List, Optional
+
+from remediator.core.actions import Action, ReleaseOwnership, RestoreMemoryHigh, RestoreSysctl
+from remediator.core.ladder import VFS_CACHE_PRESSURE, RungContext, describe_target, format_share
+from remediator.core.measure import measure, remember_look, stall_text
+from remediator.core.reasons import reason_fields
+from remediator.core.state import CoreConfig, CoreState, NodeState, Observation
+from remediator.diagnosis.composition import compose
+from remediator.policy.compiled import Policy
+from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.records import Knob, Record, RecordType, evidence_from
+from remediator.sizes import format_bytes
+
+DECLINE_RECORD_INTERVAL_SEC = 60.0
+MEMORY_HIGH_FILE = "memory.high"
+
+
+class TurnBase:
+    """The turn's values and the guards of what the target owns."""
+
+    def __init__(
+        self, policy: Policy, state: CoreState, obs: Observation, now: float, config: CoreConfig
+    ) -> None:
+        self.policy = policy
+        self.state = state
+        self.obs = obs
+        self.key = obs.key
+        self.now = now
+        self.config = config
+        previous = state.target(obs.key)
+        self.m = measure(policy.trigger, previous, obs, now)
+        # A new baseline (first look, counter reset) starts the history afresh.
+        looks = previous.recent_looks if self.m.delta_us is not None else ()
+        self.target = replace(
+            previous,
+            last_total_us=self.m.total_us,
+            last_at=now,
+            recent_looks=remember_look(policy.trigger, looks, now, self.m.total_us),
+            last_snapshot=obs.snapshot,
+        )
+        self.node: NodeState = state.node
+        self.evidence = evidence_from(obs.snapshot, self.m.delta_us)
+        self.actions: List[Action] = []
+        self.records: List[Record] = []
+        self._context: Optional[RungContext] = None
+
+    @property
+    def node_readings(self) -> Optional[NodeSnapshot]:
+        if self.obs.node is not None:
+            return self.obs.node
+        return self.obs.snapshot if isinstance(self.obs.snapshot, NodeSnapshot) else None
+
+    @property
+    def where(self) -> str:
+        return describe_target(self.key.cgroup)
+
+    def _record(self, record_type: RecordType, message: str, action: Optional[Knob] = None) -> Record:
+        return Record(
+            type=record_type,
+            message=message,
+            policy=self.policy.name,
+            cgroup=self.key.cgroup,
+            action=action,
+            evidence=self.evidence,
+        )
+
+    def _decline(
+        self, reason: str, message: str, action: Optional[Knob] = None, rung: Optional[int] = None
+    ) -> None:
+        last = self.target.declined_at.get(reason)
+        if last is not None and self.now - last < DECLINE_RECORD_INTERVAL_SEC:
+            return
+        self.target = self.target.with_declined(reason, self.now, DECLINE_RECORD_INTERVAL_SEC)
+        extra = reason_fields(reason)
+        if rung is not None:
+            extra["RUNG"] = str(rung)
+        self.records.append(
+            Record(
+                type=RecordType.ACTION_DECLINED,
+                message=message,
+                policy=self.policy.name,
+                cgroup=self.key.cgroup,
+                action=action,
+                result="declined",
+                evidence=self.evidence,
+                extra=extra,
+            )
+        )
+
+    def _owns_vfs(self) -> bool:
+        return self.node.vfs_owner == self.key and self.node.vfs_cache_pressure is not None
+
+    def _rung_context(self) -> RungContext:
+        if self._context is None:
+            snapshot = self.obs.snapshot
+            composition = compose(snapshot, self.obs.node) if isinstance(snapshot, CgroupSnapshot) else None
+            owner = self.node.vfs_owner
+            self._context = RungContext(
+                policy=self.policy,
+                key=self.key,
+                snapshot=snapshot,
+                node=self.node_readings,
+                composition=composition,
+                reclaim_supported=self.obs.reclaim_supported,
+                evidence=self.evidence,
+                stall_text=stall_text(self.policy.trigger, self.m),
+                owned_memory_high=self.target.memory_high,
+                memory_high_barred=self.target.memory_high_barred,
+                owned_vfs=self.node.vfs_cache_pressure if self._owns_vfs() else None,
+                vfs_owned_elsewhere=owner if owner is not None and owner != self.key else None,
+            )
+        return self._context
+
+    def _restore_orphaned_vfs(self) -> None:
+        """vm.vfs_cache_pressure raised for a cgroup that is gone (forgotten) has nobody
+        left to roll it back when calm returns: restore it now rather than leave the node changed."""
+        owner = self.node.vfs_owner
+        owned = self.node.vfs_cache_pressure
+        if owner is None or owned is None or owned.restore_requested:
+            return
+        if owner == self.key or owner in self.state.targets:
+            return
+        node = self.node_readings
+        cause = Record(
+            type=RecordType.ROLLED_BACK,
+            message=(
+                f"restore vm.vfs_cache_pressure to {owned.before} (ours: {owned.ours}): "
+                f"{describe_target(owner.cgroup)}, whose pressure raised it, is gone"
+            ),
+            policy=owner.policy,
+            cgroup=owner.cgroup,
+            action=VFS_CACHE_PRESSURE,
+            evidence=evidence_from(node) if node is not None else {},
+        )
+        self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=owned.ours, cause=cause))
+        self.node = replace(self.node, vfs_cache_pressure=replace(owned, restore_requested=True))
+
+    def _check_other_writers(self) -> None:
+        snapshot = self.obs.snapshot
+        owned = self.target.memory_high
+        if (
+            owned is not None
+            and not owned.restore_requested
+            and isinstance(snapshot, CgroupSnapshot)
+            and snapshot.high_bytes != owned.expected
+        ):
+            cause = self._record(
+                RecordType.STOOD_BACK,
+                f"memory.high of {self.where} changed from {format_bytes(owned.expected)} to "
+                f"{format_bytes(snapshot.high_bytes)} by another writer; releasing it, not restoring",
+                Knob.MEMORY_HIGH,
+            )
+            self.actions.append(ReleaseOwnership(cgroup=snapshot.cgroup, file=MEMORY_HIGH_FILE, cause=cause))
+            self.target = replace(self.target, memory_high=None, proposed_memory_high=None)
+        vfs = self.node.vfs_cache_pressure
+        node = self.node_readings
+        if (
+            self._owns_vfs()
+            and vfs is not None
+            and not vfs.restore_requested
+            and node is not None
+            and node.vfs_cache_pressure is not None
+            and node.vfs_cache_pressure != vfs.expected
+        ):
+            cause = self._record(
+                RecordType.STOOD_BACK,
+                f"vm.vfs_cache_pressure changed from {vfs.expected} to {node.vfs_cache_pressure} "
+                "by another writer; releasing it, not restoring",
+                VFS_CACHE_PRESSURE,
+            )
+            self.actions.append(ReleaseOwnership(cgroup=None, file=VFS_CACHE_PRESSURE, cause=cause))
+            self.node = replace(self.node, vfs_owner=None, vfs_cache_pressure=None, proposed_vfs=None)
+
+    def _check_self_throttling(self) -> None:
+        snapshot = self.obs.snapshot
+        owned = self.target.memory_high
+        if owned is None or owned.restore_requested or owned.events_high_at_write is None:
+            return
+        if owned.stall_baseline is None or not isinstance(snapshot, CgroupSnapshot):
+            return
+        # Judged like the rung (at its verify time) and over all of the time since: an observation
+        # moments after the write (a trigger event right behind it) has an interval of milliseconds
+        # whose rate says nothing, and backing off on it undid good clamps (the packaging VM test).
+        decided_at, total_then = owned.stall_baseline
+        since = self.now - decided_at
+        stalled_us = self.m.total_us - total_then
+        if since < self.policy.verify_sec or since <= 0 or stalled_us < 0:
+            return
+        rate = stalled_us / (since * 1e6)
+        # The cgroup's own counter: a child breaching its own memory.high is not our clamp throttling.
+        if snapshot.own_high_events <= owned.events_high_at_write or rate <= owned.stall_rate_at_write:
+            return
+        cause = self._record(
+            RecordType.BACKED_OFF,
+            # A lower-case verb phrase: the executor prefixes "would " in dry-run.
+            f"restore memory.high of {self.where} to {format_bytes(owned.before)}: our "
+            f"{format_bytes(owned.ours)} is throttling it (memory.events.local high rose from "
+            f"{owned.events_high_at_write} to {snapshot.own_high_events} and the stall rate from "
+            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); "
+            f"not lowering memory.high again before {self.policy.rollback.calm_sec:g} s of calm",
+            Knob.MEMORY_HIGH,
+        )
+        self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
+        self.target = replace(
+            self.target, memory_high=replace(owned, restore_requested=True), memory_high_barred=True
+        )
+
+    def _roll_back(self) -> None:
+        calm = f"pressure stayed below the threshold for {self.policy.rollback.calm_sec:g} s"
+        owned = self.target.memory_high
+        snapshot = self.obs.snapshot
+        if owned is not None and not owned.restore_requested and isinstance(snapshot, CgroupSnapshot):
+            cause = self._record(
+                RecordType.ROLLED_BACK,
+                f"restore memory.high of {self.where} to {format_bytes(owned.before)} "
+                f"(ours: {format_bytes(owned.ours)}): {calm}",
+                Knob.MEMORY_HIGH,
+            )
+            self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
+            self.target = replace(self.target, memory_high=replace(owned, restore_requested=True))
+        vfs = self.node.vfs_cache_pressure
+        if self._owns_vfs() and vfs is not None and not vfs.restore_requested:
+            cause = self._record(
+                RecordType.ROLLED_BACK,
+                f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}): {calm}",
+                VFS_CACHE_PRESSURE,
+            )
+            self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause))
+            self.node = replace(self.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
+
+    def _owns_anything(self) -> bool:
+        owned = self.target.memory_high
+        vfs = self.node.vfs_cache_pressure
+        return (owned is not None and not owned.restore_requested) or (
+            self._owns_vfs() and vfs is not None and not vfs.restore_requested
+        )
