@@ -83,6 +83,7 @@ class RungContext:
     memory_high_barred: bool
     owned_vfs: Optional[ChangedValue]  # vfs_cache_pressure owned by this target
     vfs_owned_elsewhere: Optional[TargetKey]  # another target owns vfs_cache_pressure
+    clamped_elsewhere: int = 0  # other cgroups of the policy holding a memory.high of ours
 
     @property
     def where(self) -> str:
@@ -312,6 +313,12 @@ def _memory_high(spec: MemoryHighAction, index: int, ctx: RungContext) -> RungOu
             f"not lowering it again before {ctx.policy.rollback.calm_sec:g} s of calm",
         )
     owned = ctx.owned_memory_high
+    if owned is None and ctx.clamped_elsewhere >= spec.max_clamped_cgroups:
+        return RungDecline(
+            "clamp_cap",
+            f"{ctx.clamped_elsewhere} cgroups of policy {ctx.policy.name} already hold a memory.high of ours "
+            f"(max_clamped_cgroups {spec.max_clamped_cgroups}): not clamping {ctx.where} too",
+        )
     if owned is None and snapshot.high_bytes is not None:
         return RungDecline(
             "other_writer",

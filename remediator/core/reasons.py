@@ -48,6 +48,7 @@ REASON_KEYS: Mapping[str, DeclineReason] = {
     "too_little_cache": DeclineReason.NOT_RECLAIMABLE,
     "cooldown": DeclineReason.COOLDOWN,
     "max_per_hour": DeclineReason.RATE_LIMIT,
+    "clamp_cap": DeclineReason.RATE_LIMIT,  # max_clamped_cgroups
     "node_rate_limit": DeclineReason.RATE_LIMIT,
     "other_writer": DeclineReason.OTHER_WRITER,
     "vfs_owned_elsewhere": DeclineReason.OTHER_WRITER,

@@ -103,6 +103,18 @@ class TurnBase:
     def _owns_vfs(self) -> bool:
         return self.node.vfs_owner == self.key and self.node.vfs_cache_pressure is not None
 
+    def _clamped_elsewhere(self) -> int:
+        """Other cgroups of this policy holding a memory.high of ours (for max_clamped_cgroups).
+        Counted only when the ladder is evaluated, which pressure alone starts."""
+        if not any(spec.kind is Knob.MEMORY_HIGH for spec in self.policy.ladder):
+            return 0
+        name = self.policy.name
+        return sum(
+            1
+            for key, target in self.state.targets.items()
+            if key.policy == name and key != self.key and target.memory_high is not None
+        )
+
     def _rung_context(self) -> RungContext:
         if self._context is None:
             snapshot = self.obs.snapshot
@@ -121,6 +133,7 @@ class TurnBase:
                 memory_high_barred=self.target.memory_high_barred,
                 owned_vfs=self.node.vfs_cache_pressure if self._owns_vfs() else None,
                 vfs_owned_elsewhere=owner if owner is not None and owner != self.key else None,
+                clamped_elsewhere=self._clamped_elsewhere(),
             )
         return self._context
 

@@ -125,6 +125,7 @@ def compile_action(action: ActionModel) -> ActionSpec:
             floor_margin_bytes=action.floor_margin_bytes,
             min_bytes=action.min_bytes,
             limits=limits,
+            max_clamped_cgroups=action.max_clamped_cgroups,
         )
     if isinstance(action, VfsCachePressureModel):
         return VfsCachePressureAction(value=action.value, limits=limits)

@@ -386,6 +386,7 @@ class MemoryHighAction:
     floor_margin_bytes: int  # added to the unreclaimable floor
     min_bytes: Optional[int]  # explicit floor set by the operator
     limits: RateLimit
+    max_clamped_cgroups: int = 100  # cgroups of the policy holding a memory.high of ours at once
     kind: Knob = field(default=Knob.MEMORY_HIGH, init=False)
 
 

@@ -313,6 +313,14 @@ class MemoryHighModel(_Strict):
     )
     cooldown_sec: float = Field(60.0, ge=0, description="Minimum time between two writes. Default 60.")
     max_per_hour: int = Field(6, ge=1, description="At most this many writes per hour per cgroup. Default 6.")
+    max_clamped_cgroups: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="At most this many cgroups of the policy hold a memory.high of ours at once; a new clamp "
+        "beyond it is declined (a tenant who creates many cgroups cannot make the daemon clamp them all). "
+        "Default 100.",
+    )
 
     @model_validator(mode="after")
     def _current_needs_floor(self) -> MemoryHighModel:

@@ -147,6 +147,7 @@ def memory_high_rung(
     min_bytes: Optional[int] = None,
     cooldown_sec: float = 300.0,
     max_per_hour: int = 6,
+    max_clamped_cgroups: int = 100,
 ) -> MemoryHighAction:
     return MemoryHighAction(
         relative_to=relative_to,
@@ -154,6 +155,7 @@ def memory_high_rung(
         floor_margin_bytes=floor_margin_bytes,
         min_bytes=min_bytes,
         limits=limits(cooldown_sec, max_per_hour),
+        max_clamped_cgroups=max_clamped_cgroups,
     )
 
 

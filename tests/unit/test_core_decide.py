@@ -409,6 +409,25 @@ def test_memory_high_target_is_raised_to_the_floor_when_there_is_room() -> None:
     assert "raised to the floor" in action.cause.message
 
 
+def test_a_policy_holds_at_most_max_clamped_cgroups_clamps_at_once() -> None:
+    # Issue 12 item 2: a tenant who creates many cgroups must not make the daemon clamp them all.
+    policy = make_policy(memory_high_rung(max_clamped_cgroups=1))
+    first = Driver(policy)
+    first.observe(0.0)
+    assert [type(a) for a in first.observe(10.0, share=0.5, fired=True).actions] == [SetMemoryHigh]
+    second = Driver(policy, cgroup="system.slice/other.service", state=first.state)
+    second.observe(20.0)
+    decision = second.observe(30.0, share=0.5, fired=True)
+    assert decision.actions == ()
+    [declined] = [r for r in decision.records if r.type is RecordType.ACTION_DECLINED]
+    assert (declined.extra["REASON_KEY"], declined.extra["REASON"]) == ("rung0:clamp_cap", "rate_limit")
+    assert "1 cgroups of policy cache-hog already hold a memory.high of ours" in declined.message
+    # Another policy's clamps are not counted against this one's cap.
+    elsewhere = Driver(make_policy(memory_high_rung(max_clamped_cgroups=1), name="other"), state=first.state)
+    elsewhere.observe(40.0)
+    assert [type(a) for a in elsewhere.observe(50.0, share=0.5, fired=True).actions] == [SetMemoryHigh]
+
+
 def test_memory_high_set_by_another_writer_is_not_fought() -> None:
     driver = Driver(make_policy(memory_high_rung()), kernel_high=3 * GiB)
     driver.observe(0.0)
