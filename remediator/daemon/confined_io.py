@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-from remediator.errors import RemediatorError, kernel_error_from_oserror
+from remediator.errors import KernelFileMissing, RemediatorError, kernel_error_from_oserror
 from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
 
 MEMORY_HIGH = "memory.high"
@@ -175,23 +175,24 @@ class ConfinedIO:
         return b"".join(parts).decode("utf-8", errors="surrogateescape")
 
     def exists(self, target: KernelFile) -> bool:
-        """Whether the file is there, as a regular file, without opening it.
+        """Whether the file is there, without opening it; False only when it is absent.
 
         Some interface files are write-only (memory.reclaim has no read
         handler: opening it for reading fails), so presence is checked with a
-        stat of the last component. A vanished cgroup raises ``CgroupGone``.
+        stat of the last component. Something that is there but is not a
+        regular file (a symlink, a FIFO: a crafted tree) raises
+        ``PathNotConfined``, so it is refused as such rather than taken for a
+        kernel without the file. A vanished cgroup raises ``CgroupGone``.
         """
         resolved = self._resolve(target, for_write=False)
         dir_fd = self._walk(resolved)
         try:
-            mode = os.stat(resolved.filename, dir_fd=dir_fd, follow_symlinks=False).st_mode
-        except FileNotFoundError:
+            self._check_regular_file(resolved, dir_fd)
+        except KernelFileMissing:
             return False
-        except OSError as exc:
-            raise kernel_error_from_oserror(exc, resolved.path, resolved.cgroup_dir) from exc
         finally:
             os.close(dir_fd)
-        return stat.S_ISREG(mode)
+        return True
 
     def cgroup_exists(self, cgroup: str) -> bool:
         """Whether the cgroup's directory can be reached by the confined walk."""

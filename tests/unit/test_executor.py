@@ -333,6 +333,17 @@ def test_reclaim_is_declined_when_the_kernel_has_no_memory_reclaim(tmp_path: Pat
     assert rig.io.writes == []
 
 
+def test_a_symlinked_memory_reclaim_is_refused_as_such(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    target = rig.kernel.cgroup_root / APP / "memory.reclaim"
+    target.unlink()
+    os.symlink(tmp_path / "elsewhere", target)
+    outcome = rig.executor.execute(reclaim(100 * MiB))
+    assert outcome.result == "refused"
+    assert "symlink" in only(outcome).message and "5.19" not in only(outcome).message
+    assert rig.io.writes == []
+
+
 # ---- sysctls ----------------------------------------------------------------------------
 
 

@@ -192,3 +192,17 @@ def test_cgroup_id_differs_for_a_cgroup_created_again_under_the_same_name(kernel
     assert io.cgroup_id(APP) != first
     with pytest.raises(CgroupGone):
         io.cgroup_id("system.slice/never.service")
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_memory_reclaim_that_is_there_but_not_a_file_is_refused_not_taken_for_an_old_kernel(
+    kernel: FakeKernel, outside: Path, kind: str
+) -> None:
+    target = kernel.cgroup_root / APP / "memory.reclaim"
+    target.unlink()
+    if kind == "symlink":
+        os.symlink(outside / "memory.reclaim", target)
+    else:
+        os.mkfifo(target)
+    with pytest.raises(PathNotConfined):
+        ConfinedIO(kernel.roots).exists(CgroupFile(APP, "memory.reclaim"))
