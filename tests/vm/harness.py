@@ -96,7 +96,9 @@ FULL_HOST_PACKAGES = ("debootstrap", "zstd")
 # daemon imports, a .deb of a Python app with bundled wheels needs a venv
 # (python3-venv brings ensurepip's wheels), adduser for a system user in its
 # postinst and init-system-helpers (deb-systemd-helper/invoke-rc.d). The VM has
-# no network, so every runtime dependency must be here.
+# no network, so every runtime dependency must be here. prometheus-node-exporter
+# is the real scraper of the daemon's metrics textfile (issue 14); it is not
+# started at boot (FULL_IMAGE_DISABLED_UNITS), only by the test that scrapes it.
 FULL_IMAGE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -112,7 +114,11 @@ FULL_IMAGE_PACKAGES = (
     "kmod",
     "util-linux",
     "e2fsprogs",
+    "prometheus-node-exporter",
 )
+# Enabled by their packages' postinst; started only by the tests that need them, so no other full
+# boot pays for them under TCG.
+FULL_IMAGE_DISABLED_UNITS = ("prometheus-node-exporter.service",)
 FULL_IMAGE_SIZE_MIB = 2048
 # A fixed, non-empty machine-id: an empty one makes systemd run first-boot logic.
 FULL_IMAGE_MACHINE_ID = hashlib.md5(b"remediator-vm").hexdigest()
@@ -1220,6 +1226,7 @@ def full_image_key() -> str:
     digest = recipe_digest(
         FULL_IMAGE_PACKAGES,
         FULL_IMAGE_MASKED_UNITS,
+        FULL_IMAGE_DISABLED_UNITS,
         TEST_UNIT_TEXT,
         RUN_PAYLOAD_SCRIPT,
         FULL_IMAGE_SIZE_MIB,
@@ -1340,6 +1347,11 @@ def customize_full_rootfs(rootfs: Path) -> None:
     systemd_dir = rootfs / "etc/systemd/system"
     for unit in FULL_IMAGE_MASKED_UNITS:
         _symlink(systemd_dir / unit, "/dev/null")
+    for unit in FULL_IMAGE_DISABLED_UNITS:
+        # The links point into the image (/lib/systemd/...): dangling here, so test with is_symlink.
+        for wants in systemd_dir.glob("*.wants"):
+            if (wants / unit).is_symlink():
+                (wants / unit).unlink()
     _symlink(systemd_dir / "default.target", "/lib/systemd/system/multi-user.target")
     _write(systemd_dir / TEST_UNIT, TEST_UNIT_TEXT)
     _symlink(systemd_dir / "multi-user.target.wants" / TEST_UNIT, f"/etc/systemd/system/{TEST_UNIT}")

@@ -178,15 +178,25 @@ def test_unavailable_vm_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.M
         fail_or_skip_unavailable(reason)
 
 
-def test_full_image_customization_masks_gettys_and_enables_the_test_unit(tmp_path: Path) -> None:
+def test_full_image_customization_masks_gettys_enables_the_test_unit_and_disables_node_exporter(
+    tmp_path: Path,
+) -> None:
     (tmp_path / "var/cache/apt/archives").mkdir(parents=True)
     (tmp_path / "var/cache/apt/archives/python3_3.11_amd64.deb").write_text("deb")
+    # What prometheus-node-exporter's postinst leaves: a link into the image, dangling on the host.
+    wants = tmp_path / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "prometheus-node-exporter.service").symlink_to(
+        "/lib/systemd/system/prometheus-node-exporter.service"
+    )
 
     harness.customize_full_rootfs(tmp_path)
 
     systemd_dir = tmp_path / "etc/systemd/system"
     assert (systemd_dir / "serial-getty@ttyS0.service").readlink() == Path("/dev/null")
     assert (systemd_dir / "multi-user.target.wants" / harness.TEST_UNIT).is_symlink()
+    # Installed, not started at boot: only the test that scrapes it starts it.
+    assert not (systemd_dir / "multi-user.target.wants" / "prometheus-node-exporter.service").is_symlink()
     unit = (systemd_dir / harness.TEST_UNIT).read_text()
     unit_section = unit.split("\n[Service]")[0]
     assert "SuccessAction=poweroff-force" in unit_section
