@@ -138,15 +138,22 @@ check reload_record wait_for 30 records_above "$ID_RELOADED" "$before"
 check active_after_reload is_active
 check same_pid_after_reload sh -c "[ \"\$(systemctl show -p MainPID --value $UNIT)\" = $pid ]"
 
-# --- 4. an invalid policy and a reload: refused with a record; the running policies stay.
+# --- 4. an invalid policy and a reload: `remediator reload` (ExecReload=) validates first, prints every
+# error on its stderr (the unit's journal) and exits 1 without signalling, so `systemctl reload` fails
+# and the daemon keeps the policies it runs (README, Commands: reload).
 cp broken.yaml /etc/remediator/policies.d/broken.yaml
 rejected_before=$(records "$ID_REJECTED")
 reloaded_before=$(records "$ID_RELOADED")
-systemctl reload "$UNIT"
-value reload_with_broken_policy_rc $?
-check rejection_record wait_for 30 records_above "$ID_REJECTED" "$rejected_before"
+systemctl reload "$UNIT" 2>reload-broken.stderr
+rc=$?
+value reload_with_broken_policy_rc "$rc"
+check reload_with_broken_policy_failed [ "$rc" != 0 ]
+# A signalled daemon would have written its reload or rejection records within a second or two.
+sleep 5
 check rejected_set_not_reloaded [ "$(records "$ID_RELOADED")" = "$reloaded_before" ]
+check daemon_not_signalled [ "$(records "$ID_REJECTED")" = "$rejected_before" ]
 check active_after_rejected_reload is_active
+check same_pid_after_rejected_reload sh -c "[ \"\$(systemctl show -p MainPID --value $UNIT)\" = $pid ]"
 rm -f /etc/remediator/policies.d/broken.yaml
 
 # --- 5. pressure in dry-run: a record says what would be done (the policy loaded before the rejected
@@ -203,6 +210,73 @@ check reinstall_kept_edited_policy grep -q '^# edited by the VM test$' \
     /etc/remediator/policies.d/services-cache.yaml
 check reinstall_kept_settings grep -q '^dry_run: false$' /etc/remediator/remediator.yaml
 check reinstall_active wait_for 60 is_active
+
+# --- 10. metrics through Debian's node_exporter (issue 14): enforcing on a pressured systemd service and
+# on a container of a kubepods-shaped tree (systemd driver, containerd), scraped on 127.0.0.1:9100. The
+# image has prometheus-node-exporter, not started at boot (tests/vm/harness.py).
+TEXTFILE=/var/lib/prometheus/node-exporter/remediator.prom
+PRESSURED=vm-pressured
+POD_UID=0b8c6e2a-1f3d-4c5e-9a7b-1234567890ab
+POD_SLICE=kubepods-burstable-pod$(echo "$POD_UID" | tr - _).slice
+CONTAINER_ID=3f9a6c0e5b7d4e21a8c9f0b1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1
+KUBE_CGROUP=kubepods.slice/kubepods-burstable.slice/$POD_SLICE/cri-containerd-$CONTAINER_ID.scope
+CACHE_FILE_2=/var/tmp/remediator-vm-cache-2.bin
+value kube_cgroup "$KUBE_CGROUP"
+# What the kubelet leaves in /var/log: the pod's directory and the container's link (the names in records).
+mkdir -p "/var/log/pods/shop_web-0_$POD_UID/app" /var/log/containers
+: >"/var/log/pods/shop_web-0_$POD_UID/app/0.log"
+ln -sf "/var/log/pods/shop_web-0_$POD_UID/app/0.log" "/var/log/containers/web-0_shop_app-$CONTAINER_ID.log"
+check node_exporter_started sh -c 'systemctl start prometheus-node-exporter \
+    && [ "$(systemctl is-active prometheus-node-exporter)" = active ]'
+# The file every 2 s instead of 15 (a restart: counters start at 0 with this process's journal records).
+echo "metrics_interval_sec: 2" >>/etc/remediator/remediator.yaml
+systemctl restart "$UNIT"
+check metrics_daemon_active wait_for 60 is_active
+value metrics_pid "$(systemctl show -p MainPID --value "$UNIT")"
+check scrape_before python3 scrape.py scrape-before.txt 60 '^remediator_build_info'
+# Two files, each first read by its own cgroup (page cache is charged to the cgroup that touched it first).
+head -c 160M /dev/zero >"$CACHE_FILE_2"
+sync
+echo 3 >/proc/sys/vm/drop_caches
+readers="for reader in 1 2 3 4; do (while :; do cat \$0 >/dev/null; done) & done; wait"
+systemd-run --unit="$PRESSURED" -p MemoryMax=64M sh -c "$readers" "$CACHE_FILE" >systemd-run-service.log 2>&1
+systemd-run --scope --unit="cri-containerd-$CONTAINER_ID" --slice="$POD_SLICE" -p MemoryMax=64M \
+    sh -c "$readers" "$CACHE_FILE_2" >systemd-run-scope.log 2>&1 &
+check service_reclaimed wait_for 150 records_above "$ID_APPLIED" 0 "REMEDIATOR_CGROUP=system.slice/$PRESSURED.service"
+check container_reclaimed wait_for 150 records_above "$ID_APPLIED" 0 "REMEDIATOR_CGROUP=$KUBE_CGROUP"
+# While it runs: node_exporter serves the daemon's counters of what it did.
+check scrape_during python3 scrape.py scrape-during.txt 60 \
+    '^remediator_actions_total\{[^}]*result="applied"[^}]*\} [1-9]'
+systemctl stop "$PRESSURED.service" "cri-containerd-$CONTAINER_ID.scope"
+value status_text_enforcing "$(systemctl show -p StatusText --value "$UNIT")"
+# The stop writes the file one last time (and the summaries of coalesced records to the journal).
+systemctl stop "$UNIT"
+check scrape_after python3 scrape.py scrape-after.txt 30 '^remediator_actions_total'
+cp "$TEXTFILE" remediator-after.prom
+value textfile_mode "$(stat -c %a "$TEXTFILE")"
+systemctl stop prometheus-node-exporter
+
+# --- 11. a start with a broken policy (issue 12 item 9). (a) The enforcing start above kept its valid set
+# (beside the state file); with one policy file broken, the next start runs that set, DEGRADED.
+cp broken.yaml /etc/remediator/policies.d/broken.yaml
+check degraded_kept_set_exists [ -d /run/remediator/last-valid-policies ]
+systemctl start "$UNIT" 2>start-degraded.stderr
+value start_degraded_rc $?
+check degraded_active wait_for 60 is_active
+value status_text_degraded "$(systemctl show -p StatusText --value "$UNIT")"
+systemctl status --no-pager "$UNIT" >status-degraded.txt 2>&1
+value degraded_pid "$(systemctl show -p MainPID --value "$UNIT")"
+systemctl stop "$UNIT"
+# (b) No kept set (a fresh state directory): the start is refused, with the errors.
+rm -rf /run/remediator
+systemctl start "$UNIT" 2>start-refused.stderr
+rc=$?
+value start_refused_rc "$rc"
+check refused_start_failed [ "$rc" != 0 ]
+check refused_not_active sh -c "! systemctl is-active --quiet $UNIT"
+systemctl stop "$UNIT"
+systemctl reset-failed "$UNIT"
+rm -f /etc/remediator/policies.d/broken.yaml
 
 # --- 9. purge: everything goes, /etc/remediator included.
 apt-get purge -y remediator >apt-purge.log 2>&1
