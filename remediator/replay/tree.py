@@ -219,7 +219,7 @@ class SimulatedTree:
     def _total_at(self, name: Optional[str], kind: str, now: float, incarnation: int, default: int) -> int:
         curve = self.curves.curve(name, kind)
         value = None if curve is None else curve.at(now, incarnation)
-        return default if value is None else int(value)
+        return default if value is None else round(value)
 
     def incarnation(self, name: Optional[str]) -> int:
         """The incarnation of the live cgroup (None: the node) the tree holds now."""

@@ -9,13 +9,27 @@ When does a trigger fire? A trace written by the daemon's flight recorder
 says (its ``trigger`` records): each one fires the triggers armed on that
 cgroup at that time. A trace of ``remediator record`` has none (it arms
 nothing), so the firing is worked out from the recorded stall counters as
-the kernel works it out (Documentation/accounting/psi.rst): a trigger
-``<some|full> <stall_us> <window_us>`` fires when the stall that grew within
-the last window, counted from when it was armed, reaches ``stall_us``, at
-most once per window. Between two samples the counter is taken on the line
-between them (``remediator.replay.curves``), so the firing time is
-estimated to well within one sampling interval instead of being rounded up
-to the next sample.
+the kernel works it out (kernel/sched/psi.c of 6.1, psi_poll_work and
+update_triggers): the kernel looks at a cgroup's triggers only on its
+polling ticks, which start one jiffy after stall appears (the window counts
+from there) and follow each other every tenth of the shortest window plus
+up to a jiffy (the ``+ 1`` of its timer), for as long as stall keeps
+changing within a window. On a tick that saw new stall, a trigger
+``<some|full> <stall_us> <window_us>`` fires when the stall in its last
+window reaches ``stall_us`` and its previous event is at least a window
+old. Between two samples the counter is taken on the line between them
+(``remediator.replay.curves``).
+
+The ticks matter for fidelity, not for their own sake: an event never
+comes on the exact window boundary but a tick's slack after it, so the
+daemon's timed look at ``verify_sec`` (= the window) after acting on an
+event comes before the next event, as it does on a real kernel, and the
+two are two looks. Firing on an exact 2 s grid made them one look, and the
+replayed daemon reclaimed every other event where the real one reclaimed
+at every event (tests/vm/test_vm_replay.py). A trigger armed while the
+cgroup's polling is active starts with a stale window (the kernel's reset
+at creation is at time 0): its first tick fires on the whole counter, the
+spurious first event the core's confirmation rejects.
 
 Arming is refused as the recorded node refused it (the trace header's
 capabilities): every trigger when a 2 s window was refused, those with a
@@ -30,18 +44,34 @@ import heapq
 import select
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from remediator.clock import Clock
 from remediator.errors import CgroupGone, KernelFileMissing
 from remediator.kernel.psi_trigger import PsiTrigger, TriggerRefused
 from remediator.kernel.roots import KernelRoots
-from remediator.replay.curves import Curve, StallCurves
+from remediator.replay.curves import StallCurves
 from remediator.trace.format import TraceCapabilities
 
 FIRST_FD = 1 << 20
 SHORT_WINDOW_US = 2_000_000
+# The kernel's polling: UPDATES_PER_WINDOW ticks per (shortest) window, each late by up to a jiffy.
+UPDATES_PER_WINDOW = 10
+# One jiffy at HZ=250 (Debian's and most distributions' x86 kernels): the start of polling after the
+# first stall, and the slack the kernel's timer adds to every tick (nsecs_to_jiffies(...) + 1).
+JIFFY_SEC = 0.004
 _BROKEN = select.POLLERR | select.POLLHUP
+
+
+@dataclass
+class _Polling:
+    """Where the kernel's polling of a trigger stands, as of its last tick (or event)."""
+
+    tick: Optional[float]  # the last tick; None: not polling (no stall within a window)
+    origin: float  # where the trigger's window counts from (polling started, or armed)
+    last_change: float  # the last tick that saw new stall
+    last_event: Optional[float] = None
+    stale_until: Optional[float] = None  # armed while polling: the window counts the whole counter
 
 
 @dataclass
@@ -51,6 +81,7 @@ class _Trigger:
     incarnation: int
     spec: PsiTrigger
     armed_at: float
+    polling: _Polling
     next_fire: Optional[float] = None
     registered: bool = False
     ready: bool = False
@@ -102,9 +133,12 @@ class ScriptedTriggers:
         fd = self._next_fd
         self._next_fd += 1
         now = self._clock.monotonic()
-        trigger = _Trigger(fd, target, self._incarnation_of(target), spec, armed_at=now)
+        incarnation = self._incarnation_of(target)
+        trigger = _Trigger(
+            fd, target, incarnation, spec, now, self._polling_at_arm(target, spec, incarnation, now)
+        )
         self._by_fd[fd] = trigger
-        self._schedule(trigger, now)
+        self._schedule(trigger)
         return fd
 
     def _cgroup_name(self, cgroup_dir: Path) -> str:
@@ -136,7 +170,7 @@ class ScriptedTriggers:
             _, fd = heapq.heappop(self._heap)
             trigger = self._by_fd[fd]
             self._fire(trigger, at)
-            self._schedule(trigger, at + trigger.spec.window_us / 1e6)
+            self._schedule(trigger)
 
     def fire_recorded(self, cgroup: Optional[str], now: float) -> None:
         """A recorded trigger event: fire what is armed on that cgroup."""
@@ -157,51 +191,77 @@ class ScriptedTriggers:
         self.firings.append(Firing(at, trigger.target))
 
     # ---- when the kernel would fire -------------------------------------
-    def _schedule(self, trigger: _Trigger, after: float) -> None:
-        trigger.next_fire = self._crossing(trigger, after) if self._synthesize else None
+    def _polling_at_arm(
+        self, target: Optional[str], spec: PsiTrigger, incarnation: int, now: float
+    ) -> _Polling:
+        curve = self._curves.curve(target, spec.kind)
+        window = spec.window_us / 1e6
+        if curve is not None:
+            current, earlier = curve.at(now, incarnation), curve.at(now - window, incarnation)
+            if current is not None and earlier is not None and current > earlier:
+                # The cgroup's polling is running: ticks go on from here, and the new trigger's
+                # window, reset at creation to time 0, counts the whole counter for a window.
+                return _Polling(tick=now, origin=now, last_change=now, stale_until=now + window)
+        return _Polling(tick=None, origin=now, last_change=now)
+
+    def _period(self, trigger: _Trigger) -> float:
+        """The kernel's polling period for the trigger's cgroup: its shortest window / 10, + a jiffy."""
+        windows = [
+            t.spec.window_us
+            for t in self._by_fd.values()
+            if t.target == trigger.target and t.incarnation == trigger.incarnation and not t.broken
+        ]
+        return min(windows, default=trigger.spec.window_us) / 1e6 / UPDATES_PER_WINDOW + JIFFY_SEC
+
+    def _schedule(self, trigger: _Trigger) -> None:
+        trigger.next_fire = self._next_event(trigger) if self._synthesize else None
         if trigger.next_fire is not None:
             heapq.heappush(self._heap, (trigger.next_fire, trigger.fd))
 
-    def _crossing(self, trigger: _Trigger, after: float) -> Optional[float]:
-        """The first time at or after ``after`` when the stall in the trailing window reaches stall_us."""
+    def _next_event(self, trigger: _Trigger) -> Optional[float]:
+        """The tick of the trigger's next event (see the module docstring); its polling state is
+        left as of that event. None: no event within the trace."""
         curve = self._curves.curve(trigger.target, trigger.spec.kind)
         if curve is None:
             return None
-        end = curve.last_time(trigger.incarnation)
-        start = max(after, trigger.armed_at)
-        if end is None or end < start:
+        incarnation = trigger.incarnation
+        end = curve.last_time(incarnation)
+        if end is None:
             return None
         window = trigger.spec.window_us / 1e6
         stall = float(trigger.spec.stall_us)
+        period = self._period(trigger)
+        state = trigger.polling
 
-        def growth(t: float) -> float:
-            now_value = curve.at(t, trigger.incarnation)
-            then_value = curve.at(max(t - window, trigger.armed_at), trigger.incarnation)
-            if now_value is None or then_value is None:
-                return 0.0
-            return now_value - then_value
+        def at(t: float) -> float:
+            value = curve.at(t, incarnation)
+            return 0.0 if value is None else value
 
-        points = _breakpoints(curve, trigger, start, end, window)
-        previous, previous_growth = start, growth(start)
-        if previous_growth >= stall:
-            return start
-        for point in points:
-            value = growth(point)
-            if value >= stall:
-                return previous + (stall - previous_growth) * (point - previous) / (value - previous_growth)
-            previous, previous_growth = point, value
-        return None
-
-
-def _breakpoints(curve: Curve, trigger: _Trigger, start: float, end: float, window: float) -> List[float]:
-    # Growth over the trailing window is linear between these: the samples, the samples a window
-    # later (where they leave the window), and the arming a window later.
-    points: Set[float] = set(curve.breakpoints(start, end, trigger.incarnation))
-    points.update(t + window for t in curve.breakpoints(start - window, end - window, trigger.incarnation))
-    armed_plus = trigger.armed_at + window
-    if start < armed_plus <= end:
-        points.add(armed_plus)
-    return sorted(points)
+        while True:
+            if state.tick is None:
+                # Not polling: the next stall starts it a jiffy later, with the window reset there.
+                rise = curve.next_rise(state.last_change, incarnation)
+                if rise is None or rise >= end:
+                    return None
+                begin = max(rise, trigger.armed_at) + JIFFY_SEC
+                state = _Polling(tick=begin, origin=begin, last_change=begin, last_event=state.last_event)
+                trigger.polling = state
+                continue
+            tick = state.tick + period
+            if tick > end:
+                return None  # the counter is held after the last sample: no new stall
+            value, previous = at(tick), at(state.tick)
+            state.tick = tick
+            if value > previous:
+                state.last_change = tick
+                stale = state.stale_until is not None and tick < state.stale_until
+                growth = value - (0.0 if stale else at(max(tick - window, state.origin)))
+                if growth >= stall and (state.last_event is None or tick >= state.last_event + window):
+                    state.last_event = tick
+                    return tick
+            elif tick > state.last_change + window:
+                # No stall for a window: the kernel stops polling; the next stall after here restarts it.
+                state.tick, state.last_change = None, tick
 
 
 class ScriptedPoll:
