@@ -193,7 +193,8 @@ def presented(record: Record) -> Record:
     result = record.result
     if result in WRITTEN_RESULTS:
         result = Result.WOULD.value
-        if not message.startswith(DRY_RUN_PREFIX):
+        # A release after another writer took a value over writes nothing in either mode.
+        if record.type is not RecordType.STOOD_BACK and not message.startswith(DRY_RUN_PREFIX):
             message = DRY_RUN_PREFIX + message
     extra = {k: v for k, v in record.extra.items() if k not in WORK_FIELDS}
     return replace(record, message=message, result=str(result), extra=extra)

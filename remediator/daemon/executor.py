@@ -103,7 +103,6 @@ RECLAIM_CHUNK_BYTES = 64 * 1024 * 1024
 RETRY_FIRST_WAIT_SEC = 0.01
 RETRY_MAX_WAIT_SEC = 0.25
 
-DRY_RUN_PREFIX = "would "
 
 # The sysctl names actions use, and where they live under the proc root.
 SYSCTL_FILES = {"vfs_cache_pressure": VFS_CACHE_PRESSURE, "drop_caches": DROP_CACHES}
@@ -123,11 +122,6 @@ class Outcome:
 
 def _sysctl_knob(name: str) -> Optional[Knob]:
     return Knob(name) if name in SYSCTL_FILES else None
-
-
-def dry_run_wording(message: str) -> str:
-    """The dry-run form of a record message: "would " + the enforcing wording."""
-    return message if message.startswith(DRY_RUN_PREFIX) else DRY_RUN_PREFIX + message
 
 
 def _limit_text(value: Optional[int]) -> str:
@@ -150,9 +144,6 @@ class _Context:
     cause: Record
     action: Optional[Knob]  # None only for a sysctl outside the allow-list (refused)
     cgroup: Optional[str]
-    # Whether the cause describes a write (a verb phrase "would " can prefix).
-    # A release writes nothing in either mode: its record only gains dry_run.
-    is_write: bool = True
 
     def base(self) -> Record:
         cause = self.cause
@@ -674,7 +665,7 @@ class Executor:
         if isinstance(action, RestoreSysctl):
             return _Context(action.cause, _sysctl_knob(action.name), None)
         knob = Knob.MEMORY_HIGH if action.cgroup is not None else _sysctl_knob(action.file)
-        return _Context(action.cause, knob, action.cgroup, is_write=False)
+        return _Context(action.cause, knob, action.cgroup)
 
     @staticmethod
     def _restore_action_name(kind: str) -> Knob:
@@ -707,17 +698,18 @@ class Executor:
     ) -> Outcome:
         """Complete the cause into the outcome's record.
 
-        The message is the cause's, plus ": <detail>" when there is one. In
-        dry-run, the message of a write is prefixed with "would ", and
-        "applied", "restored" and "partial" become "would".
+        The message is the cause's, plus ": <detail>" when there is one. The
+        record says what happened in the enforcing words, with ``dry_run``: the
+        one place that words it for a reader ("would ...", result ``would``,
+        no figures of work not done) is ``remediator.records.presented``, which
+        every writer applies. The outcome's result tells the core "would" for
+        a write dry-run only pretended, so it remembers the value as simulated.
         """
         base = ctx.base()
         message = base.message + (f": {detail}" if detail else "")
-        if self._dry_run:
-            if ctx.is_write:
-                message = dry_run_wording(message)
-            if result in ("applied", "restored", "partial"):
-                result = "would"
+        outcome_result = result
+        if self._dry_run and result in ("applied", "restored", "partial"):
+            outcome_result = "would"
         record = replace(
             base,
             type=record_type if record_type is not None else self._record_type(base.type, result),
@@ -730,7 +722,7 @@ class Executor:
             extra={**base.extra, **(extra or {})},
             priority=priority if priority is not None else base.priority,
         )
-        return Outcome(result, (record,))
+        return Outcome(outcome_result, (record,))
 
     @staticmethod
     def _record_type(cause_type: RecordType, result: str) -> RecordType:
@@ -777,4 +769,4 @@ class Executor:
         return outcome.records[0]
 
 
-__all__ = ["DRY_RUN_PREFIX", "RESULTS", "Executor", "Outcome", "dry_run_wording"]
+__all__ = ["RESULTS", "Executor", "Outcome"]

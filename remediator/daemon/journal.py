@@ -38,7 +38,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Protocol, TextIO, Tu
 
 from remediator.clock import Clock, SystemClock
 from remediator.errors import RemediatorError
-from remediator.records import PRIORITY_INFO, PRIORITY_WARNING, Record
+from remediator.records import PRIORITY_INFO, PRIORITY_WARNING, Record, presented
 from remediator.text import escape_text
 
 SYSLOG_IDENTIFIER = "remediator"
@@ -89,8 +89,11 @@ def record_fields(record: Record) -> Fields:
 
     Shared by both writers so that a stderr line and a journal entry carry the
     same names. Empty fields are left out; DRY_RUN is always present so that
-    audit-mode records can be selected (and excluded) by a query.
+    audit-mode records can be selected (and excluded) by a query. The record
+    is presented first (``remediator.records.presented``): a dry-run record is
+    worded here, at the one place every writer goes through.
     """
+    record = presented(record)
     fields: Fields = [
         ("MESSAGE", record.message),
         ("MESSAGE_ID", record.type.message_id),
@@ -359,7 +362,7 @@ class CapturingWriter:
         self.records: List[Record] = []
 
     def write(self, record: Record) -> None:
-        self.records.append(record)
+        self.records.append(presented(record))  # as every writer shows it
 
 
 # ---- choosing -------------------------------------------------------------------

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -27,6 +28,7 @@ from remediator.daemon.journal import (
     StderrWriter,
     journal_socket_problem,
     make_writer,
+    record_fields,
 )
 from remediator.records import PRIORITY_DEBUG, Knob, Record, RecordType
 from remediator.text import escape_text
@@ -472,3 +474,33 @@ def test_journal_records_carry_no_code_location_of_the_writer(
     assert f"MESSAGE_ID={RecordType.ACTION_APPLIED.message_id}" in lines
     assert f"REMEDIATOR_CGROUP={APP}" in lines
     assert [line for line in lines if line.startswith("CODE_")] == []
+
+
+def test_a_dry_run_record_is_worded_at_the_writer_and_carries_no_figures_of_work_not_done() -> None:
+    # The executor and the service hand over the enforcing words with dry_run set (issue 11 item 3).
+    record = Record(
+        RecordType.ACTION_APPLIED,
+        "reclaim 512.0 MiB of page cache from system.slice/app.service",
+        policy="services-cache",
+        cgroup="system.slice/app.service",
+        action=Knob.RECLAIM,
+        result="applied",
+        dry_run=True,
+        extra={
+            "RECLAIM_ASKED_BYTES": "536870912",
+            "RECLAIM_REQUESTED_BYTES": "536870912",
+            "RECLAIM_COMPLETED_BYTES": "536870912",
+            "WRITTEN_MONOTONIC_US": "1000",
+            "RUNG": "0",
+        },
+    )
+    fields = dict(record_fields(record))
+    assert fields["MESSAGE"] == "would reclaim 512.0 MiB of page cache from system.slice/app.service"
+    assert fields["REMEDIATOR_RESULT"] == "would"
+    assert fields["REMEDIATOR_DRY_RUN"] == "1"
+    assert fields["REMEDIATOR_RECLAIM_ASKED_BYTES"] == "536870912"  # the plan is the same in both modes
+    for work in ("RECLAIM_REQUESTED_BYTES", "RECLAIM_COMPLETED_BYTES", "WRITTEN_MONOTONIC_US"):
+        assert "REMEDIATOR_" + work not in fields
+    enforcing = dict(record_fields(replace(record, dry_run=False)))
+    assert enforcing["REMEDIATOR_RECLAIM_COMPLETED_BYTES"] == "536870912"
+    assert enforcing["MESSAGE"] == record.message
