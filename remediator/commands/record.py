@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import math
 import os
 import select
@@ -35,22 +34,17 @@ from remediator import __version__
 from remediator.clock import Clock
 from remediator.commands.status import select_cgroups
 from remediator.errors import CgroupGone, KernelError, KernelParseError
-from remediator.kernel.capabilities import Capabilities, probe
-from remediator.kernel.file_io import read_text
-from remediator.kernel.psi_trigger import TriggerCheck
+from remediator.kernel.capabilities import probe
 from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
 from remediator.kernel.snapshot import read_cgroup_snapshot, read_node_snapshot
 from remediator.policy.compiled import Policy
-from remediator.policy.loader import MAX_POLICY_FILE_BYTES, list_policy_files
 from remediator.sizes import format_bytes
 from remediator.trace.format import (
     EndReason,
-    NodeWatchMode,
-    PolicyDigest,
-    TraceCapabilities,
     TraceHeader,
     TraceSource,
 )
+from remediator.trace.provenance import node_name, policy_digests, trace_capabilities
 from remediator.trace.writer import TraceWriter
 
 EXIT_OK = 0
@@ -63,7 +57,6 @@ DEFAULT_INTERVAL_SEC = 1.0
 MIN_INTERVAL_SEC = 0.1
 # Two samples whose slots are closer than this are the same slot (float rounding of k * interval).
 _SLOT_EPSILON = 1e-9
-HOSTNAME_FILE = "sys/kernel/hostname"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -127,45 +120,6 @@ class _Progress:
 def default_output(wall: float) -> Path:
     stamp = datetime.fromtimestamp(wall, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Path(f"remediator-{stamp}.trace.gz")
-
-
-def policy_digests(directory: Path) -> Tuple[PolicyDigest, ...]:
-    """sha256 of each policy file's bytes, so a replay can tell whether it runs the recorded policies."""
-    files, _ = list_policy_files(directory)
-    digests: List[PolicyDigest] = []
-    for path in files:
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_POLICY_FILE_BYTES + 1)
-        except OSError:
-            continue  # `check` says why; the trace just does not vouch for that file
-        digests.append(PolicyDigest(path.name, hashlib.sha256(data).hexdigest()))
-    return tuple(digests)
-
-
-def _accepted(check: Optional[TriggerCheck]) -> Optional[bool]:
-    return None if check is None else check.accepted
-
-
-def trace_capabilities(caps: Capabilities) -> TraceCapabilities:
-    return TraceCapabilities(
-        memory_reclaim=caps.memory_reclaim,
-        watch_mode=NodeWatchMode(caps.watch_mode),
-        triggers_accepted=None if caps.trigger is None else caps.trigger.accepted,
-        short_window_triggers=None
-        if caps.short_window_trigger is None
-        else caps.short_window_trigger.accepted,
-        summary=tuple(caps.summary_lines()),
-    )
-
-
-def node_name(roots: KernelRoots) -> str:
-    # The recorded node's name: from the proc root (a copied tree's own), else this host's.
-    try:
-        name = read_text(roots.proc_file(HOSTNAME_FILE)).strip()
-    except KernelError:
-        name = ""
-    return name or os.uname().nodename
 
 
 class _Recorder:

@@ -20,13 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, TextIO
 
-from remediator.commands.record import policy_digests
 from remediator.daemon.journal import SYSLOG_IDENTIFIER, format_stderr_line, iso_time, record_fields
 from remediator.replay.engine import ReplayResult, replay_trace
 from remediator.replay.summary import CgroupSummary, summarize
 from remediator.settings import Settings
 from remediator.sizes import format_bytes
 from remediator.trace.format import TraceError, TraceHeader
+from remediator.trace.provenance import policy_digests
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -114,18 +114,24 @@ class TraceWriter:
         self.bytes_written += len(data)
 
     def cgroup(self, monotonic: float, snapshot: CgroupSnapshot) -> None:
-        fields = cgroup_fields(snapshot, self.header.stat_keys)
+        self.cgroup_full_form(monotonic, snapshot.cgroup, cgroup_fields(snapshot, self.header.stat_keys))
+
+    def cgroup_full_form(self, monotonic: float, cgroup: str, fields: JsonObject) -> None:
+        """A cgroup record from a full form kept earlier (``format.cgroup_fields``: the flight recorder)."""
         record: JsonObject = {
             "type": TraceRecordType.CGROUP.value,
             "t": self._time(monotonic),
-            "cgroup": snapshot.cgroup,
+            "cgroup": cgroup,
         }
-        record.update(delta_fields(self._cgroups.get(snapshot.cgroup), fields))
+        record.update(delta_fields(self._cgroups.get(cgroup), fields))
         self._write(record)
-        self._cgroups[snapshot.cgroup] = fields
+        self._cgroups[cgroup] = fields
 
     def node(self, monotonic: float, snapshot: NodeSnapshot) -> None:
-        fields = node_fields(snapshot)
+        self.node_full_form(monotonic, node_fields(snapshot))
+
+    def node_full_form(self, monotonic: float, fields: JsonObject) -> None:
+        """A node record from a full form kept earlier (``format.node_fields``)."""
         record: JsonObject = {"type": TraceRecordType.NODE.value, "t": self._time(monotonic)}
         record.update(delta_fields(self._node, fields))
         self._write(record)
