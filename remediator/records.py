@@ -88,6 +88,7 @@ class RecordType(enum.Enum):
     STATE_RECOVERED = ("13401f5e6ef1401c842a64600659816c", PRIORITY_WARNING)
     STATE_QUARANTINED = ("463d472e3df146d7a663ddb88ffa483e", PRIORITY_ERR)
     STATE_UNWRITABLE = ("1a656be3fb8d4a99b13f62e12f226e71", PRIORITY_ERR)
+    INCIDENT_RECORDED = ("c87ae2acc61f4cfdba5ade37bbafb678", PRIORITY_NOTICE)
 
     @property
     def message_id(self) -> str:

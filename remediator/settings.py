@@ -165,6 +165,27 @@ class Settings(BaseSettings):
         "records, status and target.kubernetes (its sibling containers/ names containers). Default "
         "/var/log/pods.",
     )
+    flight_recorder_minutes: float = Field(
+        10.0,
+        ge=0,
+        le=1440,
+        description="The flight recorder keeps the last this many minutes of every target that had "
+        "pressure in them, and writes them as a trace under <state dir>/incidents/ when a ladder is "
+        "exhausted, a memory.high is backed off or oom_kill rises (dry-run too). 0 disables it. "
+        "0..1440, default 10.",
+    )
+    incidents_max_files: int = Field(
+        50,
+        ge=1,
+        le=100000,
+        description="At most this many incident traces are kept; the oldest go first. 1..100000, default 50.",
+    )
+    incidents_max_bytes: int = Field(
+        64 << 20,
+        ge=1 << 20,
+        description="At most this many bytes of incident traces are kept; the oldest go first (the newest "
+        "stays). At least 1 MiB, default 64 MiB (67108864).",
+    )
     insecure_allow_untrusted_files: bool = Field(
         False,
         description="Development only: believe settings and policy files that someone other than root "

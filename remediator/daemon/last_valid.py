@@ -22,12 +22,20 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+from remediator.daemon.service_records import degraded_record
 from remediator.errors import RemediatorError
 from remediator.policy.loader import PolicySet, load_policy_dir
+from remediator.records import Record
+from remediator.text import plural
 
 KEPT_DIRECTORY_NAME = "last-valid-policies"
+
+
+class StartRefused(RemediatorError):
+    """The policy directory is invalid and no valid set was ever kept: running part of it would
+    silently unprotect what the invalid part protected."""
 
 
 class PoliciesNotKept(RemediatorError):
@@ -74,3 +82,26 @@ class LastValidPolicies:
             return None
         kept = load_policy_dir(self.directory, allow_untrusted=allow_untrusted)
         return kept if kept.ok and kept.policies else None
+
+
+def policies_to_run(
+    policy_set: PolicySet, keeper: LastValidPolicies, *, allow_untrusted: bool
+) -> Tuple[PolicySet, str, Optional[Record]]:
+    """The reload's rule at start: an invalid set never replaces a valid one.
+
+    A valid set runs (the caller keeps it: ``keep``); an invalid one is replaced by
+    the last kept set: (that set, the DEGRADED status, its record). With none kept,
+    ``StartRefused``.
+    """
+    if not policy_set.issues:
+        return policy_set, "", None
+    first = str(policy_set.issues[0])
+    kept = keeper.load(allow_untrusted=allow_untrusted)
+    if kept is None:
+        raise StartRefused(
+            f"{plural(len(policy_set.issues), 'invalid policy setting', 'invalid policy settings')} "
+            f"(first: {first}) and no last valid policy set under {keeper.directory}: refusing to "
+            "start, because running the valid part would leave what the rest protects unprotected"
+        )
+    status = f"DEGRADED: running the last valid policies; {first}"
+    return kept, status, degraded_record(status, keeper.directory, kept)

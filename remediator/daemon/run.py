@@ -18,6 +18,7 @@ from typing import Callable, Optional, Tuple
 
 from remediator.clock import Clock, SystemClock
 from remediator.daemon.executor import Executor
+from remediator.daemon.flight_recorder import FlightRecorder
 from remediator.daemon.journal import JsonLinesWriter, StderrWriter, make_writer
 from remediator.daemon.metrics_feed import MetricsFeed
 from remediator.daemon.notify import Notifier
@@ -74,6 +75,7 @@ def build_service(
         reload_settings=reload_settings,
         identities=IdentityResolver(pods_log_dir=settings.pods_log_dir, clock=clock),
         metrics=MetricsFeed(settings, clock, kernel=capabilities.kernel_release),
+        flight_recorder=FlightRecorder.from_settings(settings, clock, capabilities),
     )
 
 

@@ -23,12 +23,19 @@ from remediator.core.state import CoreConfig, CoreState, Observation, TargetKey,
 from remediator.daemon.coalesce import RecordCoalescer
 from remediator.daemon.discovery import desired_targets
 from remediator.daemon.executor import Executor
+from remediator.daemon.flight_recorder import FlightRecorder
 from remediator.daemon.journal import RecordWriter
-from remediator.daemon.last_valid import LastValidPolicies, PoliciesNotKept, kept_directory
+from remediator.daemon.last_valid import (
+    LastValidPolicies,
+    PoliciesNotKept,
+    StartRefused,
+    kept_directory,
+    policies_to_run,
+)
+from remediator.daemon.look_timing import DECIDED_FIELD, WOKEN_FIELD, WRITTEN_FIELD, monotonic_us, with_timing
 from remediator.daemon.metrics_feed import MetricsFeed, annotate
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service_records import (
-    degraded_record,
     not_kept_record,
     policy_records,
     rejected_on_reload,
@@ -37,7 +44,7 @@ from remediator.daemon.service_records import (
     watch_record,
 )
 from remediator.daemon.watcher import Fired, Gone, SampleDue, WatchChange, Watcher
-from remediator.errors import CgroupGone, KernelError, KernelParseError, RemediatorError
+from remediator.errors import CgroupGone, KernelError, KernelParseError
 from remediator.identity import Identity, IdentityResolver, parse_cgroup
 from remediator.kernel.capabilities import Capabilities
 from remediator.kernel.roots import KernelRoots
@@ -49,11 +56,6 @@ from remediator.readings import CgroupSnapshot, NodeSnapshot
 from remediator.records import Record, RecordType
 from remediator.settings import Settings, SettingsError
 from remediator.text import plural
-
-
-class StartRefused(RemediatorError):
-    """The policy directory is invalid and no valid set was ever kept: running part of it would
-    silently unprotect what the invalid part protected."""
 
 
 class PolicyLoader(Protocol):
@@ -72,27 +74,6 @@ class _Tick:
     woken_at: Optional[float] = None
 
 
-# Extra fields on the records of an observation made in the loop (a trigger
-# event or a timed look, such as the re-check after an unconfirmed event), in
-# microseconds of the monotonic clock (CLOCK_MONOTONIC, comparable with other
-# processes on the host): when the loop woke, when the core had decided, and
-# (on each action's record) when the executor had finished the write. They
-# show where reaction time goes, whichever look acted.
-WOKEN_FIELD = "WOKEN_MONOTONIC_US"
-DECIDED_FIELD = "DECIDED_MONOTONIC_US"
-WRITTEN_FIELD = "WRITTEN_MONOTONIC_US"
-
-
-def _monotonic_us(seconds: float) -> str:
-    return str(int(seconds * 1_000_000))
-
-
-def _with_timing(records: Sequence[Record], timing: Optional[Dict[str, str]]) -> Sequence[Record]:
-    if not timing:
-        return records
-    return [replace(r, extra={**r.extra, **timing}) for r in records]
-
-
 @dataclass
 class Service:
     settings: Settings
@@ -108,6 +89,8 @@ class Service:
     identities: Optional[IdentityResolver] = None
     # Prometheus metrics; None: none kept (tests of other things).
     metrics: Optional[MetricsFeed] = None
+    # The last minutes of pressured targets, written at an incident; None: none kept (replay, tests).
+    flight_recorder: Optional[FlightRecorder] = None
     policies: Dict[str, Policy] = field(default_factory=dict)
     _policy_counts: Dict[PolicyState, int] = field(default_factory=dict)
     state: CoreState = field(default_factory=initial_state)
@@ -143,8 +126,11 @@ class Service:
         record = annotate(record, self.identify)
         if self.metrics is not None:
             self.metrics.observe(record)  # every record counts, coalesced or not
+        incident = self.flight_recorder.noticed(record) if self.flight_recorder is not None else None
         for admitted in self.coalescer.admit(record, self.clock.monotonic()):
             self.writer.write(admitted)
+        if incident is not None:
+            self.emit(incident)
 
     def flush_held_records(self) -> None:
         """Write the counts of every coalesced kind now (stop; a replay's end)."""
@@ -200,37 +186,19 @@ class Service:
         self.notifier.ready(self.status_text())
 
     def _policies_to_run(self, policy_set: PolicySet) -> PolicySet:
-        """The reload's rule at start too: an invalid set never replaces a valid one.
-
-        A valid set runs and is kept (not in dry-run: it writes nothing); an
-        invalid one is replaced by the last kept set (DEGRADED), or the start
-        is refused when none was ever kept.
-        """
+        """The reload's rule at start too (``last_valid.policies_to_run``); a valid set is kept."""
         keeper = LastValidPolicies(kept_directory(self.settings.state_file))
-        if not policy_set.issues:
-            self._keep(policy_set)
-            return policy_set
-        first = str(policy_set.issues[0])
-        kept = keeper.load(allow_untrusted=self.settings.insecure_allow_untrusted_files)
-        if kept is None:
-            raise StartRefused(
-                f"{plural(len(policy_set.issues), 'invalid policy setting', 'invalid policy settings')} "
-                f"(first: {first}) and no last valid policy set under {keeper.directory}: refusing to "
-                "start, because running the valid part would leave what the rest protects unprotected"
-            )
-        self._degraded = f"DEGRADED: running the last valid policies; {first}"
-        self.emit(degraded_record(self._degraded, keeper.directory, kept))
-        return kept
-
-    def _keep(self, policy_set: PolicySet) -> None:
-        """A valid set runs: it is the fallback of the next start from now on."""
-        self._degraded = ""
-        if self.dry_run:
-            return  # dry-run writes nothing, not even this copy
-        try:
-            LastValidPolicies(kept_directory(self.settings.state_file)).keep(policy_set.files)
-        except PoliciesNotKept as exc:
-            self.emit(not_kept_record(exc))
+        chosen, self._degraded, record = policies_to_run(
+            policy_set, keeper, allow_untrusted=self.settings.insecure_allow_untrusted_files
+        )
+        if record is not None:
+            self.emit(record)
+        elif not self.dry_run:  # dry-run writes nothing, not even this copy
+            try:
+                keeper.keep(policy_set.files)
+            except PoliciesNotKept as exc:
+                self.emit(not_kept_record(exc))
+        return chosen
 
     def status_text(self) -> str:
         stats = self.watcher.stats()
@@ -263,6 +231,8 @@ class Service:
         if key not in self._watching:
             return
         self._watching.discard(key)
+        if self.flight_recorder is not None and all(k.cgroup != key.cgroup for k in self._watching):
+            self.flight_recorder.forget(key.cgroup)
         self.emit(watch_ended(key, why))
 
     def rescan(self) -> None:
@@ -351,22 +321,26 @@ class Service:
         timing: Optional[Dict[str, str]] = None
         if tick.woken_at is not None:
             timing = {
-                WOKEN_FIELD: _monotonic_us(tick.woken_at),
-                DECIDED_FIELD: _monotonic_us(self.clock.monotonic()),
+                WOKEN_FIELD: monotonic_us(tick.woken_at),
+                DECIDED_FIELD: monotonic_us(self.clock.monotonic()),
             }
+        if self.flight_recorder is not None:  # before the decision's records: an incident holds this look
+            pressured = fired or decision.state.target(key).pressured_since is not None
+            incident = self.flight_recorder.observed(key.policy, key.cgroup, snapshot, node, fired, pressured)
+            self.emit_all([incident] if incident is not None else [])
         self.apply(decision, key, timing)
 
     def apply(
         self, decision: Decision, key: Optional[TargetKey], timing: Optional[Dict[str, str]] = None
     ) -> None:
         self.state = decision.state
-        self.emit_all(_with_timing(decision.records, timing))
+        self.emit_all(with_timing(decision.records, timing))
         for action in decision.actions:
             outcome = self.executor.execute(action)
             written_at = self.clock.monotonic()
             self.state = note_outcome(self.state, action, outcome.result, written_at)
-            written = None if timing is None else {**timing, WRITTEN_FIELD: _monotonic_us(written_at)}
-            self.emit_all(_with_timing(outcome.records, written))
+            written = None if timing is None else {**timing, WRITTEN_FIELD: monotonic_us(written_at)}
+            self.emit_all(with_timing(outcome.records, written))
         if key is not None:
             if decision.wakeup_at is None:
                 self.wakeups.pop(key, None)
@@ -459,8 +433,7 @@ class Service:
             return
         self._apply_settings(new_settings)
         old = self.policies
-        self.install_policies(policy_set)
-        self._keep(policy_set)
+        self.install_policies(self._policies_to_run(policy_set))
         dropped = {
             name: p for name, p in old.items() if name not in self.policies or self.policies[name] != p
         }
@@ -488,6 +461,8 @@ class Service:
             self.identities = IdentityResolver(pods_log_dir=new_settings.pods_log_dir, clock=self.clock)
         if self.metrics is not None:
             self.metrics.configure(new_settings)
+        if self.flight_recorder is not None:
+            self.flight_recorder.configure(new_settings)
         self.settings = new_settings
 
     def shutdown(self) -> None:
@@ -509,4 +484,4 @@ class Service:
             self.observe(key, fired=False, tick=tick)
 
 
-__all__ = ["DECIDED_FIELD", "WOKEN_FIELD", "WRITTEN_FIELD", "Service"]
+__all__ = ["DECIDED_FIELD", "WOKEN_FIELD", "WRITTEN_FIELD", "Service", "StartRefused"]

@@ -20,7 +20,7 @@ from remediator.settings import Settings
 # Settings a reload cannot apply: the kernel roots, the mode, and what the writer, the state store,
 # the executor and the watcher were built with. Every other key is applied on reload (policies_dir,
 # insecure_allow_untrusted_files, rescan_interval_sec, node_actions_max_per_hour, metrics_*,
-# pods_log_dir).
+# pods_log_dir, flight_recorder_minutes, incidents_max_*).
 RESTART_ONLY = (
     "dry_run",
     "cgroup_root",

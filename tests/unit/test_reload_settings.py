@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterator
 
 import pytest
 
+from remediator.daemon.flight_recorder import FlightRecorder
 from remediator.daemon.service_records import RESTART_ONLY
 from remediator.records import RecordType
 from remediator.settings import Settings
@@ -37,6 +38,9 @@ NEW_VALUE: Dict[str, Callable[[Settings, MetricsRig], Any]] = {
     "metrics_interval_sec": lambda s, _r: s.metrics_interval_sec + 30,
     "metrics_max_cgroup_series": lambda s, _r: s.metrics_max_cgroup_series + 1,
     "pods_log_dir": lambda _s, r: _other_dir(r),
+    "flight_recorder_minutes": lambda s, _r: s.flight_recorder_minutes + 5,
+    "incidents_max_files": lambda s, _r: s.incidents_max_files + 1,
+    "incidents_max_bytes": lambda s, _r: s.incidents_max_bytes * 2,
     "insecure_allow_untrusted_files": lambda s, _r: s.insecure_allow_untrusted_files,
 }
 
@@ -45,6 +49,15 @@ EFFECT: Dict[str, Callable[[MetricsRig], Any]] = {
     "metrics_textfile": lambda r: r.service.metrics.path if r.service.metrics is not None else "no metrics",
     "pods_log_dir": lambda r: (
         r.service.identities.index._pods_dir if r.service.identities is not None else None
+    ),
+    "flight_recorder_minutes": lambda r: (
+        r.service.flight_recorder.window_sec / 60 if r.service.flight_recorder is not None else None
+    ),
+    "incidents_max_files": lambda r: (
+        r.service.flight_recorder.max_files if r.service.flight_recorder else None
+    ),
+    "incidents_max_bytes": lambda r: (
+        r.service.flight_recorder.max_bytes if r.service.flight_recorder else None
     ),
 }
 
@@ -59,6 +72,8 @@ def rig(tmp_path: Path) -> Iterator[MetricsRig]:
     directory = tmp_path / "node-exporter"
     directory.mkdir()
     rig = MetricsRig(tmp_path, dry_run=False, textfile=directory / "remediator.prom")
+    service = rig.service
+    service.flight_recorder = FlightRecorder.from_settings(service.settings, rig.clock, service.capabilities)
     yield rig
     rig.service.watcher.close()
     rig.triggers.close()

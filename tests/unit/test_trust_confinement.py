@@ -283,6 +283,9 @@ KNOWN_WRITERS = {
     "remediator/cli.py": "stdout re-pointed at /dev/null on EPIPE",
     "remediator/daemon/last_valid.py": "the last valid policy set, kept beside the state",
     "remediator/replay/tree.py": "a replay's private temporary tree",
+    "remediator/daemon/flight_recorder.py": (
+        "incident traces: O_EXCL|O_NOFOLLOW, 0600, in <state dir>/incidents (0700, checked ours alone)"
+    ),
 }
 _WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"}
 _WRITE_CALLS = {"write_text", "write_bytes", "ftruncate", "truncate"}
