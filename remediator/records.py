@@ -89,6 +89,7 @@ class RecordType(enum.Enum):
     STATE_QUARANTINED = ("463d472e3df146d7a663ddb88ffa483e", PRIORITY_ERR)
     STATE_UNWRITABLE = ("1a656be3fb8d4a99b13f62e12f226e71", PRIORITY_ERR)
     INCIDENT_RECORDED = ("c87ae2acc61f4cfdba5ade37bbafb678", PRIORITY_NOTICE)
+    INTERNAL_ERROR = ("d85aaaa88ba342b18399b87d8cab72ea", PRIORITY_ERR)
 
     @property
     def message_id(self) -> str:

@@ -97,11 +97,13 @@ from remediator.core.ladder import (
     VFS_CACHE_PRESSURE,
     RungDecline,
     RungTake,
+    describe_target,
     evaluate_rung,
     failed_condition,
     format_share,
 )
 from remediator.core.measure import stall_text
+from remediator.core.phases import TRANSITIONS, Phase, phase_of
 from remediator.core.state import (
     CoreConfig,
     CoreState,
@@ -109,6 +111,7 @@ from remediator.core.state import (
     PendingRung,
     ProposedSysctl,
     ProposedWrite,
+    TargetKey,
 )
 from remediator.core.turn import TurnBase
 from remediator.policy.compiled import (
@@ -142,6 +145,8 @@ class Decision:
     records: Tuple[Record, ...]
     # When the caller must observe this target again (fired=False); None = only on kernel events.
     wakeup_at: Optional[float]
+    # The target's phase after this decision (remediator.core.phases); IDLE for the exit's restores.
+    phase: Phase = Phase.IDLE
 
 
 class _Turn(TurnBase):
@@ -445,4 +450,24 @@ def decide(policy: Policy, state: CoreState, obs: Observation, now: float, confi
     """
     turn = _Turn(policy, state, obs, now, config)
     turn.run()
-    return turn.decision()
+    decision = turn.decision()
+    before = phase_of(state.target(obs.key), _owns_vfs(state, obs.key))
+    after = phase_of(decision.state.target(obs.key), _owns_vfs(decision.state, obs.key))
+    if (before, after) in TRANSITIONS:
+        return replace(decision, phase=after)
+    # A bug in the core: say so loudly, and still carry the decision out (a stopped daemon would
+    # leave every clamp in place).
+    broken = Record(
+        RecordType.INTERNAL_ERROR,
+        f"internal error: the decision core moved {describe_target(obs.key.cgroup)} from phase {before} to "
+        f"{after}, a move its transition table does not list; please report this",
+        policy=policy.name,
+        cgroup=obs.key.cgroup,
+        evidence=turn.evidence,
+        extra={"PHASE_BEFORE": before.value, "PHASE": after.value},
+    )
+    return replace(decision, records=(*decision.records, broken), phase=after)
+
+
+def _owns_vfs(state: CoreState, key: TargetKey) -> bool:
+    return state.node.vfs_owner == key and state.node.vfs_cache_pressure is not None
