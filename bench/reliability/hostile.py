@@ -229,7 +229,7 @@ def _entries_file(target_bytes: int) -> bytes:
 
 
 def oversized_state() -> Json:
-    from remediator.daemon.state_store import MAX_STATE_FILE_BYTES
+    from remediator.daemon.state_schema import MAX_STATE_FILE_BYTES
     from tests.fakefs import FakeKernel
 
     files = {

@@ -57,13 +57,8 @@ from remediator.daemon.confined_io import (
     KernelFile,
     ProcFile,
 )
-from remediator.daemon.state_store import (
-    KIND_MEMORY_HIGH,
-    KIND_SYSCTL,
-    OwnedValue,
-    StateStore,
-    StateUnwritable,
-)
+from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL, OwnedValue
+from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import (
     CgroupGone,
     KernelError,

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, WriteNotAllowed
-from remediator.daemon.state_store import KIND_MEMORY_HIGH, MAX_LIMIT_BYTES, OWNABLE_SYSCTLS, StateStore
+from remediator.daemon.state_schema import KIND_MEMORY_HIGH, MAX_LIMIT_BYTES, OWNABLE_SYSCTLS
+from remediator.daemon.state_store import StateStore
 from remediator.errors import KernelError, KernelParseError
 from remediator.kernel.capabilities import parse_cap_sys_resource, parse_kernel_version, parse_mounts
 from remediator.kernel.meminfo import parse_meminfo

@@ -24,7 +24,8 @@ from remediator.core.actions import (
 )
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.daemon.executor import RECLAIM_CHUNK_BYTES, Executor, Outcome
-from remediator.daemon.state_store import KIND_MEMORY_HIGH, KIND_SYSCTL, StateStore
+from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL
+from remediator.daemon.state_store import StateStore
 from remediator.kernel.roots import KernelRoots
 from remediator.records import PRIORITY_DEBUG, Knob, Record, RecordType, presented
 from tests.fakefs import FakeKernel

@@ -11,15 +11,8 @@ from typing import Any, Dict, List
 
 import pytest
 
-from remediator.daemon.state_store import (
-    KIND_MEMORY_HIGH,
-    KIND_SYSCTL,
-    SCHEMA_VERSION,
-    PendingWrite,
-    StateFull,
-    StateStore,
-    StateUnwritable,
-)
+from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL, SCHEMA_VERSION, PendingWrite
+from remediator.daemon.state_store import StateFull, StateStore, StateUnwritable
 from remediator.records import RecordType
 
 APP = "system.slice/app.service"
