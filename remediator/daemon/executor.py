@@ -30,13 +30,8 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import functools
-import time
-from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
-
-from remediator.clock import Clock
 from remediator.core.actions import (
     Action,
     Reclaim,
@@ -47,27 +42,30 @@ from remediator.core.actions import (
     SetSysctl,
 )
 from remediator.daemon.confined_io import (
-    DROP_CACHES,
     MEMORY_HIGH,
     MEMORY_RECLAIM,
-    VFS_CACHE_PRESSURE,
     CgroupFile,
-    ConfinedIO,
-    ConfinementError,
     KernelFile,
     ProcFile,
+)
+from remediator.daemon.executor_base import (
+    OWNED_SYSCTL,
+    SYSCTL_FILES,
+    ActionContext,
+    ExecutorBase,
+    Outcome,
+    Restored,
+    limit_text,
+    parse_limit_of,
+    parse_uint_of,
 )
 from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL, OwnedValue
 from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import (
     CgroupGone,
-    KernelError,
-    KernelFileMissing,
     KernelTransient,
     RemediatorError,
 )
-from remediator.kernel.memory_limits import parse_bytes, parse_limit
-from remediator.kernel.roots import KernelRoots
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType, Result
 from remediator.sizes import format_bytes
 
@@ -91,112 +89,10 @@ RESULTS = frozenset(
 # often and the loop (and its watchdog) is never held for long.
 RECLAIM_CHUNK_BYTES = 64 * 1024 * 1024
 
-# Exponential backoff for transient errors: 10 ms, 20 ms, ... capped, and
-# never sleeping past the budget. With the default 2 s budget the worst case
-# for one write is ~2 s plus the write itself, well under half of any sane
-# WatchdogSec= (the service sends WATCHDOG=1 every WatchdogSec/2).
-RETRY_FIRST_WAIT_SEC = 0.01
-RETRY_MAX_WAIT_SEC = 0.25
-
-
-# The sysctl names actions use, and where they live under the proc root.
-SYSCTL_FILES = {"vfs_cache_pressure": VFS_CACHE_PRESSURE, "drop_caches": DROP_CACHES}
-OWNED_SYSCTL = "vfs_cache_pressure"
 DROP_CACHES_MODES = frozenset({1, 2, 3})
 
-T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one action: a result from RESULTS and the records to write."""
-
-    result: str
-    records: Tuple[Record, ...]
-
-
-def _sysctl_knob(name: str) -> Optional[Knob]:
-    return Knob(name) if name in SYSCTL_FILES else None
-
-
-def _limit_text(value: Optional[int]) -> str:
-    return "max" if value is None else str(value)
-
-
-def _parse_limit(text: str, target: KernelFile) -> Optional[int]:
-    # The same strict parsers as the readers: one definition of what the kernel prints.
-    return parse_limit(text, target.describe())
-
-
-def _parse_uint(text: str, target: KernelFile) -> int:
-    return parse_bytes(text, target.describe())
-
-
-@dataclass(frozen=True)
-class _Context:
-    """What every record about one action shares."""
-
-    cause: Record
-    action: Optional[Knob]  # None only for a sysctl outside the allow-list (refused)
-    cgroup: Optional[str]
-
-    def base(self) -> Record:
-        cause = self.cause
-        return replace(
-            cause,
-            action=cause.action or self.action,
-            cgroup=cause.cgroup if cause.cgroup is not None else self.cgroup,
-        )
-
-
-@dataclass(frozen=True)
-class _Restored:
-    """The outcome of putting one owned value back."""
-
-    result: str  # restored | not_restored | gone
-    before: str
-    after: str
-    detail: str  # empty for a plain restore
-    unforgotten: Optional[StateUnwritable] = None
-
-
-@dataclass
-class _Ledgers:
-    """Where ownership is tracked: the real store, or the dry-run "as if" one."""
-
-    real: StateStore
-    simulated: StateStore = field(default_factory=StateStore.in_memory)
-
-
-class Executor:
-    def __init__(
-        self,
-        roots: KernelRoots,
-        store: StateStore,
-        clock: Clock,
-        dry_run: bool,
-        retry_budget_sec: float = 2.0,
-        *,
-        io: Optional[ConfinedIO] = None,
-        sleep: Optional[Callable[[float], None]] = None,
-    ) -> None:
-        self._io = io if io is not None else ConfinedIO(roots)
-        self._ledgers = _Ledgers(real=store)
-        self._clock = clock
-        self._dry_run = dry_run
-        self._retry_budget_sec = retry_budget_sec
-        # Injected so tests drive retries with a FakeClock instead of sleeping.
-        self._sleep: Callable[[float], None] = sleep if sleep is not None else time.sleep
-
-    @property
-    def dry_run(self) -> bool:
-        return self._dry_run
-
-    @property
-    def _ledger(self) -> StateStore:
-        """The store that records ownership for this mode (never the real one in dry-run)."""
-        return self._ledgers.simulated if self._dry_run else self._ledgers.real
-
+class Executor(ExecutorBase):
     # ==== the entry points =====================================================
     def execute(self, action: Action) -> Outcome:
         """Carry out one action; never raises."""
@@ -244,7 +140,7 @@ class Executor:
         return self._drop_gone_cgroups(self._ledger)
 
     # ==== actions ===============================================================
-    def _reclaim(self, action: Reclaim, ctx: _Context) -> Outcome:
+    def _reclaim(self, action: Reclaim, ctx: ActionContext) -> Outcome:
         if action.bytes <= 0:
             return self._finish(ctx, "declined", detail="nothing to reclaim (0 bytes asked)")
         reclaim_file = CgroupFile(action.cgroup, MEMORY_RECLAIM)
@@ -252,7 +148,7 @@ class Executor:
         if not self._io.exists(reclaim_file):
             # Kernels before 5.19 have no memory.reclaim (and say so without failing).
             return self._finish(ctx, "declined", detail="this kernel has no memory.reclaim (5.19+)")
-        before = self._retry(lambda: _parse_uint(self._io.read(current_file), current_file))
+        before = self._retry(lambda: parse_uint_of(self._io.read(current_file), current_file))
         start = self._clock.monotonic()
         deadline = start + action.timeout_sec
         remaining = action.bytes
@@ -299,12 +195,12 @@ class Executor:
 
     def _read_after(self, current_file: CgroupFile) -> str:
         try:
-            return str(self._retry(lambda: _parse_uint(self._io.read(current_file), current_file)))
+            return str(self._retry(lambda: parse_uint_of(self._io.read(current_file), current_file)))
         except RemediatorError:
             # The reclaim happened; not knowing its effect is no reason to call it failed.
             return ""
 
-    def _set_memory_high(self, action: SetMemoryHigh, ctx: _Context) -> Outcome:
+    def _set_memory_high(self, action: SetMemoryHigh, ctx: ActionContext) -> Outcome:
         target = CgroupFile(action.cgroup, MEMORY_HIGH)
         return self._set_owned(
             ctx,
@@ -314,10 +210,10 @@ class Executor:
             value=action.value,
             expected=action.expected,
             check_expected=True,
-            read=lambda: _parse_limit(self._io.read(target), target),
+            read=lambda: parse_limit_of(self._io.read(target), target),
         )
 
-    def _set_sysctl(self, action: SetSysctl, ctx: _Context) -> Outcome:
+    def _set_sysctl(self, action: SetSysctl, ctx: ActionContext) -> Outcome:
         relative = SYSCTL_FILES.get(action.name)
         if relative is None:
             return self._finish(ctx, "refused", detail=f"vm.{action.name} is not a sysctl remediator writes")
@@ -333,10 +229,10 @@ class Executor:
             expected=action.expected,
             # None: the core had no reading to compare with; the write is still recorded.
             check_expected=action.expected is not None,
-            read=lambda: _parse_uint(self._io.read(target), target),
+            read=lambda: parse_uint_of(self._io.read(target), target),
         )
 
-    def _drop_caches(self, action: SetSysctl, ctx: _Context, target: ProcFile) -> Outcome:
+    def _drop_caches(self, action: SetSysctl, ctx: ActionContext, target: ProcFile) -> Outcome:
         if action.value not in DROP_CACHES_MODES:
             return self._finish(ctx, "refused", detail=f"vm.drop_caches takes 1, 2 or 3, not {action.value}")
         # A write-only trigger: nothing to read back, nothing to own or restore.
@@ -347,7 +243,7 @@ class Executor:
 
     def _set_owned(
         self,
-        ctx: _Context,
+        ctx: ActionContext,
         *,
         kind: str,
         name: str,
@@ -377,8 +273,8 @@ class Executor:
             return self._finish(
                 ctx,
                 "stood_back",
-                before=_limit_text(current),
-                after=_limit_text(current),
+                before=limit_text(current),
+                after=limit_text(current),
                 detail=(
                     f"stood back: {target.describe()} is {self._format(kind, current)}, not the expected "
                     f"{self._format(kind, expected)}; another writer (systemd, kubelet, an operator) changed "
@@ -404,7 +300,7 @@ class Executor:
             ledger.record_and_begin_write(
                 kind, name, current, ctx.cause.policy, self._clock.wall(), value, cgroup_id
             )
-            data = _limit_text(value).encode("ascii")
+            data = limit_text(value).encode("ascii")
             try:
                 self._retry(lambda: self._io.write(target, data))
             except CgroupGone:
@@ -423,7 +319,7 @@ class Executor:
                 records.append(
                     self._store_trouble(ctx, exc, "applied", "the write happened but could not be confirmed")
                 )
-        outcome = self._finish(ctx, "applied", before=_limit_text(current), after=_limit_text(value))
+        outcome = self._finish(ctx, "applied", before=limit_text(current), after=limit_text(value))
         return Outcome(outcome.result, outcome.records + tuple(records))
 
     def _drop_gone_cgroups(self, ledger: StateStore) -> Tuple[Record, ...]:
@@ -464,7 +360,7 @@ class Executor:
         with contextlib.suppress(StateUnwritable):
             self._ledger.abandon_write(kind, name)
 
-    def _restore_action(self, kind: str, name: str, ctx: _Context) -> Outcome:
+    def _restore_action(self, kind: str, name: str, ctx: ActionContext) -> Outcome:
         ledger = self._ledger
         entry = ledger.get(kind, name)
         if entry is None:
@@ -473,7 +369,7 @@ class Executor:
             )
         return self._restored_outcome(ctx, self._restore_entry(entry, ledger, simulated=self._dry_run))
 
-    def _release(self, action: ReleaseOwnership, ctx: _Context) -> Outcome:
+    def _release(self, action: ReleaseOwnership, ctx: ActionContext) -> Outcome:
         """Forget a recorded original without writing (the core gave the value up)."""
         key = self._ownership_key(action.cgroup, action.file)
         if key is None:
@@ -490,7 +386,7 @@ class Executor:
         return (KIND_SYSCTL, sysctl) if sysctl == OWNED_SYSCTL else None
 
     # ==== restoring ==============================================================
-    def _restore_entry(self, entry: OwnedValue, ledger: Optional[StateStore], simulated: bool) -> _Restored:
+    def _restore_entry(self, entry: OwnedValue, ledger: Optional[StateStore], simulated: bool) -> Restored:
         """Put ``entry.original`` back if the kernel still holds our value.
 
         ``ledger`` None: report only (dry-run recovery), forget nothing.
@@ -503,24 +399,24 @@ class Executor:
             actual = self._retry(lambda: self._read_value(entry.kind, target))
         except CgroupGone:
             self._forget(ledger, entry)
-            return _Restored("gone", "", "", "the cgroup is gone")
+            return Restored("gone", "", "", "the cgroup is gone")
         if entry.kind == KIND_MEMORY_HIGH and not self._same_cgroup(entry):
             self._forget(ledger, entry)
-            return _Restored(
+            return Restored(
                 "gone",
                 "",
                 "",
                 "the cgroup it was recorded for is gone; this one was created again under its name",
             )
         current = self._as_if(entry, actual) if simulated else actual
-        before = _limit_text(current)
-        original = _limit_text(entry.original)
+        before = limit_text(current)
+        original = limit_text(entry.original)
         if current == entry.original:
             unforgotten = self._forget(ledger, entry)
-            return _Restored("restored", before, original, "already at its original value", unforgotten)
+            return Restored("restored", before, original, "already at its original value", unforgotten)
         if not entry.is_ours(current):
             unforgotten = self._forget(ledger, entry)
-            return _Restored(
+            return Restored(
                 "not_restored",
                 before,
                 before,
@@ -535,8 +431,8 @@ class Executor:
                 self._retry(lambda: self._io.write(target, data))
             except CgroupGone:
                 self._forget(ledger, entry)
-                return _Restored("gone", before, "", "the cgroup is gone")
-        return _Restored("restored", before, original, "", self._forget(ledger, entry))
+                return Restored("gone", before, "", "the cgroup is gone")
+        return Restored("restored", before, original, "", self._forget(ledger, entry))
 
     def _forget(self, ledger: Optional[StateStore], entry: OwnedValue) -> Optional[StateUnwritable]:
         if ledger is None:
@@ -548,7 +444,7 @@ class Executor:
         return None
 
     def _restored_outcome(
-        self, ctx: _Context, restored: _Restored, not_restored_type: RecordType = RecordType.STOOD_BACK
+        self, ctx: ActionContext, restored: Restored, not_restored_type: RecordType = RecordType.STOOD_BACK
     ) -> Outcome:
         """The records of a restore. Leaving another writer's value in place is,
         for an action, the same event as standing back; recovery keeps its own type."""
@@ -572,7 +468,7 @@ class Executor:
     def _recover_entry(self, entry: OwnedValue) -> Tuple[Record, ...]:
         store = self._ledgers.real
         ledger = None if self._dry_run else store
-        ctx = _Context(
+        ctx = ActionContext(
             cause=Record(
                 RecordType.STATE_RECOVERED,
                 f"restore {self._describe(entry)} to {self._format(entry.kind, entry.original)}, "
@@ -595,173 +491,6 @@ class Executor:
             self._forget(ledger, entry)
             return self._error_outcome(ctx, exc).records
         return self._restored_outcome(ctx, restored, not_restored_type=RecordType.STATE_RECOVERED).records
-
-    # ==== kernel values ===========================================================
-    def _read_value(self, kind: str, target: KernelFile) -> Optional[int]:
-        text = self._io.read(target)
-        return _parse_limit(text, target) if kind == KIND_MEMORY_HIGH else _parse_uint(text, target)
-
-    @staticmethod
-    def _target_of(entry: OwnedValue) -> KernelFile:
-        if entry.kind == KIND_MEMORY_HIGH:
-            return CgroupFile(entry.name, MEMORY_HIGH)
-        return ProcFile(SYSCTL_FILES[entry.name])
-
-    def _as_if(self, entry: Optional[OwnedValue], actual: Optional[int]) -> Optional[int]:
-        """In dry-run, what the kernel would hold had we written: our value while
-        the real one is still the original we recorded; otherwise what is there."""
-        if not self._dry_run or entry is None:
-            return actual
-        return entry.ours if actual == entry.original else actual
-
-    def _retry(
-        self, operation: Callable[[], T], retry_eagain: bool = True, budget_sec: Optional[float] = None
-    ) -> T:
-        """Run ``operation``, retrying transient kernel errors within the time budget."""
-        budget = self._retry_budget_sec if budget_sec is None else budget_sec
-        clock = self._clock
-        start = clock.monotonic()
-        backoff = wait_exponential(
-            multiplier=RETRY_FIRST_WAIT_SEC, min=RETRY_FIRST_WAIT_SEC, max=RETRY_MAX_WAIT_SEC
-        )
-
-        def retryable(exc: BaseException) -> bool:
-            if not isinstance(exc, KernelTransient):
-                return False
-            return retry_eagain or exc.errno != errno_mod.EAGAIN
-
-        def out_of_budget(_state: RetryCallState) -> bool:
-            return clock.monotonic() - start >= budget
-
-        def wait(state: RetryCallState) -> float:
-            # Never sleep past the budget: the last attempt happens at its end.
-            return max(0.0, min(backoff(state), budget - (clock.monotonic() - start)))
-
-        retrying = Retrying(
-            retry=retry_if_exception(retryable),
-            stop=out_of_budget,
-            wait=wait,
-            sleep=self._sleep,
-            reraise=True,
-        )
-        return retrying(operation)
-
-    # ==== records ===================================================================
-    @staticmethod
-    def _context(action: Action) -> _Context:
-        if isinstance(action, Reclaim):
-            return _Context(action.cause, Knob.RECLAIM, action.cgroup)
-        if isinstance(action, SetMemoryHigh):
-            return _Context(action.cause, Knob.MEMORY_HIGH, action.cgroup)
-        if isinstance(action, RestoreMemoryHigh):
-            return _Context(action.cause, Knob.MEMORY_HIGH, action.cgroup)
-        if isinstance(action, SetSysctl):
-            return _Context(action.cause, _sysctl_knob(action.name), None)
-        if isinstance(action, RestoreSysctl):
-            return _Context(action.cause, _sysctl_knob(action.name), None)
-        knob = Knob.MEMORY_HIGH if action.cgroup is not None else _sysctl_knob(action.file)
-        return _Context(action.cause, knob, action.cgroup)
-
-    @staticmethod
-    def _restore_action_name(kind: str) -> Knob:
-        # A restore or a recovery is recorded under the knob it puts back (its
-        # REMEDIATOR_RESULT says restored/recovered), so one journal filter finds a knob's whole life.
-        return Knob.MEMORY_HIGH if kind == KIND_MEMORY_HIGH else Knob(OWNED_SYSCTL)
-
-    @staticmethod
-    def _describe(entry: OwnedValue) -> str:
-        if entry.kind == KIND_MEMORY_HIGH:
-            return f"memory.high of {entry.name}"
-        return f"vm.{entry.name}"
-
-    @staticmethod
-    def _format(kind: str, value: Optional[int]) -> str:
-        return format_bytes(value) if kind == KIND_MEMORY_HIGH else _limit_text(value)
-
-    def _finish(
-        self,
-        ctx: _Context,
-        result: str,
-        *,
-        before: str = "",
-        after: str = "",
-        detail: str = "",
-        errno: str = "",
-        extra: Optional[Dict[str, str]] = None,
-        record_type: Optional[RecordType] = None,
-        priority: Optional[int] = None,
-    ) -> Outcome:
-        """Complete the cause into the outcome's record.
-
-        The message is the cause's, plus ": <detail>" when there is one. The
-        record says what happened in the enforcing words, with ``dry_run``: the
-        one place that words it for a reader ("would ...", result ``would``,
-        no figures of work not done) is ``remediator.records.presented``, which
-        every writer applies. The outcome's result tells the core "would" for
-        a write dry-run only pretended, so it remembers the value as simulated.
-        """
-        base = ctx.base()
-        message = base.message + (f": {detail}" if detail else "")
-        outcome_result = result
-        if self._dry_run and result in ("applied", "restored", "partial"):
-            outcome_result = "would"
-        record = replace(
-            base,
-            type=record_type if record_type is not None else self._record_type(base.type, result),
-            message=message,
-            result=result,
-            before=before,
-            after=after,
-            errno=errno,
-            dry_run=self._dry_run,
-            extra={**base.extra, **(extra or {})},
-            priority=priority if priority is not None else base.priority,
-        )
-        return Outcome(outcome_result, (record,))
-
-    @staticmethod
-    def _record_type(cause_type: RecordType, result: str) -> RecordType:
-        if result in ("failed", "refused"):
-            return RecordType.ACTION_FAILED
-        if result in ("declined", "gone"):
-            return RecordType.ACTION_DECLINED
-        if result == "stood_back":
-            return RecordType.STOOD_BACK
-        return cause_type
-
-    def _error_outcome(self, ctx: _Context, exc: RemediatorError) -> Outcome:
-        if isinstance(exc, CgroupGone):
-            # Cgroups come and go all day; this is not news worth a warning.
-            return self._finish(ctx, "gone", detail="the cgroup is gone", priority=PRIORITY_DEBUG)
-        if isinstance(exc, KernelFileMissing):
-            return self._finish(ctx, "declined", detail=f"{exc.path} does not exist", errno=exc.errno_name)
-        if isinstance(exc, StateUnwritable):
-            return Outcome("refused", (self._store_trouble(ctx, exc, "refused"),))
-        if isinstance(exc, ConfinementError):
-            return self._finish(ctx, "refused", detail=f"refused: {exc}", priority=PRIORITY_ERR)
-        if isinstance(exc, KernelError):
-            return self._finish(
-                ctx, "failed", detail=f"failed: {exc}", errno=exc.errno_name, priority=PRIORITY_ERR
-            )
-        return self._finish(ctx, "failed", detail=f"failed: {exc}", priority=PRIORITY_ERR)
-
-    def _store_trouble(
-        self, ctx: _Context, exc: StateUnwritable, result: str, consequence: str = ""
-    ) -> Record:
-        """A STATE_UNWRITABLE record. Result "refused": the change was not made
-        because its original could not be recorded; otherwise ``consequence``
-        says what the failed store update means for a change that was made."""
-        if result == "refused":
-            detail = (
-                f"refused: the original value cannot be recorded in {exc.path} ({exc.message}), "
-                "and what cannot be recorded cannot be undone"
-            )
-        else:
-            detail = f"state file {exc.path} could not be written ({exc.message}): {consequence}"
-        outcome = self._finish(
-            ctx, result, detail=detail, errno=exc.errno_name, record_type=RecordType.STATE_UNWRITABLE
-        )
-        return outcome.records[0]
 
 
 __all__ = ["RESULTS", "Executor", "Outcome"]

@@ -1,0 +1,316 @@
+"""The executor's foundation: its ledgers and retries, and the words of its outcomes.
+
+``ExecutorBase`` holds what every action of ``remediator.daemon.executor.Executor``
+shares: the confined writer, the state store (or dry-run's private one), the
+clock, reading a value back, retrying transient errors within a time budget
+(tenacity, transient errors only), and completing an action's cause into the
+record of its outcome. The actions themselves, the restores and the recovery
+are the Executor's.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Optional, Tuple, TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
+
+from remediator.clock import Clock
+from remediator.core.actions import (
+    Action,
+    Reclaim,
+    RestoreMemoryHigh,
+    RestoreSysctl,
+    SetMemoryHigh,
+    SetSysctl,
+)
+from remediator.daemon.confined_io import (
+    DROP_CACHES,
+    MEMORY_HIGH,
+    VFS_CACHE_PRESSURE,
+    CgroupFile,
+    ConfinedIO,
+    ConfinementError,
+    KernelFile,
+    ProcFile,
+)
+from remediator.daemon.state_schema import KIND_MEMORY_HIGH, OwnedValue
+from remediator.daemon.state_store import StateStore, StateUnwritable
+from remediator.errors import CgroupGone, KernelError, KernelFileMissing, KernelTransient, RemediatorError
+from remediator.kernel.memory_limits import parse_bytes, parse_limit
+from remediator.kernel.roots import KernelRoots
+from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType
+from remediator.sizes import format_bytes
+
+# Exponential backoff for transient errors: 10 ms, 20 ms, ... capped, and
+# never sleeping past the budget. With the default 2 s budget the worst case
+# for one write is ~2 s plus the write itself, well under half of any sane
+# WatchdogSec= (the service sends WATCHDOG=1 every WatchdogSec/2).
+RETRY_FIRST_WAIT_SEC = 0.01
+RETRY_MAX_WAIT_SEC = 0.25
+
+
+# The sysctl names actions use, and where they live under the proc root.
+SYSCTL_FILES = {"vfs_cache_pressure": VFS_CACHE_PRESSURE, "drop_caches": DROP_CACHES}
+OWNED_SYSCTL = "vfs_cache_pressure"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one action: a result from RESULTS and the records to write."""
+
+    result: str
+    records: Tuple[Record, ...]
+
+
+def sysctl_knob(name: str) -> Optional[Knob]:
+    return Knob(name) if name in SYSCTL_FILES else None
+
+
+def limit_text(value: Optional[int]) -> str:
+    return "max" if value is None else str(value)
+
+
+def parse_limit_of(text: str, target: KernelFile) -> Optional[int]:
+    # The same strict parsers as the readers: one definition of what the kernel prints.
+    return parse_limit(text, target.describe())
+
+
+def parse_uint_of(text: str, target: KernelFile) -> int:
+    return parse_bytes(text, target.describe())
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What every record about one action shares."""
+
+    cause: Record
+    action: Optional[Knob]  # None only for a sysctl outside the allow-list (refused)
+    cgroup: Optional[str]
+
+    def base(self) -> Record:
+        cause = self.cause
+        return replace(
+            cause,
+            action=cause.action or self.action,
+            cgroup=cause.cgroup if cause.cgroup is not None else self.cgroup,
+        )
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The outcome of putting one owned value back."""
+
+    result: str  # restored | not_restored | gone
+    before: str
+    after: str
+    detail: str  # empty for a plain restore
+    unforgotten: Optional[StateUnwritable] = None
+
+
+@dataclass
+class Ledgers:
+    """Where ownership is tracked: the real store, or the dry-run "as if" one."""
+
+    real: StateStore
+    simulated: StateStore = field(default_factory=StateStore.in_memory)
+
+
+class ExecutorBase:
+    def __init__(
+        self,
+        roots: KernelRoots,
+        store: StateStore,
+        clock: Clock,
+        dry_run: bool,
+        retry_budget_sec: float = 2.0,
+        *,
+        io: Optional[ConfinedIO] = None,
+        sleep: Optional[Callable[[float], None]] = None,
+    ) -> None:
+        self._io = io if io is not None else ConfinedIO(roots)
+        self._ledgers = Ledgers(real=store)
+        self._clock = clock
+        self._dry_run = dry_run
+        self._retry_budget_sec = retry_budget_sec
+        # Injected so tests drive retries with a FakeClock instead of sleeping.
+        self._sleep: Callable[[float], None] = sleep if sleep is not None else time.sleep
+
+    @property
+    def dry_run(self) -> bool:
+        return self._dry_run
+
+    @property
+    def _ledger(self) -> StateStore:
+        """The store that records ownership for this mode (never the real one in dry-run)."""
+        return self._ledgers.simulated if self._dry_run else self._ledgers.real
+
+    # ==== kernel values ===========================================================
+    def _read_value(self, kind: str, target: KernelFile) -> Optional[int]:
+        text = self._io.read(target)
+        return parse_limit_of(text, target) if kind == KIND_MEMORY_HIGH else parse_uint_of(text, target)
+
+    @staticmethod
+    def _target_of(entry: OwnedValue) -> KernelFile:
+        if entry.kind == KIND_MEMORY_HIGH:
+            return CgroupFile(entry.name, MEMORY_HIGH)
+        return ProcFile(SYSCTL_FILES[entry.name])
+
+    def _as_if(self, entry: Optional[OwnedValue], actual: Optional[int]) -> Optional[int]:
+        """In dry-run, what the kernel would hold had we written: our value while
+        the real one is still the original we recorded; otherwise what is there."""
+        if not self._dry_run or entry is None:
+            return actual
+        return entry.ours if actual == entry.original else actual
+
+    def _retry(
+        self, operation: Callable[[], T], retry_eagain: bool = True, budget_sec: Optional[float] = None
+    ) -> T:
+        """Run ``operation``, retrying transient kernel errors within the time budget."""
+        budget = self._retry_budget_sec if budget_sec is None else budget_sec
+        clock = self._clock
+        start = clock.monotonic()
+        backoff = wait_exponential(
+            multiplier=RETRY_FIRST_WAIT_SEC, min=RETRY_FIRST_WAIT_SEC, max=RETRY_MAX_WAIT_SEC
+        )
+
+        def retryable(exc: BaseException) -> bool:
+            if not isinstance(exc, KernelTransient):
+                return False
+            return retry_eagain or exc.errno != errno_mod.EAGAIN
+
+        def out_of_budget(_state: RetryCallState) -> bool:
+            return clock.monotonic() - start >= budget
+
+        def wait(state: RetryCallState) -> float:
+            # Never sleep past the budget: the last attempt happens at its end.
+            return max(0.0, min(backoff(state), budget - (clock.monotonic() - start)))
+
+        retrying = Retrying(
+            retry=retry_if_exception(retryable),
+            stop=out_of_budget,
+            wait=wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(operation)
+
+    # ==== records ===================================================================
+    @staticmethod
+    def _context(action: Action) -> ActionContext:
+        if isinstance(action, Reclaim):
+            return ActionContext(action.cause, Knob.RECLAIM, action.cgroup)
+        if isinstance(action, SetMemoryHigh):
+            return ActionContext(action.cause, Knob.MEMORY_HIGH, action.cgroup)
+        if isinstance(action, RestoreMemoryHigh):
+            return ActionContext(action.cause, Knob.MEMORY_HIGH, action.cgroup)
+        if isinstance(action, SetSysctl):
+            return ActionContext(action.cause, sysctl_knob(action.name), None)
+        if isinstance(action, RestoreSysctl):
+            return ActionContext(action.cause, sysctl_knob(action.name), None)
+        knob = Knob.MEMORY_HIGH if action.cgroup is not None else sysctl_knob(action.file)
+        return ActionContext(action.cause, knob, action.cgroup)
+
+    @staticmethod
+    def _restore_action_name(kind: str) -> Knob:
+        # A restore or a recovery is recorded under the knob it puts back (its
+        # REMEDIATOR_RESULT says restored/recovered), so one journal filter finds a knob's whole life.
+        return Knob.MEMORY_HIGH if kind == KIND_MEMORY_HIGH else Knob(OWNED_SYSCTL)
+
+    @staticmethod
+    def _describe(entry: OwnedValue) -> str:
+        if entry.kind == KIND_MEMORY_HIGH:
+            return f"memory.high of {entry.name}"
+        return f"vm.{entry.name}"
+
+    @staticmethod
+    def _format(kind: str, value: Optional[int]) -> str:
+        return format_bytes(value) if kind == KIND_MEMORY_HIGH else limit_text(value)
+
+    def _finish(
+        self,
+        ctx: ActionContext,
+        result: str,
+        *,
+        before: str = "",
+        after: str = "",
+        detail: str = "",
+        errno: str = "",
+        extra: Optional[Dict[str, str]] = None,
+        record_type: Optional[RecordType] = None,
+        priority: Optional[int] = None,
+    ) -> Outcome:
+        """Complete the cause into the outcome's record.
+
+        The message is the cause's, plus ": <detail>" when there is one. The
+        record says what happened in the enforcing words, with ``dry_run``: the
+        one place that words it for a reader ("would ...", result ``would``,
+        no figures of work not done) is ``remediator.records.presented``, which
+        every writer applies. The outcome's result tells the core "would" for
+        a write dry-run only pretended, so it remembers the value as simulated.
+        """
+        base = ctx.base()
+        message = base.message + (f": {detail}" if detail else "")
+        outcome_result = result
+        if self._dry_run and result in ("applied", "restored", "partial"):
+            outcome_result = "would"
+        record = replace(
+            base,
+            type=record_type if record_type is not None else self._record_type(base.type, result),
+            message=message,
+            result=result,
+            before=before,
+            after=after,
+            errno=errno,
+            dry_run=self._dry_run,
+            extra={**base.extra, **(extra or {})},
+            priority=priority if priority is not None else base.priority,
+        )
+        return Outcome(outcome_result, (record,))
+
+    @staticmethod
+    def _record_type(cause_type: RecordType, result: str) -> RecordType:
+        if result in ("failed", "refused"):
+            return RecordType.ACTION_FAILED
+        if result in ("declined", "gone"):
+            return RecordType.ACTION_DECLINED
+        if result == "stood_back":
+            return RecordType.STOOD_BACK
+        return cause_type
+
+    def _error_outcome(self, ctx: ActionContext, exc: RemediatorError) -> Outcome:
+        if isinstance(exc, CgroupGone):
+            # Cgroups come and go all day; this is not news worth a warning.
+            return self._finish(ctx, "gone", detail="the cgroup is gone", priority=PRIORITY_DEBUG)
+        if isinstance(exc, KernelFileMissing):
+            return self._finish(ctx, "declined", detail=f"{exc.path} does not exist", errno=exc.errno_name)
+        if isinstance(exc, StateUnwritable):
+            return Outcome("refused", (self._store_trouble(ctx, exc, "refused"),))
+        if isinstance(exc, ConfinementError):
+            return self._finish(ctx, "refused", detail=f"refused: {exc}", priority=PRIORITY_ERR)
+        if isinstance(exc, KernelError):
+            return self._finish(
+                ctx, "failed", detail=f"failed: {exc}", errno=exc.errno_name, priority=PRIORITY_ERR
+            )
+        return self._finish(ctx, "failed", detail=f"failed: {exc}", priority=PRIORITY_ERR)
+
+    def _store_trouble(
+        self, ctx: ActionContext, exc: StateUnwritable, result: str, consequence: str = ""
+    ) -> Record:
+        """A STATE_UNWRITABLE record. Result "refused": the change was not made
+        because its original could not be recorded; otherwise ``consequence``
+        says what the failed store update means for a change that was made."""
+        if result == "refused":
+            detail = (
+                f"refused: the original value cannot be recorded in {exc.path} ({exc.message}), "
+                "and what cannot be recorded cannot be undone"
+            )
+        else:
+            detail = f"state file {exc.path} could not be written ({exc.message}): {consequence}"
+        outcome = self._finish(
+            ctx, result, detail=detail, errno=exc.errno_name, record_type=RecordType.STATE_UNWRITABLE
+        )
+        return outcome.records[0]
