@@ -18,7 +18,8 @@ import pytest
 
 from remediator.clock import FakeClock
 from remediator.core.state import TargetKey
-from remediator.daemon.watcher import CLOSE_THREADS, ClosedFds, CloseFd, Watcher
+from remediator.daemon.fd_close import CLOSE_THREADS, ClosedFds, CloseFd
+from remediator.daemon.watcher import Watcher
 from remediator.kernel.psi_trigger import PsiTrigger
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import FakeKernel
