@@ -35,7 +35,7 @@ from tests.vm.scenarios_faults import reclaim_races
 FAULTS_DIR = Path(reclaim_races.__file__).resolve().parent
 # What the daemon imports beyond the full image's python3, python3-yaml and python3-systemd.
 RUNTIME_PACKAGES = ("pydantic", "pydantic_core", "pydantic_settings", "tenacity", "typing_extensions.py",
-                    "annotated_types", "typing_inspection", "dotenv")  # fmt: skip
+                    "annotated_types", "typing_inspection", "dotenv", "prometheus_client")  # fmt: skip
 
 pytestmark = pytest.mark.vm
 
