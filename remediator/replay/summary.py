@@ -6,7 +6,8 @@
 - **first action**: the first write it asked for (ACTION_APPLIED: ``would``
   in a replay), and its delay after the first pressure;
 - **actions**: every record about a knob (applied, failed, stood back,
-  backed off, rolled back), counted by kind and result;
+  backed off, rolled back), counted by kind and result; a coalesced summary
+  (``REMEDIATOR_REPEATED=N``) counts for the N decisions it stands for;
 - **declines**: ACTION_DECLINED records by reason (each reason is recorded at
   most once a minute per target, so these count records, not looks);
 - **owned at the end**: what the daemon would hold changed when the trace
@@ -20,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from remediator.records import RecordType
+from remediator.records import Record, RecordType
 from remediator.replay.engine import Owned, ReplayResult
 
 REASON_FIELD = "REASON"
@@ -83,6 +84,10 @@ def summarize(result: ReplayResult) -> List[CgroupSummary]:
     """One summary per cgroup the trace recorded or a record names, the node's last (module docstring)."""
     rows: Dict[Optional[str], CgroupSummary] = {}
 
+    def _stands_for(record: Record) -> int:
+        # The first record of a kind is one decision; the summary that closes its window, N more.
+        return int(record.extra.get("REPEATED", "1"))
+
     def row(cgroup: Optional[str]) -> CgroupSummary:
         if cgroup not in rows:
             rows[cgroup] = CgroupSummary(cgroup)
@@ -106,10 +111,10 @@ def summarize(result: ReplayResult) -> List[CgroupSummary]:
         if record.type is RecordType.PRESSURE_CONFIRMED and summary.first_pressure is None:
             summary.first_pressure, summary.first_pressure_source = timed.t, "pressure confirmed"
         elif record.type is RecordType.ACTION_DECLINED:
-            summary.declines[record.extra.get(REASON_FIELD) or record.message] += 1
+            summary.declines[record.extra.get(REASON_FIELD) or record.message] += _stands_for(record)
         elif record.type in _ACTION_WORDS and record.action is not None:
             kind = _ACTION_WORDS[record.type] + str(record.action)
-            summary.actions[(kind, record.result)] += 1
+            summary.actions[(kind, record.result)] += _stands_for(record)
             if (
                 record.type is RecordType.ACTION_APPLIED
                 and record.result in _WROTE

@@ -312,6 +312,9 @@ def test_under_sustained_stall_events_come_a_ticks_slack_after_each_window(tmp_p
     # and every later one reclaims again, as the daemon did on the real kernel (README, Record and replay).
     assert decisions.count(("memory_high", "would", False)) == 1
     assert decisions.count(("reclaim", "would", False)) == len(fires) - 1
+    # The summary counts decisions, a coalesced record (REPEATED=N) for the N it stands for.
+    (seed,) = [s for s in summarize(result) if s.cgroup == VMT_SEED]
+    assert seed.actions[("reclaim", "would")] == len(fires) - 1
 
 
 def test_a_stall_that_starts_or_stops_between_samples_does_so_at_the_rate_next_to_it() -> None:

@@ -44,7 +44,8 @@ ACTION_TYPES = {
     )
 }
 
-Decision = Tuple[str, str, str, float]  # cgroup, action, result, monotonic seconds
+# cgroup, action, result, follow-up, how many decisions the record stands for, monotonic seconds
+Decision = Tuple[str, str, str, bool, int, float]
 
 
 def daemon_decisions(records: List[Dict[str, Any]], start: float, end: float) -> List[Decision]:
@@ -54,29 +55,47 @@ def daemon_decisions(records: List[Dict[str, Any]], start: float, end: float) ->
             continue
         at = int(r["REMEDIATOR_DECIDED_MONOTONIC_US"]) / 1e6
         if start <= at <= end:
-            out.append((r.get("REMEDIATOR_CGROUP", ""), r["REMEDIATOR_ACTION"], r["REMEDIATOR_RESULT"], at))
+            out.append(
+                (r.get("REMEDIATOR_CGROUP", ""), r["REMEDIATOR_ACTION"], r["REMEDIATOR_RESULT"],
+                 r.get("REMEDIATOR_FOLLOW_UP") == "1", int(r.get("REMEDIATOR_REPEATED", "1")), at)
+            )  # fmt: skip
     return out
 
 
 def replay_decisions(result: ReplayResult) -> List[Decision]:
+    """As the daemon's: a summary's time is its latest decision's (DECIDED), not when it was written."""
     start = result.header.start_monotonic
-    return [
-        (t.record.cgroup or "", str(t.record.action), t.record.result, start + t.t)
-        for t in result.records
-        if t.record.type in ACTION_TYPES.values() and t.record.action is not None
-    ]
+    out: List[Decision] = []
+    for t in result.records:
+        r = t.record
+        if r.type not in ACTION_TYPES.values() or r.action is None:
+            continue
+        decided = r.extra.get("DECIDED_MONOTONIC_US")
+        at = int(decided) / 1e6 if decided is not None else start + t.t
+        out.append((r.cgroup or "", str(r.action), r.result, r.extra.get("FOLLOW_UP") == "1",
+                    int(r.extra.get("REPEATED", "1")), at))  # fmt: skip
+    return out
+
+
+def expanded(decisions: List[Decision]) -> List[Tuple[str, str, str, bool]]:
+    """One entry per decision: a coalesced summary (REMEDIATOR_REPEATED=N) stands for N decisions."""
+    return [d[:4] for d in decisions for _ in range(d[4])]
 
 
 def _show(label: str, decisions: List[Decision], start: float) -> None:
     print(f"{label}:")
-    for cgroup, action, result, at in decisions:
-        print(f"  +{at - start:6.2f} s {cgroup} {action} {result}")
+    for cgroup, action, result, follow_up, count, at in decisions:
+        what = f"{action} {result}" + (" (follow-up)" if follow_up else "")
+        times = f" summary of {count} held back (the latest decided then)" if count > 1 else ""
+        print(f"  +{at - start:6.2f} s {cgroup} {what}{times}")
 
 
 @pytest.mark.xfail(
-    reason="measured 2026-12-05: the first two decisions agree within 0.25 s, but after the ladder is "
-    "exhausted the replay fires the trace's triggers on a 2 s grid that falls between the daemon's looks "
-    "and reclaims every 4 s where the daemon reclaimed every 2.0-2.2 s (README, Record and replay)",
+    reason="measured 2026-12-06 (README, Fidelity, measured): with the replay fixed (first event confirmed, "
+    "events on the kernel's polling ticks) every compared time agrees within 0.7 s, but the sequences still "
+    "differ by one reclaim or the last decision: the guest's ticks are ~208 ms, not 204 (TCG), the daemon's "
+    "20-225 ms reaction under emulation moves its verify look after the next event, and the episode's last "
+    "verify look sat 7 ms from the threshold",
     strict=False,
 )
 def test_replaying_a_recording_gives_the_daemons_decisions_at_the_daemons_times(
@@ -97,7 +116,9 @@ def test_replaying_a_recording_gives_the_daemons_decisions_at_the_daemons_times(
 
     policies = tmp_path / "policies.d"
     policies.mkdir()
-    shutil.copy(record_replay.SHIPPED_POLICY, policies / "services-cache.yaml")
+    copied = policies / "services-cache.yaml"
+    shutil.copy(record_replay.SHIPPED_POLICY, copied)
+    copied.chmod(0o644)  # the loader's trust rule, whatever the checkout's umask made of the original
     settings = load_settings(None, False, {"policies_dir": policies}, environ={})
     result = replay_trace(trace, settings, workdir=tmp_path)
 
@@ -110,11 +131,15 @@ def test_replaying_a_recording_gives_the_daemons_decisions_at_the_daemons_times(
     )
     _show("daemon", recorded, start)
     _show("replay", replayed, start)
+    print("replay's trigger events: " + ", ".join(f"+{f.t:.2f}" for f in result.firings if f.cgroup))
 
     for r in report["records"]:
         print(f"  daemon record {r.get('ARRIVED_SEC')} {r.get('RECORD_TYPE')}: {str(r.get('MESSAGE'))[:140]}")
     assert recorded, "the daemon took no action while the recorder ran: nothing to compare"
-    assert [d[:3] for d in replayed] == [d[:3] for d in recorded]
-    gaps = [abs(r[3] - d[3]) for r, d in zip(replayed, recorded)]
+    # Both sides' records went through the same coalescing (the first of a kind, then one summary
+    # with REMEDIATOR_REPEATED): the records, their counts and the times they carry must agree.
+    assert expanded(replayed) == expanded(recorded)
+    assert [d[:5] for d in replayed] == [d[:5] for d in recorded]
+    gaps = [abs(r[5] - d[5]) for r, d in zip(replayed, recorded)]
     print(f"action time differences: max {max(gaps):.3f} s, mean {sum(gaps) / len(gaps):.3f} s")
     assert max(gaps) <= INTERVAL_SEC
