@@ -56,13 +56,14 @@ unrecognised shape is simply not identified (``Identity(cgroup)``).
 from __future__ import annotations
 
 import enum
-import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from remediator.clock import Clock, SystemClock
+from remediator.clock import Clock
+from remediator.k8s_names import canonical_pod_uid
+from remediator.pod_logs import DEFAULT_MAX_PODS, PodLogIndex
 
 
 class QosClass(str, enum.Enum):
@@ -91,18 +92,9 @@ _RUNTIME_PREFIXES: Dict[str, ContainerRuntime] = {
 }
 
 _HEX64 = "[0-9a-f]{64}"
-_UID_DASHED = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-_UID_UNDERSCORED = re.compile(r"[0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12}\Z")
-_UID_STATIC = re.compile(r"[0-9a-f]{32}\Z")
-_CONTAINER_ID = re.compile(_HEX64 + r"\Z")
 _SCOPE_CONTAINER = re.compile(r"(cri-containerd|crio|docker)-(" + _HEX64 + r")\.scope\Z")
 _CGROUPFS_CONTAINER = re.compile(r"(?:(cri-containerd|crio|docker)-)?(" + _HEX64 + r")\Z")
 
-# Kubernetes names (apimachinery validation): namespaces and container names are DNS labels (RFC 1123),
-# pod names DNS subdomains.
-_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\Z")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*\Z")
-_DNS_SUBDOMAIN_MAX = 253
 
 # systemd unit names: ASCII letters, digits, ":-_.\" and "@", at most 255 characters (unit-name.c).
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,247}\.(?:service|scope)\Z")
@@ -120,27 +112,6 @@ FIELD_CONTAINER_RUNTIME = "CONTAINER_RUNTIME"
 FIELD_POD_NAMESPACE = "POD_NAMESPACE"
 FIELD_POD_NAME = "POD_NAME"
 FIELD_CONTAINER_NAME = "CONTAINER_NAME"
-
-
-def is_dns_label(name: str) -> bool:
-    return _DNS_LABEL.match(name) is not None
-
-
-def is_dns_subdomain(name: str) -> bool:
-    return len(name) <= _DNS_SUBDOMAIN_MAX and _DNS_SUBDOMAIN.match(name) is not None
-
-
-def canonical_pod_uid(text: str, separator: str) -> Optional[str]:
-    """The pod UID (with ``-``) from its cgroup spelling, or None if it is not UID-shaped.
-
-    ``separator`` is how the driver spells the UID's dashes: ``_`` (systemd) or ``-`` (cgroupfs).
-    """
-    if _UID_STATIC.match(text):
-        return text
-    shape = _UID_UNDERSCORED if separator == "_" else _UID_DASHED
-    if shape.match(text) is None:
-        return None
-    return text.replace("_", "-")
 
 
 def decode_unit_name(name: str) -> str:
@@ -338,178 +309,6 @@ def parse_cgroup(cgroup: str) -> Identity:
 
 
 # ---------------------------------------------------------------- the kubelet's log directories
-
-
-@dataclass(frozen=True)
-class PodNames:
-    namespace: str
-    name: str
-
-
-def parse_pod_log_dir(name: str) -> Optional[Tuple[str, PodNames]]:
-    """``<namespace>_<pod>_<uid>`` -> (uid, names), or None when any part does not validate."""
-    parts = name.split("_")
-    if len(parts) != 3:
-        return None
-    namespace, pod, uid = parts
-    if not (is_dns_label(namespace) and is_dns_subdomain(pod)):
-        return None
-    canonical = canonical_pod_uid(uid, "-")
-    if canonical is None:
-        return None
-    return canonical, PodNames(namespace, pod)
-
-
-def parse_container_link(name: str, target: str) -> Optional[Tuple[str, str, str]]:
-    """A /var/log/containers link -> (container id, pod uid, container name), or None.
-
-    ``name`` is ``<pod>_<namespace>_<container>-<64 hex>.log``; ``target`` must
-    end in ``<namespace>_<pod>_<uid>/<container>/<file>.log`` with the same names.
-    """
-    if not name.endswith(".log"):
-        return None
-    head, dash, container_id = name[: -len(".log")].rpartition("-")
-    if not dash or _CONTAINER_ID.match(container_id) is None:
-        return None
-    fields = head.split("_")
-    if len(fields) != 3:
-        return None
-    pod, namespace, container = fields
-    components = target.split("/")
-    if len(components) < 3 or not components[-1].endswith(".log"):
-        return None
-    parsed = parse_pod_log_dir(components[-3])
-    if parsed is None:
-        return None
-    uid, names = parsed
-    if (names.namespace, names.name, components[-2]) != (namespace, pod, container):
-        return None
-    if not is_dns_label(container):
-        return None
-    return container_id, uid, container
-
-
-@dataclass
-class _Listing:
-    """One directory's entries as last read, and when: re-read on a miss only if it changed."""
-
-    entries: Dict[str, Tuple[str, ...]]
-    version: Optional[Tuple[int, int]] = None  # (st_ino, st_mtime_ns) when read
-    read_at: float = float("-inf")  # wall seconds
-    mtime: float = float("-inf")
-
-
-_Reader = Callable[[Path, str], Optional[Dict[str, Tuple[str, ...]]]]
-
-# A directory is re-read on a miss when its mtime changed since the last read, or when that read
-# was within this long of its mtime: on a file system with coarse timestamps an entry added in the
-# same tick after the read leaves the mtime as it was.
-_COARSE_MTIME_SEC = 2.0
-DEFAULT_MAX_PODS = 4096
-
-
-class PodLogIndex:
-    """Pod and container names from the kubelet's log directories, cached.
-
-    Keyed by pod UID (and container id). A lookup that misses re-reads the
-    directory only when it changed (its mtime), so a cgroup whose pod has no
-    log directory costs one ``stat`` per lookup, not a listing. Each cache
-    holds at most ``max_pods`` pods (``4 x max_pods`` containers); kubelet's
-    own ``--max-pods`` defaults to 110.
-    """
-
-    def __init__(
-        self,
-        pods_log_dir: Path,
-        containers_log_dir: Optional[Path] = None,
-        clock: Optional[Clock] = None,
-        max_pods: int = DEFAULT_MAX_PODS,
-    ) -> None:
-        self._pods_dir = pods_log_dir
-        self._containers_dir = (
-            containers_log_dir if containers_log_dir is not None else pods_log_dir.parent / "containers"
-        )
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._max_pods = max_pods
-        self._pods = _Listing({})
-        self._containers = _Listing({})
-        self.reads = 0  # directory listings done (for tests and the cost benchmark)
-
-    def pod(self, uid: str) -> Optional[PodNames]:
-        entry = self._lookup(self._pods, uid, self._read_pods)
-        return PodNames(entry[0], entry[1]) if entry is not None else None
-
-    def container_name(self, uid: str, container_id: str) -> Optional[str]:
-        entry = self._lookup(self._containers, container_id, self._read_containers)
-        if entry is None or entry[0] != uid:
-            return None
-        return entry[1]
-
-    def _lookup(self, listing: _Listing, key: str, read: _Reader) -> Optional[Tuple[str, ...]]:
-        found = listing.entries.get(key)
-        if found is not None:
-            return found
-        directory = self._pods_dir if listing is self._pods else self._containers_dir
-        try:
-            st = os.stat(directory)
-        except (OSError, ValueError):
-            return None
-        version = (st.st_ino, st.st_mtime_ns)
-        unchanged = version == listing.version and listing.read_at - listing.mtime > _COARSE_MTIME_SEC
-        if unchanged:
-            return None
-        read_at = self._clock.wall()
-        entries = read(directory, key)
-        if entries is None:
-            return None
-        listing.entries = entries
-        listing.version = version
-        listing.read_at = read_at
-        listing.mtime = st.st_mtime
-        self.reads += 1
-        return entries.get(key)
-
-    def _bounded(
-        self, found: List[Tuple[str, Tuple[str, ...]]], wanted: str, limit: int
-    ) -> Dict[str, Tuple[str, ...]]:
-        found.sort()
-        kept = dict(found[:limit])
-        for key, value in found:
-            if key == wanted:
-                kept[key] = value
-        return kept
-
-    def _read_pods(self, directory: Path, wanted: str) -> Optional[Dict[str, Tuple[str, ...]]]:
-        found: List[Tuple[str, Tuple[str, ...]]] = []
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    parsed = parse_pod_log_dir(entry.name)
-                    if parsed is not None and entry.is_dir(follow_symlinks=False):
-                        uid, names = parsed
-                        found.append((uid, (names.namespace, names.name)))
-        except (OSError, ValueError):
-            return None
-        return self._bounded(found, wanted, self._max_pods)
-
-    def _read_containers(self, directory: Path, wanted: str) -> Optional[Dict[str, Tuple[str, ...]]]:
-        found: List[Tuple[str, Tuple[str, ...]]] = []
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    if not entry.name.endswith(".log") or not entry.is_symlink():
-                        continue
-                    try:
-                        target = os.readlink(entry.path)
-                    except (OSError, ValueError):
-                        continue
-                    parsed = parse_container_link(entry.name, target)
-                    if parsed is not None:
-                        container_id, uid, container = parsed
-                        found.append((container_id, (uid, container)))
-        except (OSError, ValueError):
-            return None
-        return self._bounded(found, wanted, 4 * self._max_pods)
 
 
 class IdentityResolver:

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from remediator.identity import is_dns_label
+from remediator.k8s_names import is_dns_label
 from remediator.located.validation import KeyedValueError, describe_value
 from remediator.located.yaml_doc import KeyPath
 from remediator.policy.compiled import NODE_WIDE_KINDS, compile_glob

@@ -16,13 +16,11 @@ from remediator.identity import (
     ContainerRuntime,
     Identity,
     IdentityResolver,
-    PodLogIndex,
     QosClass,
     decode_unit_name,
     parse_cgroup,
-    parse_container_link,
-    parse_pod_log_dir,
 )
+from remediator.pod_logs import PodLogIndex, parse_container_link, parse_pod_log_dir
 
 UID = "0b8c6e2a-1f3d-4c5e-9a7b-1234567890ab"
 UID_ = UID.replace("-", "_")
