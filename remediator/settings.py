@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         Path("/run/remediator/state.json"),
         description="Original values of everything changed, written before the first change.",
     )
+    data_dir: Optional[_PathSetting] = Field(
+        None,
+        description="What must survive a reboot: the last valid policy set (last-valid-policies/) and the "
+        "flight recorder's incidents (incidents/). Default: the state file's directory; the packaged "
+        "remediator.yaml sets /var/lib/remediator (the state file's /run is emptied at boot).",
+    )
     cgroup_root: _PathSetting = Field(Path("/sys/fs/cgroup"), description="The cgroup v2 mount.")
     proc_root: _PathSetting = Field(Path("/proc"), description="The proc mount.")
     rescan_interval_sec: float = Field(
@@ -191,6 +197,11 @@ class Settings(BaseSettings):
         description="Development only: believe settings and policy files that someone other than root "
         "could have written (owner, group/other write bits of the file and its directories). Default false.",
     )
+
+    @property
+    def persistent_dir(self) -> Path:
+        """``data_dir``, or the state file's directory when it is not set."""
+        return self.data_dir if self.data_dir is not None else self.state_file.parent
 
     @classmethod
     def settings_customise_sources(

@@ -96,8 +96,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 Target = Optional[str]  # a cgroup; None for the node
 
 
-def incidents_directory(state_file: Path) -> Path:
-    return state_file.parent / INCIDENTS_DIRECTORY_NAME
+def incidents_directory(data_dir: Path) -> Path:
+    """Under ``Settings.persistent_dir``: /var/lib/remediator in the package, so a reboot keeps them."""
+    return data_dir / INCIDENTS_DIRECTORY_NAME
 
 
 def slug(cgroup: Target) -> str:
@@ -158,7 +159,7 @@ class FlightRecorder:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock, capabilities: Capabilities) -> FlightRecorder:
         return cls(
-            directory=incidents_directory(settings.state_file),
+            directory=incidents_directory(settings.persistent_dir),
             clock=clock,
             roots=KernelRoots(settings.cgroup_root, settings.proc_root),
             capabilities=capabilities,

@@ -42,8 +42,9 @@ class PoliciesNotKept(RemediatorError):
     """The copy could not be written (the set still runs; the next start has no fallback)."""
 
 
-def kept_directory(state_file: Path) -> Path:
-    return state_file.parent / KEPT_DIRECTORY_NAME
+def kept_directory(data_dir: Path) -> Path:
+    """Under ``Settings.persistent_dir``: /var/lib/remediator in the package, so a reboot keeps it."""
+    return data_dir / KEPT_DIRECTORY_NAME
 
 
 @dataclass(frozen=True)

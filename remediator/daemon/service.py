@@ -187,7 +187,7 @@ class Service:
 
     def _policies_to_run(self, policy_set: PolicySet) -> PolicySet:
         """The reload's rule at start too (``last_valid.policies_to_run``); a valid set is kept."""
-        keeper = LastValidPolicies(kept_directory(self.settings.state_file))
+        keeper = LastValidPolicies(kept_directory(self.settings.persistent_dir))
         chosen, self._degraded, record = policies_to_run(
             policy_set, keeper, allow_untrusted=self.settings.insecure_allow_untrusted_files
         )

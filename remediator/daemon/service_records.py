@@ -26,6 +26,7 @@ RESTART_ONLY = (
     "cgroup_root",
     "proc_root",
     "state_file",
+    "data_dir",
     "log_target",
     "sampling_interval_sec",
     "write_retry_budget_sec",

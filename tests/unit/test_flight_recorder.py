@@ -117,7 +117,7 @@ def test_a_ladder_exhausted_writes_the_window_with_a_record_naming_the_file(tmp_
     assert record is not None and record.type is RecordType.INCIDENT_RECORDED
     assert record.result == "written" and record.extra["INCIDENT_REASON"] == "ladder_exhausted"
     path = Path(record.extra["INCIDENT_FILE"])
-    assert path.parent == incidents_directory(tmp_path / "state" / "state.json")
+    assert path.parent == incidents_directory(tmp_path / "state")
     assert path.name.endswith("-system.slice-seed.service.trace.gz") and str(path) in record.message
     assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
     header, items, truncation = read_trace(path)

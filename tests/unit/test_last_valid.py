@@ -17,7 +17,7 @@ SHIPPED = sorted((REPO / "policies").glob("*.yaml"))
 def keeper(tmp_path: Path) -> LastValidPolicies:
     state = tmp_path / "lib" / "remediator"
     state.mkdir(parents=True, mode=0o700)
-    return LastValidPolicies(kept_directory(state / "state.json"))
+    return LastValidPolicies(kept_directory(state))
 
 
 def test_a_kept_set_loads_as_the_set_that_was_running(keeper: LastValidPolicies) -> None:

@@ -27,6 +27,7 @@ NEW_VALUE: Dict[str, Callable[[Settings, MetricsRig], Any]] = {
     "dry_run": lambda s, _r: not s.dry_run,
     "policies_dir": lambda s, _r: s.policies_dir,  # the same directory: a reload re-reads it anyway
     "state_file": lambda s, _r: s.state_file.parent / "other-state.json",
+    "data_dir": lambda s, _r: s.state_file.parent / "other-data",
     "cgroup_root": lambda s, _r: s.cgroup_root.parent / "other-cgroup",
     "proc_root": lambda s, _r: s.proc_root.parent / "other-proc",
     "rescan_interval_sec": lambda s, _r: s.rescan_interval_sec + 7,

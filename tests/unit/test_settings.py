@@ -109,10 +109,10 @@ def test_file_errors_are_located_by_line_and_column(tmp_path: Path) -> None:
         f"{config}:3:1: rescan_interval_sec: must be <= 300 (got 500)",
         f"{config}:4:1: log_target: must be 'auto', 'journal', 'stderr' or 'json' (got 'journald')",
         f"{config}:5:1: policy_dir: unknown key (expected one of: dry_run, policies_dir, state_file, "
-        "cgroup_root, proc_root, rescan_interval_sec, sampling_interval_sec, node_actions_max_per_hour, "
-        "log_target, write_retry_budget_sec, metrics_textfile, metrics_interval_sec, "
-        "metrics_max_cgroup_series, pods_log_dir, flight_recorder_minutes, incidents_max_files, "
-        "incidents_max_bytes, insecure_allow_untrusted_files)",
+        "data_dir, cgroup_root, proc_root, rescan_interval_sec, sampling_interval_sec, "
+        "node_actions_max_per_hour, log_target, write_retry_budget_sec, metrics_textfile, "
+        "metrics_interval_sec, metrics_max_cgroup_series, pods_log_dir, flight_recorder_minutes, "
+        "incidents_max_files, incidents_max_bytes, insecure_allow_untrusted_files)",
     ]
 
 

@@ -257,9 +257,11 @@ value textfile_mode "$(stat -c %a "$TEXTFILE")"
 systemctl stop prometheus-node-exporter
 
 # --- 11. a start with a broken policy (issue 12 item 9). (a) The enforcing start above kept its valid set
-# (beside the state file); with one policy file broken, the next start runs that set, DEGRADED.
+# (in data_dir, /var/lib/remediator in the packaged settings); with one policy file broken, the next
+# start runs that set, DEGRADED, even after a reboot has emptied /run (simulated: /run/remediator removed).
 cp broken.yaml /etc/remediator/policies.d/broken.yaml
-check degraded_kept_set_exists [ -d /run/remediator/last-valid-policies ]
+check degraded_kept_set_exists [ -d /var/lib/remediator/last-valid-policies ]
+rm -rf /run/remediator
 systemctl start "$UNIT" 2>start-degraded.stderr
 value start_degraded_rc $?
 check degraded_active wait_for 60 is_active
@@ -267,8 +269,8 @@ value status_text_degraded "$(systemctl show -p StatusText --value "$UNIT")"
 systemctl status --no-pager "$UNIT" >status-degraded.txt 2>&1
 value degraded_pid "$(systemctl show -p MainPID --value "$UNIT")"
 systemctl stop "$UNIT"
-# (b) No kept set (a fresh state directory): the start is refused, with the errors.
-rm -rf /run/remediator
+# (b) No kept set (a node where no valid set ever ran): the start is refused, with the errors.
+rm -rf /var/lib/remediator/last-valid-policies
 systemctl start "$UNIT" 2>start-refused.stderr
 rc=$?
 value start_refused_rc "$rc"
