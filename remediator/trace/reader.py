@@ -19,44 +19,36 @@ gzip is recognised by its magic bytes, whatever the file is called.
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple, Type
 
-from remediator import __version__
-from remediator.kernel.roots import InvalidCgroupName, normalize_cgroup
 from remediator.readings import (
-    CgroupSnapshot,
-    MemoryEvents,
-    MemoryStat,
     NodeSnapshot,
-    Pressure,
-    PressureLine,
+)
+from remediator.trace.decode import (
+    CGROUP_FIELDS,
+    NODE_FIELDS,
+    Checker,
+    apply_changes,
+    cgroup_snapshot,
+    decode_header,
+    describe_value,
+    node_snapshot,
+    reject_constant,
+    require_all,
 )
 from remediator.trace.format import (
-    CGROUP_MAPS,
-    CGROUP_SCALARS,
-    EVENT_KEYS,
-    MAP_FIELDS,
-    MEMINFO_KEYS,
-    NULLABLE_MAPS,
-    SCHEMA,
-    SCHEMA_PREFIX,
     CgroupRemoved,
     CgroupSample,
     EndReason,
     NodeSample,
-    NodeWatchMode,
-    PolicyDigest,
-    TraceCapabilities,
     TraceEnd,
     TraceError,
     TraceHeader,
     TraceItem,
     TraceRecordType,
-    TraceSource,
     TraceTruncation,
     TriggerFired,
     TruncationReason,
@@ -69,11 +61,6 @@ _OUTPUT_STEP = 8 * 1024
 # "line" longer than this is a corrupted or foreign file, not a trace to buffer whole.
 MAX_LINE_BYTES = 1 << 20
 # The kernel's counters are 64-bit.
-_UINT_LIMIT = 1 << 64
-
-_CGROUP_FIELDS = frozenset((*CGROUP_SCALARS, "some", "full", *CGROUP_MAPS))
-_NODE_FIELDS = frozenset(("some", "full", "meminfo", "vfs_cache_pressure"))
-_NULLABLE_SCALARS = frozenset(("max", "high", "swap_max", "vfs_cache_pressure"))
 
 
 class _Readable(Protocol):
@@ -131,241 +118,13 @@ def _plain_chunks(raw: BinaryIO, first: bytes) -> Iterator[bytes]:
         yield chunk
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number a trace holds")
-
-
-def _describe(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-class _Checker:
-    """Type checks that raise a TraceError located at the current line."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.line = 0
-
-    def fail(self, field: Optional[str], message: str) -> TraceError:
-        return TraceError(self.path, self.line, field, message)
-
-    def uint(self, value: Any, field: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _UINT_LIMIT:
-            raise self.fail(field, f"expected a non-negative 64-bit integer, got {_describe(value)}")
-        return value
-
-    def optional_uint(self, value: Any, field: str) -> Optional[int]:
-        return None if value is None else self.uint(value, field)
-
-    def number(self, value: Any, field: str) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise self.fail(field, f"expected a non-negative number, got {_describe(value)}")
-        return float(value)
-
-    def string(self, value: Any, field: str) -> str:
-        if not isinstance(value, str):
-            raise self.fail(field, f"expected a string, got {_describe(value)}")
-        return value
-
-    def boolean(self, value: Any, field: str, nullable: bool = False) -> Optional[bool]:
-        if value is None and nullable:
-            return None
-        if not isinstance(value, bool):
-            raise self.fail(field, f"expected true or false, got {_describe(value)}")
-        return value
-
-    def obj(self, value: Any, field: str) -> Mapping[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(field, f"expected an object, got {_describe(value)}")
-        return value
-
-    def cgroup(self, value: Any, field: str) -> str:
-        name = self.string(value, field)
-        try:
-            if normalize_cgroup(name) != name:
-                raise self.fail(field, f"{name!r} is not a cgroup name as the readers write it")
-        except InvalidCgroupName as exc:
-            raise self.fail(field, str(exc)) from exc
-        return name
-
-    def pressure_line(self, value: Any, field: str) -> PressureLine:
-        if not isinstance(value, list) or len(value) != 4:
-            raise self.fail(field, f"expected [avg10, avg60, avg300, total_us], got {_describe(value)}")
-        avgs = [self.number(v, f"{field}[{i}]") for i, v in enumerate(value[:3])]
-        return PressureLine(avgs[0], avgs[1], avgs[2], self.uint(value[3], f"{field}[3]"))
-
-    def required(self, record: Mapping[str, Any], key: str) -> Any:
-        if key not in record:
-            raise self.fail(key, "missing")
-        return record[key]
-
-
-def _header(check: _Checker, record: Mapping[str, Any]) -> TraceHeader:
-    schema = record.get("schema")
-    if schema != SCHEMA:
-        if isinstance(schema, str) and schema.startswith(SCHEMA_PREFIX):
-            raise check.fail(
-                "schema", f"trace schema {schema!r} is not supported: remediator {__version__} reads {SCHEMA}"
-            )
-        raise check.fail("schema", f"not a remediator trace (expected schema {SCHEMA!r})")
-    if record.get("type") != TraceRecordType.HEADER.value:
-        raise check.fail("type", f"the first record must be the header, got {_describe(record.get('type'))}")
-    caps = check.obj(check.required(record, "capabilities"), "capabilities")
-    watch_mode = caps.get("watch_mode")
-    try:
-        mode = NodeWatchMode(watch_mode)
-    except ValueError:
-        raise check.fail("capabilities.watch_mode", f"unknown watch mode {_describe(watch_mode)}") from None
-    summary = caps.get("summary", [])
-    if not isinstance(summary, list):
-        raise check.fail("capabilities.summary", "expected a list of strings")
-    policies: List[PolicyDigest] = []
-    raw_policies = check.required(record, "policies")
-    if not isinstance(raw_policies, list):
-        raise check.fail("policies", "expected a list")
-    for i, raw_entry in enumerate(raw_policies):
-        entry = check.obj(raw_entry, f"policies[{i}]")
-        policies.append(
-            PolicyDigest(
-                file=check.string(entry.get("file"), f"policies[{i}].file"),
-                sha256=check.string(entry.get("sha256"), f"policies[{i}].sha256"),
-            )
-        )
-    source = record.get("source")
-    try:
-        trace_source = TraceSource(source)
-    except ValueError:
-        raise check.fail("source", f"unknown source {_describe(source)}") from None
-    interval = record.get("interval_sec")
-    stat_keys = check.required(record, "stat_keys")
-    if not isinstance(stat_keys, list):
-        raise check.fail("stat_keys", "expected a list of strings")
-    return TraceHeader(
-        node=check.string(check.required(record, "node"), "node"),
-        kernel_release=check.string(check.required(record, "kernel_release"), "kernel_release"),
-        capabilities=TraceCapabilities(
-            memory_reclaim=bool(check.boolean(caps.get("memory_reclaim"), "capabilities.memory_reclaim")),
-            watch_mode=mode,
-            triggers_accepted=check.boolean(
-                caps.get("triggers_accepted"), "capabilities.triggers_accepted", nullable=True
-            ),
-            short_window_triggers=check.boolean(
-                caps.get("short_window_triggers"), "capabilities.short_window_triggers", nullable=True
-            ),
-            summary=tuple(check.string(s, f"capabilities.summary[{i}]") for i, s in enumerate(summary)),
-        ),
-        policies=tuple(policies),
-        start_wall=check.number(check.required(record, "start_wall"), "start_wall"),
-        start_monotonic=check.number(check.required(record, "start_monotonic"), "start_monotonic"),
-        source=trace_source,
-        interval_sec=None if interval is None else check.number(interval, "interval_sec"),
-        remediator_version=check.string(record.get("remediator_version", ""), "remediator_version"),
-        stat_keys=tuple(check.string(k, f"stat_keys[{i}]") for i, k in enumerate(stat_keys)),
-        schema=SCHEMA,
-    )
-
-
-def _apply(
-    check: _Checker, state: Dict[str, Any], record: Mapping[str, Any], allowed: frozenset[str]
-) -> None:
-    """Apply a record's delta to a full form (docs/trace-format.md, "Delta encoding"), checking
-    every value it brings."""
-    for key, value in record.items():
-        if key not in allowed:
-            continue  # "type", "t", "cgroup", and fields a later v1 writer may add
-        if key in MAP_FIELDS:
-            if value is None:
-                if key not in NULLABLE_MAPS:
-                    raise check.fail(key, "expected an object, got null")
-                state[key] = None
-                continue
-            changes = check.obj(value, key)
-            before = state.get(key)
-            merged: Dict[str, int] = dict(before) if isinstance(before, dict) else {}
-            for name, count in changes.items():
-                if count is None:
-                    merged.pop(name, None)
-                else:
-                    merged[name] = check.uint(count, f"{key}.{name}")
-            state[key] = merged
-        elif key in ("some", "full"):
-            if value is None and key == "full":
-                state[key] = None
-            else:
-                state[key] = check.pressure_line(value, key)
-        elif key in _NULLABLE_SCALARS:
-            state[key] = check.optional_uint(value, key)
-        else:
-            state[key] = check.uint(value, key)
-
-
-def _events(values: Mapping[str, int]) -> MemoryEvents:
-    known = {key: values.get(key, 0) for key in EVENT_KEYS}
-    return MemoryEvents(
-        low=known["low"],
-        high=known["high"],
-        max=known["max"],
-        oom=known["oom"],
-        oom_kill=known["oom_kill"],
-        oom_group_kill=known["oom_group_kill"],
-        other={key: value for key, value in values.items() if key not in known},
-    )
-
-
-def _require_all(check: _Checker, state: Mapping[str, Any], fields: frozenset[str], what: str) -> None:
-    missing = sorted(fields - state.keys())
-    if missing:
-        raise check.fail(
-            missing[0], f"missing from the first record of {what} (a first record holds every field)"
-        )
-
-
-def _cgroup_snapshot(name: str, state: Mapping[str, Any]) -> CgroupSnapshot:
-    local = state["events_local"]
-    return CgroupSnapshot(
-        cgroup=name,
-        current_bytes=state["current"],
-        max_bytes=state["max"],
-        high_bytes=state["high"],
-        min_bytes=state["min"],
-        low_bytes=state["low"],
-        swap_max_bytes=state["swap_max"],
-        stat=MemoryStat(values=dict(state["stat"])),
-        events=_events(state["events"]),
-        pressure=Pressure(some=state["some"], full=state["full"]),
-        events_local=None if local is None else _events(local),
-    )
-
-
-def _node_snapshot(check: _Checker, state: Mapping[str, Any]) -> NodeSnapshot:
-    meminfo = state["meminfo"]
-    for key in MEMINFO_KEYS:
-        if key not in meminfo:
-            raise check.fail(f"meminfo.{key}", "missing (a node record needs every meminfo key)")
-    return NodeSnapshot(
-        pressure=Pressure(some=state["some"], full=state["full"]),
-        mem_total_bytes=meminfo["MemTotal"],
-        mem_available_bytes=meminfo["MemAvailable"],
-        swap_total_bytes=meminfo["SwapTotal"],
-        swap_free_bytes=meminfo["SwapFree"],
-        slab_reclaimable_bytes=meminfo["SReclaimable"],
-        vfs_cache_pressure=state["vfs_cache_pressure"],
-    )
-
-
 class TraceReader:
     """One pass over a trace file. Use ``open_trace``; iterate once."""
 
     def __init__(self, raw: BinaryIO, path: str) -> None:
         self._raw = raw
         self.path = path
-        self._check = _Checker(path)
+        self._check = Checker(path)
         self.truncation: Optional[TraceTruncation] = None
         self.end: Optional[TraceEnd] = None
         first = raw.read(len(_GZIP_MAGIC))
@@ -374,14 +133,14 @@ class TraceReader:
         self._lines = self._split(chunks)
         self._cgroups: Dict[str, Dict[str, Any]] = {}
         self._node: Optional[Dict[str, Any]] = None
-        self._node_snapshot: Optional[NodeSnapshot] = None
+        self.node_snapshot: Optional[NodeSnapshot] = None
         self._last_t = 0.0
         self._iterated = False
         header = next(self._records(), None)
         if header is None:
             where = self.truncation.reason.value if self.truncation else "the file is empty"
             raise TraceError(path, 1, None, f"no header: {where}")
-        self.header = _header(self._check, header)
+        self.header = decode_header(self._check, header)
 
     # ----- lines and JSON
 
@@ -417,13 +176,13 @@ class TraceReader:
             self._check.line = line
             try:
                 text = data.decode("utf-8")
-                value = json.loads(text, parse_constant=_reject_constant)
+                value = json.loads(text, parse_constant=reject_constant)
             except UnicodeDecodeError:
                 raise self._check.fail(None, "not UTF-8 text") from None
             except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
                 raise self._check.fail(None, f"not a JSON record ({exc})") from None
             if not isinstance(value, dict):
-                raise self._check.fail(None, f"expected a JSON object, got {_describe(value)}")
+                raise self._check.fail(None, f"expected a JSON object, got {describe_value(value)}")
             yield value
 
     # ----- records
@@ -453,26 +212,26 @@ class TraceReader:
         try:
             record_type = TraceRecordType(kind)
         except ValueError:
-            raise check.fail("type", f"unknown record type {_describe(kind)}") from None
+            raise check.fail("type", f"unknown record type {describe_value(kind)}") from None
         t = self._time(record) if record_type is not TraceRecordType.HEADER else 0.0
         if record_type is TraceRecordType.CGROUP:
             name = check.cgroup(check.required(record, "cgroup"), "cgroup")
             state = self._cgroups.get(name)
             first = state is None
             state = {} if state is None else dict(state)
-            _apply(check, state, record, _CGROUP_FIELDS)
+            apply_changes(check, state, record, CGROUP_FIELDS)
             if first:
-                _require_all(check, state, _CGROUP_FIELDS, f"cgroup {name!r}")
+                require_all(check, state, CGROUP_FIELDS, f"cgroup {name!r}")
             self._cgroups[name] = state
-            return CgroupSample(t, _cgroup_snapshot(name, state), self._node_snapshot, check.line)
+            return CgroupSample(t, cgroup_snapshot(name, state), self.node_snapshot, check.line)
         if record_type is TraceRecordType.NODE:
             first = self._node is None
             state = {} if self._node is None else dict(self._node)
-            _apply(check, state, record, _NODE_FIELDS)
+            apply_changes(check, state, record, NODE_FIELDS)
             if first:
-                _require_all(check, state, _NODE_FIELDS, "the node")
-            snapshot = _node_snapshot(check, state)
-            self._node, self._node_snapshot = state, snapshot
+                require_all(check, state, NODE_FIELDS, "the node")
+            snapshot = node_snapshot(check, state)
+            self._node, self.node_snapshot = state, snapshot
             return NodeSample(t, snapshot, check.line)
         if record_type is TraceRecordType.GONE:
             name = check.cgroup(check.required(record, "cgroup"), "cgroup")
@@ -493,7 +252,7 @@ class TraceReader:
             try:
                 end_reason = EndReason(reason)
             except ValueError:
-                raise check.fail("reason", f"unknown end reason {_describe(reason)}") from None
+                raise check.fail("reason", f"unknown end reason {describe_value(reason)}") from None
             return TraceEnd(t, end_reason, check.string(record.get("detail", ""), "detail"), check.line)
         raise check.fail("type", "a second header")
 
