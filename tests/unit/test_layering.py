@@ -62,3 +62,15 @@ def test_no_class_is_defined_twice_under_one_name() -> None:
             if isinstance(node, ast.ClassDef):
                 seen.setdefault(node.name, []).append(path.relative_to(REPO).as_posix())
     assert {name: where for name, where in seen.items() if len(where) > 1} == {}
+
+
+# A module a reviewer can hold in mind at once: past this, split it along a line of its own.
+MAX_MODULE_LINES = 500
+
+
+def test_every_module_is_under_the_size_a_reviewer_can_read_at_once() -> None:
+    sizes = {
+        path.relative_to(REPO).as_posix(): len(path.read_text().splitlines())
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+    assert {path: n for path, n in sizes.items() if n >= MAX_MODULE_LINES} == {}
