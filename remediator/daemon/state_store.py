@@ -84,6 +84,21 @@ class StateFull(StateUnwritable):
     """One more entry could make the file larger than the loader accepts: refuse the new value."""
 
 
+def _first_record(
+    key: StoreKey, original: Optional[int], policy: str, wall_time: float, cgroup_id: Optional[int]
+) -> OwnedValue:
+    """A value's entry as first recorded: ours is still the original until our write lands."""
+    return OwnedValue(
+        kind=key[0],
+        name=key[1],
+        original=original,
+        ours=original,
+        policy=policy,
+        recorded_at=wall_time,
+        cgroup_id=cgroup_id,
+    )
+
+
 class _InvalidStateFile(Exception):
     """Why a state file is not trusted (internal: becomes a quarantine)."""
 
@@ -163,15 +178,7 @@ class StateStore:
         existing = self._entries.get(key)
         if existing is not None:
             return existing
-        entry = OwnedValue(
-            kind=key[0],
-            name=key[1],
-            original=original,
-            ours=original,
-            policy=policy,
-            recorded_at=wall_time,
-            cgroup_id=cgroup_id,
-        )
+        entry = _first_record(key, original, policy, wall_time, cgroup_id)
         self._commit({**self._entries, key: entry})
         return entry
 
@@ -197,15 +204,7 @@ class StateStore:
         on the reaction's path (a first write of an episode is always a first recording).
         """
         key = validate_key(kind, name)
-        entry = self._entries.get(key) or OwnedValue(
-            kind=key[0],
-            name=key[1],
-            original=original,
-            ours=original,
-            policy=policy,
-            recorded_at=wall_time,
-            cgroup_id=cgroup_id,
-        )
+        entry = self._entries.get(key) or _first_record(key, original, policy, wall_time, cgroup_id)
         self._commit({**self._entries, key: replace(entry, pending=PendingWrite(value))})
 
     def update_ours(self, kind: str, name: str, value: Optional[int]) -> None:

@@ -7,6 +7,8 @@ more (``sock_throttled``...), which are kept in ``MemoryEvents.other``.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from remediator.kernel.file_io import read_text
 from remediator.kernel.memory_stat import parse_flat_keyed
 from remediator.kernel.roots import KernelRoots
@@ -23,8 +25,12 @@ def parse_memory_events(text: str, source: str = "") -> MemoryEvents:
 
     A known counter that is absent reads as 0 (``oom_group_kill`` is 5.17+).
     """
-    counters = parse_flat_keyed(text, source)
-    known = {key: counters.pop(key, 0) for key in KNOWN_EVENTS}
+    return memory_events_from(parse_flat_keyed(text, source))
+
+
+def memory_events_from(counters: Mapping[str, int]) -> MemoryEvents:
+    """The counters as ``MemoryEvents``: the known ones by name (absent: 0), the rest in ``other``."""
+    known = {key: counters.get(key, 0) for key in KNOWN_EVENTS}
     return MemoryEvents(
         low=known["low"],
         high=known["high"],
@@ -32,7 +38,7 @@ def parse_memory_events(text: str, source: str = "") -> MemoryEvents:
         oom=known["oom"],
         oom_kill=known["oom_kill"],
         oom_group_kill=known["oom_group_kill"],
-        other=counters,
+        other={key: value for key, value in counters.items() if key not in known},
     )
 
 

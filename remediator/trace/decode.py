@@ -11,10 +11,10 @@ import math
 from typing import Any, Dict, List, Mapping, Optional
 
 from remediator import __version__
+from remediator.kernel.memory_events import memory_events_from
 from remediator.kernel.roots import InvalidCgroupName, normalize_cgroup
 from remediator.readings import (
     CgroupSnapshot,
-    MemoryEvents,
     MemoryStat,
     NodeSnapshot,
     Pressure,
@@ -23,7 +23,6 @@ from remediator.readings import (
 from remediator.trace.format import (
     CGROUP_MAPS,
     CGROUP_SCALARS,
-    EVENT_KEYS,
     MAP_FIELDS,
     MEMINFO_KEYS,
     NULLABLE_MAPS,
@@ -223,19 +222,6 @@ def apply_changes(
             state[key] = check.uint(value, key)
 
 
-def memory_events(values: Mapping[str, int]) -> MemoryEvents:
-    known = {key: values.get(key, 0) for key in EVENT_KEYS}
-    return MemoryEvents(
-        low=known["low"],
-        high=known["high"],
-        max=known["max"],
-        oom=known["oom"],
-        oom_kill=known["oom_kill"],
-        oom_group_kill=known["oom_group_kill"],
-        other={key: value for key, value in values.items() if key not in known},
-    )
-
-
 def require_all(check: Checker, state: Mapping[str, Any], fields: frozenset[str], what: str) -> None:
     missing = sorted(fields - state.keys())
     if missing:
@@ -255,9 +241,9 @@ def cgroup_snapshot(name: str, state: Mapping[str, Any]) -> CgroupSnapshot:
         low_bytes=state["low"],
         swap_max_bytes=state["swap_max"],
         stat=MemoryStat(values=dict(state["stat"])),
-        events=memory_events(state["events"]),
+        events=memory_events_from(state["events"]),
         pressure=Pressure(some=state["some"], full=state["full"]),
-        events_local=None if local is None else memory_events(local),
+        events_local=None if local is None else memory_events_from(local),
     )
 
 
