@@ -216,6 +216,9 @@ class Daemon:
             "state_file": str(self.workdir / "run" / "state.json"),
             "dry_run": self.dry_run,
             "log_target": "json",
+            # The light VM has no node_exporter: its default textfile directory is absent (the metrics
+            # are scraped for real in the full VM, tests/packaging/test_installed_debian12.py).
+            "metrics_textfile": "",
             **self.settings,
         }
         (self.workdir / "remediator.yaml").write_text(json.dumps(config))
