@@ -53,6 +53,33 @@ _DROP_CACHES_WHAT = {
 }
 
 
+def target_record(
+    policy: Policy,
+    key: TargetKey,
+    evidence: Mapping[str, str],
+    record_type: RecordType,
+    message: str,
+    action: Optional[Knob] = None,
+    rung: Optional[int] = None,
+    result: str = "",
+    extra: Optional[Mapping[str, str]] = None,
+) -> Record:
+    """A record about one target of a policy, on the evidence of its observation (the core's one builder)."""
+    fields = dict(extra or {})
+    if rung is not None:
+        fields["RUNG"] = str(rung)
+    return Record(
+        type=record_type,
+        message=message,
+        policy=policy.name,
+        cgroup=key.cgroup,
+        action=action,
+        result=result,
+        evidence=evidence,
+        extra=fields,
+    )
+
+
 def describe_target(cgroup: Optional[str]) -> str:
     """How a target is named in messages."""
     if cgroup is None:
@@ -92,16 +119,7 @@ class RungContext:
     def record(
         self, record_type: RecordType, message: str, action: Optional[Knob] = None, rung: Optional[int] = None
     ) -> Record:
-        extra = {"RUNG": str(rung)} if rung is not None else {}
-        return Record(
-            type=record_type,
-            message=message,
-            policy=self.policy.name,
-            cgroup=self.key.cgroup,
-            action=action,
-            evidence=self.evidence,
-            extra=extra,
-        )
+        return target_record(self.policy, self.key, self.evidence, record_type, message, action, rung)
 
 
 @dataclass(frozen=True)

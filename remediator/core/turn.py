@@ -14,7 +14,13 @@ from dataclasses import replace
 from typing import List, Optional
 
 from remediator.core.actions import Action, ReleaseOwnership, RestoreMemoryHigh, RestoreSysctl
-from remediator.core.ladder import VFS_CACHE_PRESSURE, RungContext, describe_target, format_share
+from remediator.core.ladder import (
+    VFS_CACHE_PRESSURE,
+    RungContext,
+    describe_target,
+    format_share,
+    target_record,
+)
 from remediator.core.measure import measure, remember_look, stall_text
 from remediator.core.reasons import reason_fields
 from remediator.core.state import CoreConfig, CoreState, NodeState, Observation
@@ -68,14 +74,7 @@ class TurnBase:
         return describe_target(self.key.cgroup)
 
     def _record(self, record_type: RecordType, message: str, action: Optional[Knob] = None) -> Record:
-        return Record(
-            type=record_type,
-            message=message,
-            policy=self.policy.name,
-            cgroup=self.key.cgroup,
-            action=action,
-            evidence=self.evidence,
-        )
+        return target_record(self.policy, self.key, self.evidence, record_type, message, action)
 
     def _decline(
         self, reason: str, message: str, action: Optional[Knob] = None, rung: Optional[int] = None
@@ -84,19 +83,17 @@ class TurnBase:
         if last is not None and self.now - last < DECLINE_RECORD_INTERVAL_SEC:
             return
         self.target = self.target.with_declined(reason, self.now, DECLINE_RECORD_INTERVAL_SEC)
-        extra = reason_fields(reason)
-        if rung is not None:
-            extra["RUNG"] = str(rung)
         self.records.append(
-            Record(
-                type=RecordType.ACTION_DECLINED,
-                message=message,
-                policy=self.policy.name,
-                cgroup=self.key.cgroup,
-                action=action,
+            target_record(
+                self.policy,
+                self.key,
+                self.evidence,
+                RecordType.ACTION_DECLINED,
+                message,
+                action,
+                rung,
                 result="declined",
-                evidence=self.evidence,
-                extra=extra,
+                extra=reason_fields(reason),
             )
         )
 
