@@ -90,6 +90,10 @@ class RecordType(enum.Enum):
     STATE_UNWRITABLE = ("1a656be3fb8d4a99b13f62e12f226e71", PRIORITY_ERR)
     INCIDENT_RECORDED = ("c87ae2acc61f4cfdba5ade37bbafb678", PRIORITY_NOTICE)
     INTERNAL_ERROR = ("d85aaaa88ba342b18399b87d8cab72ea", PRIORITY_ERR)
+    # Not actions: the tree or a cgroup's files could not be read (nothing was decided on them), and
+    # the metrics file could not be written (nothing the daemon does depends on it).
+    OBSERVATION_FAILED = ("8490af337526467fa6840ce6978df280", PRIORITY_WARNING)
+    METRICS_UNWRITABLE = ("761ec586ffac4eae948b1ce79124ba22", PRIORITY_WARNING)
 
     @property
     def message_id(self) -> str:

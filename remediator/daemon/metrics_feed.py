@@ -8,7 +8,7 @@ owned, cgroups under action and their last full pressure) and the policy set.
 
 Writes: at most once per ``metrics_interval_sec`` from the loop (``write_if_due``),
 and unconditionally at stop and at the end of ``--once`` (``write_now``). A
-failed write never stops the daemon: the first failure is one ACTION_FAILED
+failed write never stops the daemon: the first failure is one METRICS_UNWRITABLE
 record (warning, with the file and errno), later failures with the same error
 are only counted (``remediator_textfile_write_failures_total``, visible once a
 write succeeds again), and the first success after failures is one record
@@ -185,7 +185,7 @@ class MetricsFeed:
                 return None
             self._failing = exc.message
             return Record(
-                RecordType.ACTION_FAILED,
+                RecordType.METRICS_UNWRITABLE,
                 f"cannot write the metrics file {path}: {exc.message}; the next attempts are counted, not "
                 'recorded (metrics_textfile: "" switches the metrics off)',
                 result=Result.FAILED.value,
@@ -196,7 +196,7 @@ class MetricsFeed:
             return None
         failures, self._failures, self._failing = self._failures, 0, None
         return Record(
-            RecordType.ACTION_APPLIED,
+            RecordType.METRICS_UNWRITABLE,
             f"the metrics file {path} is written again, after {plural(failures, 'failed attempt')}",
             # Not "applied": that is an action's word, and dry-run would present it as "would".
             result="written",

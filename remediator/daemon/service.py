@@ -245,7 +245,7 @@ class Service:
             # A partial walk would look like cgroups disappearing: keep the current targets.
             self.emit(
                 Record(
-                    RecordType.ACTION_FAILED,
+                    RecordType.OBSERVATION_FAILED,
                     f"cannot walk the cgroup tree, keeping current targets: {exc}",
                     result="failed",
                     errno=exc.errno_name,
@@ -300,7 +300,7 @@ class Service:
         except (KernelError, KernelParseError) as exc:
             self.emit(
                 Record(
-                    RecordType.ACTION_FAILED,
+                    RecordType.OBSERVATION_FAILED,
                     f"cannot read the cgroup's memory files: {exc}",
                     policy=key.policy,
                     cgroup=key.cgroup,

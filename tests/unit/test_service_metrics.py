@@ -231,7 +231,7 @@ def test_a_failing_write_is_one_record_then_one_when_it_works_again(tmp_path: Pa
         rig.advance(15)  # ten due writes, all failing
     failed = [r for r in rig.writer.records if TEXTFILE_FIELD in r.extra]
     assert len(failed) == 1
-    assert failed[0].type is RecordType.ACTION_FAILED and failed[0].priority == 4
+    assert failed[0].type is RecordType.METRICS_UNWRITABLE and failed[0].priority == 4
     assert failed[0].extra[TEXTFILE_FIELD] == str(missing)
     assert "No such file or directory" in failed[0].message
     missing.parent.mkdir()
