@@ -69,21 +69,6 @@ from remediator.errors import (
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType, Result
 from remediator.sizes import format_bytes
 
-RESULTS = frozenset(
-    {
-        "applied",
-        "would",
-        "partial",
-        "declined",
-        "failed",
-        "stood_back",
-        "gone",
-        "restored",
-        "not_restored",
-        "refused",
-    }
-)
-
 # memory.reclaim is synchronous in the writer: asking for a few GiB at once can
 # block for seconds. Chunks keep each write short so the time budget is checked
 # often and the loop (and its watchdog) is never held for long.
@@ -493,4 +478,4 @@ class Executor(ExecutorBase):
         return self._restored_outcome(ctx, restored, not_restored_type=RecordType.STATE_RECOVERED).records
 
 
-__all__ = ["RESULTS", "Executor", "Outcome"]
+__all__ = ["Executor", "Outcome"]

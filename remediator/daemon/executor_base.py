@@ -60,7 +60,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one action: a result from RESULTS and the records to write."""
+    """What happened to one action: its result (a ``remediator.records.Result`` word, "would" for a
+    write dry-run only pretended) and the records to write."""
 
     result: str
     records: Tuple[Record, ...]

@@ -88,12 +88,6 @@ class Curve:
             return start, min(end, start + grown / before)
         return start, end
 
-    def breakpoints(self, start: float, end: float, incarnation: int) -> List[float]:
-        """Sample times of ``incarnation`` in (start, end]."""
-        lo = bisect.bisect_right(self.times, start)
-        hi = bisect.bisect_right(self.times, end)
-        return [self.times[k] for k in range(lo, hi) if self.incarnations[k] == incarnation]
-
     def next_rise(self, after: float, incarnation: int) -> Optional[float]:
         """The first time at or after ``after`` when the counter of ``incarnation`` grows."""
         k = max(bisect.bisect_right(self.times, after) - 1, 0)
