@@ -290,7 +290,7 @@ def test_churn_of_real_cgroups_leaves_no_fd_or_target_behind_and_no_busy_loop(
     assert peak["fds"] <= before["fds"] + report["live"] + 16
     assert after["rss_kib"] - before["rss_kib"] <= CHURN_RSS_GROWTH_BOUND_KIB
     assert report["status_after_reload"], report
-    assert "watching 1 target(s) by PSI trigger, 0 by sampling" in report["status_after_reload"][0]
+    assert "watching 1 target by PSI trigger, 0 by sampling" in report["status_after_reload"][0]
     assert report["idle_cpu_after_sec"] <= 0.5
     assert report["exit_code"] == 0
 
