@@ -285,6 +285,13 @@ class Service:
         policy = self.policies.get(key.policy)
         if policy is None:
             return
+        # The decision is timed at its look (before the files are read), not when the core has
+        # finished: a rung's verify time (taken_at + verify_sec) then counts from what the kernel
+        # showed, whatever reading and deciding cost. Under emulation that cost was 20-225 ms, and
+        # with verify_sec equal to the trigger's window it moved the verify look past the next
+        # event, so whether sustained pressure was reclaimed at every event depended on the
+        # daemon's own scheduling (README, Record and replay, Fidelity).
+        looked_at = self.clock.monotonic()
         node = self._node(tick)
         try:
             if key.cgroup is None:
@@ -316,8 +323,9 @@ class Service:
             fired=fired,
             reclaim_supported=self.capabilities.memory_reclaim,
         )
-        now = self.clock.monotonic()
-        decision = decide(policy, self.state, obs, now, CoreConfig(self.settings.node_actions_max_per_hour))
+        decision = decide(
+            policy, self.state, obs, looked_at, CoreConfig(self.settings.node_actions_max_per_hour)
+        )
         timing: Optional[Dict[str, str]] = None
         if tick.woken_at is not None:
             timing = {

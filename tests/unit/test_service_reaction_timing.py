@@ -23,6 +23,9 @@ from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
+from remediator.kernel.roots import KernelRoots
+from remediator.kernel.snapshot import read_cgroup_snapshot
+from remediator.readings import CgroupSnapshot
 from remediator.records import Record, RecordType
 from remediator.settings import load_settings
 from tests.fake_triggers import FakeTriggers
@@ -134,3 +137,28 @@ def test_records_of_timed_observations_carry_the_times_of_their_own_wake_up(rig:
     assert later, "the verify-time re-check should have produced records"
     now = str(int(rig.clock.monotonic() * 1_000_000))
     assert all(r.extra[WOKEN_FIELD] == now for r in later)
+
+
+def test_a_rungs_verify_time_counts_from_the_look_not_from_when_reading_it_finished(
+    rig: _Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow read (a loaded or emulated host) must not move the verify look: it is due verify_sec
+    after what the kernel showed, so a second event exactly one verify_sec later is judged there."""
+
+    def slow_read(roots: KernelRoots, cgroup: str) -> CgroupSnapshot:
+        rig.clock.advance(0.3)
+        return read_cgroup_snapshot(roots, cgroup)
+
+    monkeypatch.setattr("remediator.daemon.service.read_cgroup_snapshot", slow_read)
+    rig.stall(500_000)
+    rig.triggers.fire(SEED)
+    rig.clock.advance(2)
+    looked_at = rig.clock.monotonic()
+    rig.service.step()
+
+    (applied,) = rig.of(RecordType.ACTION_APPLIED)
+    assert int(applied.extra[DECIDED_FIELD]) == int((looked_at + 0.3) * 1_000_000)
+    (target,) = rig.service.state.targets.values()
+    assert target.rung is not None
+    assert target.rung.taken_at == looked_at
+    assert rig.service.wakeups[next(iter(rig.service.state.targets))] == looked_at + 10
