@@ -39,7 +39,3 @@ def format_bytes(value: Optional[int]) -> str:
             return f"{sign}{amount:.1f} {unit}"
         amount /= 1024
     raise AssertionError("unreachable")
-
-
-def format_percent(fraction: float) -> str:
-    return f"{fraction * 100:.0f} %"

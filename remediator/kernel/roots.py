@@ -60,8 +60,3 @@ class KernelRoots:
         if any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"invalid proc path {relative!r}")
         return self.proc_root.joinpath(*parts)
-
-    def cgroup_of_dir(self, directory: Path) -> str:
-        """The relative cgroup name of a directory under the cgroup root."""
-        rel = directory.relative_to(self.cgroup_root).as_posix()
-        return "" if rel == "." else normalize_cgroup(rel)

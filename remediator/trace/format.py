@@ -176,10 +176,6 @@ class TraceHeader:
         """The recorder's monotonic clock at record time ``t``."""
         return self.start_monotonic + t
 
-    def wall_at(self, t: float) -> float:
-        """Seconds since the epoch at record time ``t``."""
-        return self.start_wall + t
-
 
 # What a reader yields, one per record after the header, in file order. ``t`` is
 # seconds since the header's start_monotonic; ``line`` is the record's line number.
