@@ -245,8 +245,12 @@ systemd-run --scope --unit="cri-containerd-$CONTAINER_ID" --slice="$POD_SLICE" -
 check service_reclaimed wait_for 150 records_above "$ID_APPLIED" 0 "REMEDIATOR_CGROUP=system.slice/$PRESSURED.service"
 check container_reclaimed wait_for 150 records_above "$ID_APPLIED" 0 "REMEDIATOR_CGROUP=$KUBE_CGROUP"
 # While it runs: node_exporter serves the daemon's counters of what it did.
-check scrape_during python3 scrape.py scrape-during.txt 60 \
-    '^remediator_actions_total\{[^}]*result="applied"[^}]*\} [1-9]'
+# The pressure gauge holds a cgroup only while it is under action (a ladder active or a value owned): the
+# page must show both cgroups at once, the container by its pod's names.
+check scrape_during python3 scrape.py scrape-during.txt 90 \
+    '^remediator_actions_total\{[^}]*result="applied"[^}]*\} [1-9]' \
+    "^remediator_cgroup_full_pressure_avg10\\{(?=[^}]*cgroup=\"$KUBE_CGROUP\")(?=[^}]*pod=\"web-0\")" \
+    "^remediator_cgroup_full_pressure_avg10\\{(?=[^}]*cgroup=\"system.slice/$PRESSURED.service\")"
 systemctl stop "$PRESSURED.service" "cri-containerd-$CONTAINER_ID.scope"
 value status_text_enforcing "$(systemctl show -p StatusText --value "$UNIT")"
 # The stop writes the file one last time (and the summaries of coalesced records to the journal).
