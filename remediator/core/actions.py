@@ -10,8 +10,9 @@ produce the same record, differing only in REMEDIATOR_DRY_RUN and "would".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
+from remediator.knobs.base import Action
 from remediator.records import Record
 
 # Extra record field (REMEDIATOR_FOLLOW_UP=1) on a reclaim taken as a follow-up, not for a pressure.
@@ -19,7 +20,7 @@ FOLLOW_UP_FIELD = "FOLLOW_UP"
 
 
 @dataclass(frozen=True)
-class Reclaim:
+class Reclaim(Action):
     """Write ``<bytes>`` to the cgroup's memory.reclaim within ``timeout_sec``."""
 
     cgroup: str
@@ -29,7 +30,7 @@ class Reclaim:
 
 
 @dataclass(frozen=True)
-class SetMemoryHigh:
+class SetMemoryHigh(Action):
     """Write memory.high (None = "max").
 
     ``expected`` is the value the core believes is there now (None = "max");
@@ -44,7 +45,7 @@ class SetMemoryHigh:
 
 
 @dataclass(frozen=True)
-class RestoreMemoryHigh:
+class RestoreMemoryHigh(Action):
     """Put back the original memory.high recorded before our first write,
     unless someone else changed it since our last write (``ours``)."""
 
@@ -54,26 +55,7 @@ class RestoreMemoryHigh:
 
 
 @dataclass(frozen=True)
-class SetSysctl:
-    """Write a node-wide vm sysctl (``vfs_cache_pressure`` or ``drop_caches``)."""
-
-    name: str
-    value: int
-    expected: Optional[int]  # re-read check; None for drop_caches (write-only trigger)
-    cause: Record
-
-
-@dataclass(frozen=True)
-class RestoreSysctl:
-    """Put back the original value of a vm sysctl we changed, unless someone else changed it since."""
-
-    name: str
-    ours: int
-    cause: Record
-
-
-@dataclass(frozen=True)
-class ReleaseOwnership:
+class ReleaseOwnership(Action):
     """Forget the recorded original of ``file`` WITHOUT writing anything.
 
     Used when another writer (systemd, kubelet, an operator) changed a value
@@ -87,6 +69,3 @@ class ReleaseOwnership:
     cgroup: Optional[str]
     file: str
     cause: Record
-
-
-Action = Union[Reclaim, SetMemoryHigh, RestoreMemoryHigh, SetSysctl, RestoreSysctl, ReleaseOwnership]

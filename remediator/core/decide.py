@@ -86,22 +86,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
-from remediator.core.actions import (
-    FOLLOW_UP_FIELD,
-    Action,
-    Reclaim,
-    SetMemoryHigh,
-    SetSysctl,
-)
-from remediator.core.ladder import (
-    VFS_CACHE_PRESSURE,
-    RungDecline,
-    RungTake,
-    describe_target,
-    evaluate_rung,
-    failed_condition,
-    format_share,
-)
+from remediator.core.actions import FOLLOW_UP_FIELD, Reclaim, SetMemoryHigh
+from remediator.core.ladder import VFS_CACHE_PRESSURE, evaluate_rung, failed_condition
 from remediator.core.measure import stall_text
 from remediator.core.phases import TRANSITIONS, Phase, phase_of
 from remediator.core.state import (
@@ -114,6 +100,9 @@ from remediator.core.state import (
     TargetKey,
 )
 from remediator.core.turn import TurnBase
+from remediator.core.wording import describe_target, format_share
+from remediator.knobs.base import Action, RungDecline, RungTake
+from remediator.knobs.sysctl import SetSysctl
 from remediator.policy.compiled import (
     NODE_WIDE_KINDS,
     ActionSpec,

@@ -19,148 +19,38 @@ but in ``remediator.core.decide``, which owns the clock-derived state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
-from remediator.core.actions import Action, Reclaim, SetMemoryHigh, SetSysctl
-from remediator.core.state import ChangedValue, TargetKey
+from remediator.core.actions import Reclaim, SetMemoryHigh
+from remediator.core.state import ChangedValue
+from remediator.core.wording import (
+    describe_composition,
+    describe_target,
+    describe_unreclaimable,
+    format_share,
+)
 from remediator.diagnosis.composition import (
     PAGE_SIZE,
     MemoryComposition,
     memory_high_floor,
     page_align_down,
 )
+from remediator.knobs import plugin_of
+from remediator.knobs.base import RungContext, RungDecline, RungOutcome, RungTake
+from remediator.knobs.sysctl import SetSysctl
 from remediator.policy.compiled import (
     NODE_WIDE_KINDS,
     ActionSpec,
     Conditions,
-    DropCachesAction,
     MemoryHighAction,
-    Policy,
     ReclaimAction,
     VfsCachePressureAction,
 )
 from remediator.readings import CgroupSnapshot, NodeSnapshot
-from remediator.records import Knob, Record, RecordType
+from remediator.records import Knob, RecordType
 from remediator.sizes import format_bytes
 
 VFS_CACHE_PRESSURE = Knob.VFS_CACHE_PRESSURE
-DROP_CACHES = Knob.DROP_CACHES
-
-_DROP_CACHES_WHAT = {
-    1: "clean page cache",
-    2: "reclaimable slab (dentries and inodes)",
-    3: "clean page cache and reclaimable slab",
-}
-
-
-def target_record(
-    policy: Policy,
-    key: TargetKey,
-    evidence: Mapping[str, str],
-    record_type: RecordType,
-    message: str,
-    action: Optional[Knob] = None,
-    rung: Optional[int] = None,
-    result: str = "",
-    extra: Optional[Mapping[str, str]] = None,
-) -> Record:
-    """A record about one target of a policy, on the evidence of its observation (the core's one builder)."""
-    fields = dict(extra or {})
-    if rung is not None:
-        fields["RUNG"] = str(rung)
-    return Record(
-        type=record_type,
-        message=message,
-        policy=policy.name,
-        cgroup=key.cgroup,
-        action=action,
-        result=result,
-        evidence=evidence,
-        extra=fields,
-    )
-
-
-def describe_target(cgroup: Optional[str]) -> str:
-    """How a target is named in messages."""
-    if cgroup is None:
-        return "the node"
-    if cgroup == "":
-        return "the root cgroup"
-    return cgroup
-
-
-def format_share(fraction: float) -> str:
-    """A stall share or a ratio as a percentage with one decimal (stall shares are often small)."""
-    return f"{fraction * 100:.1f} %"
-
-
-@dataclass(frozen=True)
-class RungContext:
-    """Everything a rung's preconditions look at, gathered once per decision."""
-
-    policy: Policy
-    key: TargetKey
-    snapshot: Union[CgroupSnapshot, NodeSnapshot]
-    node: Optional[NodeSnapshot]
-    composition: Optional[MemoryComposition]  # None for node targets
-    reclaim_supported: bool
-    evidence: Mapping[str, str]
-    stall_text: str  # the measured stall vs the threshold, for messages
-    owned_memory_high: Optional[ChangedValue]
-    memory_high_barred: bool
-    owned_vfs: Optional[ChangedValue]  # vfs_cache_pressure owned by this target
-    vfs_owned_elsewhere: Optional[TargetKey]  # another target owns vfs_cache_pressure
-    clamped_elsewhere: int = 0  # other cgroups of the policy holding a memory.high of ours
-
-    @property
-    def where(self) -> str:
-        return describe_target(self.key.cgroup)
-
-    def record(
-        self, record_type: RecordType, message: str, action: Optional[Knob] = None, rung: Optional[int] = None
-    ) -> Record:
-        return target_record(self.policy, self.key, self.evidence, record_type, message, action, rung)
-
-
-@dataclass(frozen=True)
-class RungTake:
-    """The rung's preconditions hold: this is the action (its cause is ACTION_APPLIED)."""
-
-    action: Action
-
-
-@dataclass(frozen=True)
-class RungDecline:
-    """The rung cannot help now. ``reason`` is a stable key (storm limiting); ``message`` explains."""
-
-    reason: str
-    message: str
-
-
-RungOutcome = Union[RungTake, RungDecline]
-
-
-def describe_composition(comp: MemoryComposition) -> str:
-    """What a cgroup's memory is made of, in the terms that decide what reclaim can take."""
-    anon = f"anon {format_bytes(comp.anon_bytes)}" + ("" if comp.swap_usable else " (no swap)")
-    return (
-        f"{anon}, shmem/tmpfs {format_bytes(comp.shmem_bytes)}, "
-        f"dirty/writeback {format_bytes(comp.dirty_bytes)}, kernel {format_bytes(comp.kernel_bytes)}, "
-        f"clean page cache {format_bytes(comp.reclaimable_cache_bytes)}"
-    )
-
-
-def describe_unreclaimable(comp: MemoryComposition) -> str:
-    """The parts of the floor under memory.high (what no reclaim can take)."""
-    parts = []
-    if not comp.swap_usable:
-        parts.append(f"anon without swap {format_bytes(comp.anon_bytes)}")
-        parts.append(f"shmem/tmpfs {format_bytes(comp.shmem_bytes)}")
-        kernel = comp.unreclaimable_bytes - comp.anon_bytes - comp.shmem_bytes
-    else:
-        kernel = comp.unreclaimable_bytes
-    parts.append(f"kernel {format_bytes(max(0, kernel))}")
-    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------- conditions
@@ -281,13 +171,15 @@ def evaluate_rung(spec: ActionSpec, index: int, ctx: RungContext) -> RungOutcome
             f"{spec.kind} is node-wide and affects every tenant; policy {ctx.policy.name} watches cgroups "
             "and does not set allow_node_wide",
         )
+    plugin = plugin_of(spec.kind)
+    if plugin is not None:
+        return plugin.plan(spec, index, ctx)
     if isinstance(spec, ReclaimAction):
         return _reclaim(spec, index, ctx)
     if isinstance(spec, MemoryHighAction):
         return _memory_high(spec, index, ctx)
-    if isinstance(spec, VfsCachePressureAction):
-        return _vfs_cache_pressure(spec, index, ctx)
-    return _drop_caches(spec, index, ctx)
+    assert isinstance(spec, VfsCachePressureAction)
+    return _vfs_cache_pressure(spec, index, ctx)
 
 
 def _reclaim(spec: ReclaimAction, index: int, ctx: RungContext) -> RungOutcome:
@@ -419,10 +311,3 @@ def _vfs_cache_pressure(spec: VfsCachePressureAction, index: int, ctx: RungConte
     return RungTake(
         SetSysctl(name=VFS_CACHE_PRESSURE, value=spec.value, expected=node.vfs_cache_pressure, cause=cause)
     )
-
-
-def _drop_caches(spec: DropCachesAction, index: int, ctx: RungContext) -> RungOutcome:
-    what = _DROP_CACHES_WHAT.get(spec.mode, f"caches (mode {spec.mode})")
-    message = f"drop {what} node-wide (vm.drop_caches={spec.mode}) for every tenant; {ctx.stall_text}"
-    cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
-    return RungTake(SetSysctl(name=DROP_CACHES, value=spec.mode, expected=None, cause=cause))

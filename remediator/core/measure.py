@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from remediator.core.ladder import format_share
 from remediator.core.state import Observation, TargetState
+from remediator.core.wording import format_share
 from remediator.policy.compiled import TriggerSpec
 
 

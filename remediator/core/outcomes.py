@@ -11,18 +11,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import List, Mapping
 
-from remediator.core.actions import (
-    FOLLOW_UP_FIELD,
-    Action,
-    Reclaim,
-    RestoreMemoryHigh,
-    RestoreSysctl,
-    SetMemoryHigh,
-    SetSysctl,
-)
+from remediator.core.actions import FOLLOW_UP_FIELD, Reclaim, RestoreMemoryHigh, SetMemoryHigh
 from remediator.core.decide import Decision
-from remediator.core.ladder import VFS_CACHE_PRESSURE, describe_target
+from remediator.core.ladder import VFS_CACHE_PRESSURE
 from remediator.core.state import ChangedValue, CoreState, TargetKey
+from remediator.core.wording import describe_target
+from remediator.knobs import plugin_for
+from remediator.knobs.base import Action
+from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.policy.compiled import Policy
 from remediator.records import Knob, Record, RecordType, evidence_from
 from remediator.sizes import format_bytes
@@ -48,7 +44,12 @@ def note_outcome(state: CoreState, action: Action, result: str, now: float) -> C
       value is still ours, so the restore is asked again at the next calm
       observation that finds the calm period complete).
     - Reclaim, drop_caches, ReleaseOwnership: nothing to remember.
+
+    A knob moved to its own module (``remediator.knobs``) says itself what it remembers.
     """
+    plugin = plugin_for(action)
+    if plugin is not None:
+        return plugin.note(state, action, result, now)
     if isinstance(action, SetMemoryHigh):
         return _note_memory_high_write(state, action, result, now)
     if isinstance(action, RestoreMemoryHigh):

@@ -32,15 +32,7 @@ import errno as errno_mod
 import functools
 from typing import Callable, List, Optional, Tuple
 
-from remediator.core.actions import (
-    Action,
-    Reclaim,
-    ReleaseOwnership,
-    RestoreMemoryHigh,
-    RestoreSysctl,
-    SetMemoryHigh,
-    SetSysctl,
-)
+from remediator.core.actions import Reclaim, ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.confined_io import (
     MEMORY_HIGH,
     MEMORY_RECLAIM,
@@ -53,6 +45,7 @@ from remediator.daemon.executor_base import (
     SYSCTL_FILES,
     ActionContext,
     ExecutorBase,
+    KnobIO,
     Outcome,
     Restored,
     limit_text,
@@ -66,6 +59,9 @@ from remediator.errors import (
     KernelTransient,
     RemediatorError,
 )
+from remediator.knobs import plugin_for
+from remediator.knobs.base import Action
+from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType, Result
 from remediator.sizes import format_bytes
 
@@ -74,15 +70,16 @@ from remediator.sizes import format_bytes
 # often and the loop (and its watchdog) is never held for long.
 RECLAIM_CHUNK_BYTES = 64 * 1024 * 1024
 
-DROP_CACHES_MODES = frozenset({1, 2, 3})
-
 
 class Executor(ExecutorBase):
     # ==== the entry points =====================================================
     def execute(self, action: Action) -> Outcome:
         """Carry out one action; never raises."""
-        ctx = self._context(action)
+        plugin = plugin_for(action)
+        ctx = self._context(action, plugin)
         try:
+            if plugin is not None:
+                return plugin.execute(action, KnobIO(self, ctx))
             if isinstance(action, Reclaim):
                 return self._reclaim(action, ctx)
             if isinstance(action, SetMemoryHigh):
@@ -204,7 +201,7 @@ class Executor(ExecutorBase):
             return self._finish(ctx, "refused", detail=f"vm.{action.name} is not a sysctl remediator writes")
         target = ProcFile(relative)
         if action.name != OWNED_SYSCTL:
-            return self._drop_caches(action, ctx, target)
+            return self._finish(ctx, "refused", detail=f"vm.{action.name} is not a sysctl remediator writes")
         return self._set_owned(
             ctx,
             kind=KIND_SYSCTL,
@@ -216,15 +213,6 @@ class Executor(ExecutorBase):
             check_expected=action.expected is not None,
             read=lambda: parse_uint_of(self._io.read(target), target),
         )
-
-    def _drop_caches(self, action: SetSysctl, ctx: ActionContext, target: ProcFile) -> Outcome:
-        if action.value not in DROP_CACHES_MODES:
-            return self._finish(ctx, "refused", detail=f"vm.drop_caches takes 1, 2 or 3, not {action.value}")
-        # A write-only trigger: nothing to read back, nothing to own or restore.
-        if not self._dry_run:
-            data = str(action.value).encode("ascii")
-            self._retry(lambda: self._io.write(target, data))
-        return self._finish(ctx, "applied", after=str(action.value))
 
     def _set_owned(
         self,

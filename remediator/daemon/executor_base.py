@@ -11,6 +11,7 @@ are the Executor's.
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Optional, Tuple, TypeVar
@@ -18,14 +19,7 @@ from typing import Callable, Dict, Optional, Tuple, TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from remediator.clock import Clock
-from remediator.core.actions import (
-    Action,
-    Reclaim,
-    RestoreMemoryHigh,
-    RestoreSysctl,
-    SetMemoryHigh,
-    SetSysctl,
-)
+from remediator.core.actions import Reclaim, ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.confined_io import (
     DROP_CACHES,
     MEMORY_HIGH,
@@ -41,6 +35,8 @@ from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import CgroupGone, KernelError, KernelFileMissing, KernelTransient, RemediatorError
 from remediator.kernel.memory_limits import parse_bytes, parse_limit
 from remediator.kernel.roots import KernelRoots
+from remediator.knobs.base import Action, KnobFile, KnobPlugin
+from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType
 from remediator.sizes import format_bytes
 
@@ -201,7 +197,9 @@ class ExecutorBase:
 
     # ==== records ===================================================================
     @staticmethod
-    def _context(action: Action) -> ActionContext:
+    def _context(action: Action, plugin: Optional[KnobPlugin]) -> ActionContext:
+        if plugin is not None:
+            return ActionContext(action.cause, plugin.knob, plugin.subject(action))
         if isinstance(action, Reclaim):
             return ActionContext(action.cause, Knob.RECLAIM, action.cgroup)
         if isinstance(action, SetMemoryHigh):
@@ -212,6 +210,7 @@ class ExecutorBase:
             return ActionContext(action.cause, sysctl_knob(action.name), None)
         if isinstance(action, RestoreSysctl):
             return ActionContext(action.cause, sysctl_knob(action.name), None)
+        assert isinstance(action, ReleaseOwnership)
         knob = Knob.MEMORY_HIGH if action.cgroup is not None else sysctl_knob(action.file)
         return ActionContext(action.cause, knob, action.cgroup)
 
@@ -315,3 +314,56 @@ class ExecutorBase:
             ctx, result, detail=detail, errno=exc.errno_name, record_type=RecordType.STATE_UNWRITABLE
         )
         return outcome.records[0]
+
+
+def kernel_file(target: KnobFile) -> KernelFile:
+    """Where a knob's file is, for the confined writer."""
+    return CgroupFile(target.cgroup, target.file) if target.cgroup is not None else ProcFile(target.file)
+
+
+class KnobIO:
+    """The executor's services as a knob's write sees them (``remediator.knobs.base.KnobWriter``),
+    bound to one action: its records are that action's."""
+
+    def __init__(self, executor: ExecutorBase, ctx: ActionContext) -> None:
+        self._executor = executor
+        self._ctx = ctx
+
+    @property
+    def dry_run(self) -> bool:
+        return self._executor._dry_run
+
+    @property
+    def retry_budget_sec(self) -> float:
+        return self._executor._retry_budget_sec
+
+    def monotonic(self) -> float:
+        return self._executor._clock.monotonic()
+
+    def exists(self, target: KnobFile) -> bool:
+        return self._executor._io.exists(kernel_file(target))
+
+    def read_uint(self, target: KnobFile) -> int:
+        where = kernel_file(target)
+        io = self._executor._io
+        return self._executor._retry(lambda: parse_uint_of(io.read(where), where))
+
+    def write(
+        self, target: KnobFile, text: str, retry_eagain: bool = True, budget_sec: Optional[float] = None
+    ) -> None:
+        where = kernel_file(target)
+        write = functools.partial(self._executor._io.write, where, text.encode("ascii"))
+        self._executor._retry(write, retry_eagain=retry_eagain, budget_sec=budget_sec)
+
+    def finish(
+        self,
+        result: str,
+        *,
+        before: str = "",
+        after: str = "",
+        detail: str = "",
+        extra: Optional[Dict[str, str]] = None,
+    ) -> Outcome:
+        return self._executor._finish(
+            self._ctx, result, before=before, after=after, detail=detail, extra=extra
+        )

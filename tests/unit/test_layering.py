@@ -24,6 +24,9 @@ FORBIDDEN = {
     ("policy", "core"),
     ("daemon", "commands"),
     ("located", "policy"),
+    ("knobs", "daemon"),  # a knob's write is handed the executor's services; it does no I/O itself
+    ("knobs", "kernel"),
+    ("knobs", "commands"),
 }
 
 

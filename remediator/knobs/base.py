@@ -1,0 +1,184 @@
+"""What every knob module shares: the plugin interface, the values a rung's plan looks at, and the
+narrow writer interface a knob's write and restore are handed (tuned's plugins, h11's injected I/O).
+
+A knob module (``remediator.knobs.<knob>``) owns one kernel value's whole life: its actions, its plan
+(take, or decline with the reason), what the core remembers after the executor reported, its write and
+restore through a ``KnobWriter``, and the file and format of its value. It does no I/O itself: the
+executor hands it a writer, so a knob module imports no daemon, kernel or command module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Dict, Generic, Mapping, Optional, Protocol, TypeVar, Union
+
+from remediator.core.state import ChangedValue, CoreState, TargetKey
+from remediator.core.wording import describe_target, target_record
+from remediator.diagnosis.composition import MemoryComposition
+from remediator.policy.compiled import Policy
+from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.records import Knob, Record, RecordType
+
+OutcomeT_co = TypeVar("OutcomeT_co", covariant=True)
+
+
+class Action:
+    """What the decision core asks the executor to do (every knob's actions derive from it).
+
+    Actions are requests, not facts: the executor (the only writer) re-reads
+    before writing, records originals before the first write, honours dry-run,
+    and reports the outcome as a record. ``cause`` is the record the executor
+    completes (with result, before/after, errno) so that enforcing and dry-run
+    produce the same record, differing only in REMEDIATOR_DRY_RUN and "would".
+    """
+
+    __slots__ = ()
+    cause: Record
+
+
+# ---------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class RungContext:
+    """Everything a rung's preconditions look at, gathered once per decision."""
+
+    policy: Policy
+    key: TargetKey
+    snapshot: Union[CgroupSnapshot, NodeSnapshot]
+    node: Optional[NodeSnapshot]
+    composition: Optional[MemoryComposition]  # None for node targets
+    reclaim_supported: bool
+    evidence: Mapping[str, str]
+    stall_text: str  # the measured stall vs the threshold, for messages
+    owned_memory_high: Optional[ChangedValue]
+    memory_high_barred: bool
+    owned_vfs: Optional[ChangedValue]  # vfs_cache_pressure owned by this target
+    vfs_owned_elsewhere: Optional[TargetKey]  # another target owns vfs_cache_pressure
+    clamped_elsewhere: int = 0  # other cgroups of the policy holding a memory.high of ours
+
+    @property
+    def where(self) -> str:
+        return describe_target(self.key.cgroup)
+
+    def record(
+        self, record_type: RecordType, message: str, action: Optional[Knob] = None, rung: Optional[int] = None
+    ) -> Record:
+        return target_record(self.policy, self.key, self.evidence, record_type, message, action, rung)
+
+
+@dataclass(frozen=True)
+class RungTake:
+    """The rung's preconditions hold: this is the action (its cause is ACTION_APPLIED)."""
+
+    action: Action
+
+
+@dataclass(frozen=True)
+class RungDecline:
+    """The rung cannot help now. ``reason`` is a stable key (storm limiting); ``message`` explains."""
+
+    reason: str
+    message: str
+
+
+RungOutcome = Union[RungTake, RungDecline]
+
+
+# ---------------------------------------------------------------- writes
+
+
+@dataclass(frozen=True)
+class KnobFile:
+    """A kernel file a knob reads or writes: a cgroup's interface file (``cgroup`` set), or a node-wide
+    file under the proc root (``cgroup`` None, ``file`` relative to it, e.g. ``sys/vm/drop_caches``)."""
+
+    cgroup: Optional[str]
+    file: str
+
+    @classmethod
+    def vm_sysctl(cls, name: str) -> KnobFile:
+        return cls(None, f"sys/vm/{name}")
+
+
+class KnobWriter(Protocol, Generic[OutcomeT_co]):
+    """The executor's services a knob's write uses, bound to one action (its record and its mode).
+
+    ``OutcomeT_co`` is the executor's outcome type: a knob returns what ``finish`` gave it.
+    Every kernel error raised here is turned into an outcome by the executor.
+    """
+
+    @property
+    def dry_run(self) -> bool: ...
+
+    @property
+    def retry_budget_sec(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+    def exists(self, target: KnobFile) -> bool: ...
+
+    def read_uint(self, target: KnobFile) -> int:
+        """Read a decimal value, retrying transient errors."""
+        ...
+
+    def write(
+        self, target: KnobFile, text: str, retry_eagain: bool = True, budget_sec: Optional[float] = None
+    ) -> None:
+        """Write ``text`` (nothing in dry-run is the caller's decision), retrying transient errors."""
+        ...
+
+    def finish(
+        self,
+        result: str,
+        *,
+        before: str = "",
+        after: str = "",
+        detail: str = "",
+        extra: Optional[Dict[str, str]] = None,
+    ) -> OutcomeT_co:
+        """Complete the action's cause into its outcome record."""
+        ...
+
+
+@dataclass(frozen=True)
+class OwnedKnob:
+    """How a knob whose value is ours until restored is recognised: where it lives in the state file
+    (``kind``), its file, how its value is read and printed, and how it is named in messages."""
+
+    knob: Knob
+    kind: str  # the state file's kind
+    per_cgroup: bool  # the name is a cgroup (else the knob's own name)
+    target: Callable[[str], KnobFile]
+    limit: bool  # "max" means no limit (None); else a plain decimal
+    format: Callable[[Optional[int]], str]  # a value in messages
+    describe: Callable[[str], str]  # the value of ``name`` in messages
+    refuse_zero: bool = False  # an original of 0 is someone's deliberate choice: never ours to change
+
+
+class KnobPlugin(ABC):
+    """One knob's whole life. Register an instance in ``remediator.knobs`` (the one registry)."""
+
+    knob: Knob
+    owned: Optional[OwnedKnob] = None  # None: a write-only knob, nothing to own or restore
+
+    @abstractmethod
+    def handles(self, action: Action) -> bool:
+        """Whether ``action`` is one of this knob's."""
+
+    def subject(self, action: Action) -> Optional[str]:
+        """The cgroup an action of this knob is about (None: node-wide)."""
+        return None
+
+    @abstractmethod
+    def plan(self, spec: object, index: int, ctx: RungContext) -> RungOutcome:
+        """Whether rung ``index`` (this knob's policy spec) can help now: the action, or the reason not."""
+
+    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+        """What the core remembers once the executor reported ``result`` for one of this knob's actions."""
+        return state
+
+    @abstractmethod
+    def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
+        """Carry out one of this knob's actions through ``writer``."""
