@@ -87,7 +87,7 @@ from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 from remediator.core.actions import FOLLOW_UP_FIELD, Reclaim, SetMemoryHigh
-from remediator.core.ladder import VFS_CACHE_PRESSURE, evaluate_rung, failed_condition
+from remediator.core.ladder import evaluate_rung, failed_condition
 from remediator.core.measure import stall_text
 from remediator.core.phases import TRANSITIONS, Phase, phase_of
 from remediator.core.state import (
@@ -103,6 +103,7 @@ from remediator.core.turn import TurnBase
 from remediator.core.wording import describe_target, format_share
 from remediator.knobs.base import Action, RungDecline, RungTake
 from remediator.knobs.sysctl import SetSysctl
+from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE
 from remediator.policy.compiled import (
     NODE_WIDE_KINDS,
     ActionSpec,

@@ -37,21 +37,16 @@ from remediator.diagnosis.composition import (
 )
 from remediator.knobs import plugin_of
 from remediator.knobs.base import RungContext, RungDecline, RungOutcome, RungTake
-from remediator.knobs.sysctl import SetSysctl
 from remediator.policy.compiled import (
     NODE_WIDE_KINDS,
     ActionSpec,
     Conditions,
     MemoryHighAction,
     ReclaimAction,
-    VfsCachePressureAction,
 )
 from remediator.readings import CgroupSnapshot, NodeSnapshot
-from remediator.records import Knob, RecordType
+from remediator.records import RecordType
 from remediator.sizes import format_bytes
-
-VFS_CACHE_PRESSURE = Knob.VFS_CACHE_PRESSURE
-
 
 # ---------------------------------------------------------------- conditions
 
@@ -178,8 +173,7 @@ def evaluate_rung(spec: ActionSpec, index: int, ctx: RungContext) -> RungOutcome
         return _reclaim(spec, index, ctx)
     if isinstance(spec, MemoryHighAction):
         return _memory_high(spec, index, ctx)
-    assert isinstance(spec, VfsCachePressureAction)
-    return _vfs_cache_pressure(spec, index, ctx)
+    raise ValueError(f"no knob module for rung kind {spec.kind}")
 
 
 def _reclaim(spec: ReclaimAction, index: int, ctx: RungContext) -> RungOutcome:
@@ -282,32 +276,4 @@ def _memory_high(spec: MemoryHighAction, index: int, ctx: RungContext) -> RungOu
     cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
     return RungTake(
         SetMemoryHigh(cgroup=snapshot.cgroup, value=plan.target, expected=snapshot.high_bytes, cause=cause)
-    )
-
-
-def _vfs_cache_pressure(spec: VfsCachePressureAction, index: int, ctx: RungContext) -> RungOutcome:
-    node = ctx.node
-    if node is None or node.vfs_cache_pressure is None:
-        return RungDecline("vfs_unreadable", "vm.vfs_cache_pressure could not be read")
-    if ctx.vfs_owned_elsewhere is not None:
-        other = ctx.vfs_owned_elsewhere
-        return RungDecline(
-            "vfs_owned_elsewhere",
-            f"vm.vfs_cache_pressure is being managed by policy {other.policy} for "
-            f"{describe_target(other.cgroup)}; one owner at a time",
-        )
-    # In dry-run the kernel still shows the old value: judge by what we (would have) set.
-    current = ctx.owned_vfs.ours if ctx.owned_vfs is not None else node.vfs_cache_pressure
-    if current >= spec.value:
-        return RungDecline(
-            "vfs_already_high",
-            f"vm.vfs_cache_pressure is already {current} (>= {spec.value})",
-        )
-    message = (
-        f"set vm.vfs_cache_pressure to {spec.value} (from {current}) so the kernel reclaims dentry and inode "
-        f"caches ({format_bytes(node.slab_reclaimable_bytes)} reclaimable slab on the node); {ctx.stall_text}"
-    )
-    cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
-    return RungTake(
-        SetSysctl(name=VFS_CACHE_PRESSURE, value=spec.value, expected=node.vfs_cache_pressure, cause=cause)
     )

@@ -13,21 +13,15 @@ from typing import List, Mapping
 
 from remediator.core.actions import FOLLOW_UP_FIELD, Reclaim, RestoreMemoryHigh, SetMemoryHigh
 from remediator.core.decide import Decision
-from remediator.core.ladder import VFS_CACHE_PRESSURE
 from remediator.core.state import ChangedValue, CoreState, TargetKey
 from remediator.core.wording import describe_target
 from remediator.knobs import plugin_for
-from remediator.knobs.base import Action
-from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
+from remediator.knobs.base import RESTORE_RETRY, SIMULATED, WRITTEN, Action
+from remediator.knobs.sysctl import RestoreSysctl
+from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE
 from remediator.policy.compiled import Policy
 from remediator.records import Knob, Record, RecordType, evidence_from
 from remediator.sizes import format_bytes
-
-# Executor outcomes that mean the value is now (or, in dry-run, would be) in the kernel.
-_WRITTEN = frozenset({"applied", "partial"})
-_SIMULATED = "would"
-# A failed restore leaves the value ours: asked again at the next calm observation.
-_RESTORE_RETRY = "failed"
 
 
 def note_outcome(state: CoreState, action: Action, result: str, now: float) -> CoreState:
@@ -58,29 +52,18 @@ def note_outcome(state: CoreState, action: Action, result: str, now: float) -> C
         if target is None or target.memory_high is None:
             return state
         owned = target.memory_high
-        memory_high = replace(owned, restore_requested=False) if result == _RESTORE_RETRY else None
+        memory_high = replace(owned, restore_requested=False) if result == RESTORE_RETRY else None
         return state.with_target(key, replace(target, memory_high=memory_high))
     if (
         isinstance(action, Reclaim)
         and action.cause.extra.get(FOLLOW_UP_FIELD) == "1"
-        and result not in _WRITTEN
+        and result not in WRITTEN
     ):
         # A follow-up that reclaimed nothing (dry-run's "would", refused, failed) changes nothing the
         # next look could see: asking again every every_sec would only repeat the record.
         key = TargetKey(action.cause.policy, action.cgroup)
         target = state.targets.get(key)
         return state if target is None else state.with_target(key, replace(target, follow_up_since=None))
-    if isinstance(action, SetSysctl) and action.name == VFS_CACHE_PRESSURE:
-        return _note_vfs_write(state, action, result, now)
-    if isinstance(action, RestoreSysctl) and action.name == VFS_CACHE_PRESSURE:
-        vfs = state.node.vfs_cache_pressure
-        if vfs is None:
-            return state
-        if result == _RESTORE_RETRY:
-            return state.with_node(
-                replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=False))
-            )
-        return state.with_node(replace(state.node, vfs_owner=None, vfs_cache_pressure=None))
     return state
 
 
@@ -91,36 +74,20 @@ def _note_memory_high_write(state: CoreState, action: SetMemoryHigh, result: str
         return state
     proposal = target.proposed_memory_high
     target = replace(target, proposed_memory_high=None)
-    if action.value is None or not (result in _WRITTEN or result == _SIMULATED):
+    if action.value is None or not (result in WRITTEN or result == SIMULATED):
         return state.with_target(key, target)
     previous = target.memory_high
     owned = ChangedValue(
         ours=action.value,
         # A second, lower write keeps the original of the first one.
         before=previous.before if previous is not None else action.expected,
-        simulated=result == _SIMULATED,
+        simulated=result == SIMULATED,
         written_at=now,
         stall_rate_at_write=proposal.stall_rate if proposal is not None else 0.0,
         events_high_at_write=proposal.events_high if proposal is not None else None,
         stall_baseline=proposal.stall_baseline if proposal is not None else None,
     )
     return state.with_target(key, replace(target, memory_high=owned))
-
-
-def _note_vfs_write(state: CoreState, action: SetSysctl, result: str, now: float) -> CoreState:
-    proposal = state.node.proposed_vfs
-    node = replace(state.node, proposed_vfs=None)
-    if proposal is None or not (result in _WRITTEN or result == _SIMULATED):
-        return state.with_node(node)
-    owned = ChangedValue(
-        ours=action.value,
-        before=proposal.before,
-        simulated=result == _SIMULATED,
-        written_at=now,
-        stall_rate_at_write=proposal.write.stall_rate,
-        events_high_at_write=None,
-    )
-    return state.with_node(replace(node, vfs_owner=proposal.owner, vfs_cache_pressure=owned))
 
 
 def forget(state: CoreState, key: TargetKey) -> CoreState:

@@ -30,29 +30,26 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import functools
-from typing import Callable, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from remediator.core.actions import Reclaim, ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.confined_io import (
-    MEMORY_HIGH,
     MEMORY_RECLAIM,
     CgroupFile,
-    KernelFile,
-    ProcFile,
 )
 from remediator.daemon.executor_base import (
-    OWNED_SYSCTL,
-    SYSCTL_FILES,
+    MEMORY_HIGH_OWNED,
     ActionContext,
     ExecutorBase,
-    KnobIO,
     Outcome,
     Restored,
+    kernel_file,
     limit_text,
-    parse_limit_of,
+    owned_by_file,
+    owned_knob,
     parse_uint_of,
 )
-from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL, OwnedValue
+from remediator.daemon.state_schema import OwnedValue
 from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import (
     CgroupGone,
@@ -60,9 +57,9 @@ from remediator.errors import (
     RemediatorError,
 )
 from remediator.knobs import plugin_for
-from remediator.knobs.base import Action
+from remediator.knobs.base import Action, KnobFile, OwnedKnob
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
-from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType, Result
+from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Record, RecordType, Result
 from remediator.sizes import format_bytes
 
 # memory.reclaim is synchronous in the writer: asking for a few GiB at once can
@@ -85,13 +82,12 @@ class Executor(ExecutorBase):
             if isinstance(action, SetMemoryHigh):
                 return self._set_memory_high(action, ctx)
             if isinstance(action, RestoreMemoryHigh):
-                return self._restore_action(KIND_MEMORY_HIGH, action.cgroup, ctx)
-            if isinstance(action, SetSysctl):
-                return self._set_sysctl(action, ctx)
-            if isinstance(action, RestoreSysctl):
-                return self._restore_action(KIND_SYSCTL, action.name, ctx)
+                return self._restore_action(MEMORY_HIGH_OWNED, action.cgroup, ctx)
             if isinstance(action, ReleaseOwnership):
                 return self._release(action, ctx)
+            if isinstance(action, (SetSysctl, RestoreSysctl)):
+                detail = f"vm.{action.name} is not a sysctl remediator writes"
+                return self._finish(ctx, "refused", detail=detail)
             return self._finish(ctx, "failed", detail=f"unknown action {type(action).__name__}")
         except RemediatorError as exc:
             return self._error_outcome(ctx, exc)
@@ -183,59 +179,29 @@ class Executor(ExecutorBase):
             return ""
 
     def _set_memory_high(self, action: SetMemoryHigh, ctx: ActionContext) -> Outcome:
-        target = CgroupFile(action.cgroup, MEMORY_HIGH)
-        return self._set_owned(
-            ctx,
-            kind=KIND_MEMORY_HIGH,
-            name=action.cgroup,
-            target=target,
-            value=action.value,
-            expected=action.expected,
-            check_expected=True,
-            read=lambda: parse_limit_of(self._io.read(target), target),
-        )
-
-    def _set_sysctl(self, action: SetSysctl, ctx: ActionContext) -> Outcome:
-        relative = SYSCTL_FILES.get(action.name)
-        if relative is None:
-            return self._finish(ctx, "refused", detail=f"vm.{action.name} is not a sysctl remediator writes")
-        target = ProcFile(relative)
-        if action.name != OWNED_SYSCTL:
-            return self._finish(ctx, "refused", detail=f"vm.{action.name} is not a sysctl remediator writes")
-        return self._set_owned(
-            ctx,
-            kind=KIND_SYSCTL,
-            name=action.name,
-            target=target,
-            value=action.value,
-            expected=action.expected,
-            # None: the core had no reading to compare with; the write is still recorded.
-            check_expected=action.expected is not None,
-            read=lambda: parse_uint_of(self._io.read(target), target),
-        )
+        return self._set_owned(ctx, MEMORY_HIGH_OWNED, action.cgroup, action.value, action.expected, True)
 
     def _set_owned(
         self,
         ctx: ActionContext,
-        *,
-        kind: str,
+        owned: OwnedKnob,
         name: str,
-        target: KernelFile,
         value: Optional[int],
         expected: Optional[int],
         check_expected: bool,
-        read: Callable[[], Optional[int]],
     ) -> Outcome:
         """Re-read, stand back or record the original, write, confirm."""
         ledger = self._ledger
+        kind = owned.kind
+        target = kernel_file(owned.target(name))
         records: List[Record] = []
         cgroup_id: Optional[int] = None
-        if kind == KIND_MEMORY_HIGH:
+        if owned.per_cgroup:
             cgroup_id = self._retry(lambda: self._io.cgroup_id(name))
             existing = ledger.get(kind, name)
             if existing is None or existing.cgroup_id not in (None, cgroup_id):
                 records.extend(self._drop_gone_cgroups(ledger))
-        actual = self._retry(read)
+        actual = self._retry(lambda: self._read_value(owned, target))
         current = self._as_if(ledger.get(kind, name), actual)
         if self._dry_run and check_expected and expected == actual:
             # The core knows nothing was written in dry-run and may judge by the
@@ -249,13 +215,13 @@ class Executor(ExecutorBase):
                 before=limit_text(current),
                 after=limit_text(current),
                 detail=(
-                    f"stood back: {target.describe()} is {self._format(kind, current)}, not the expected "
-                    f"{self._format(kind, expected)}; another writer (systemd, kubelet, an operator) changed "
+                    f"stood back: {target.describe()} is {owned.format(current)}, not the expected "
+                    f"{owned.format(expected)}; another writer (systemd, kubelet, an operator) changed "
                     "it and owns it now"
                 ),
                 record_type=RecordType.STOOD_BACK,
             )
-        if kind == KIND_SYSCTL and current == 0:
+        if owned.refuse_zero and current == 0:
             # 0 is the policy validator's "dangerous" value: someone chose it on purpose, and an
             # original of 0 is one no restore should ever write back.
             return self._finish(
@@ -263,7 +229,9 @@ class Executor(ExecutorBase):
                 "declined",
                 before="0",
                 after="0",
-                detail="declined: vm.vfs_cache_pressure is 0 (set on purpose by someone else): left as it is",
+                detail=(
+                    f"declined: {owned.describe(name)} is 0 (set on purpose by someone else): left as it is"
+                ),
             )
         # StateUnwritable from here means "refused": nothing has been written yet.
         if self._dry_run:
@@ -300,7 +268,8 @@ class Executor(ExecutorBase):
         is recorded: the file then holds live clamps only, whatever the churn of pods around it."""
         records: List[Record] = []
         for entry in ledger.entries():
-            if entry.kind != KIND_MEMORY_HIGH or self._same_cgroup(entry):
+            owned = owned_knob(entry.kind, entry.name)
+            if not owned.per_cgroup or self._same_cgroup(entry):
                 continue
             try:
                 ledger.drop(entry.kind, entry.name)
@@ -309,10 +278,10 @@ class Executor(ExecutorBase):
             records.append(
                 Record(
                     RecordType.ROLLED_BACK,
-                    f"forget the original memory.high of {entry.name}: the cgroup it belonged to is gone",
+                    f"forget the original {owned.describe(entry.name)}: the cgroup it belonged to is gone",
                     policy=entry.policy,
                     cgroup=entry.name,
-                    action=Knob.MEMORY_HIGH,
+                    action=owned.knob,
                     result=Result.GONE,
                     dry_run=self._dry_run,
                     priority=PRIORITY_DEBUG,
@@ -333,9 +302,9 @@ class Executor(ExecutorBase):
         with contextlib.suppress(StateUnwritable):
             self._ledger.abandon_write(kind, name)
 
-    def _restore_action(self, kind: str, name: str, ctx: ActionContext) -> Outcome:
+    def _restore_action(self, owned: OwnedKnob, name: str, ctx: ActionContext) -> Outcome:
         ledger = self._ledger
-        entry = ledger.get(kind, name)
+        entry = ledger.get(owned.kind, name)
         if entry is None:
             return self._finish(
                 ctx, "not_restored", detail="no original value recorded: nothing of ours to give back"
@@ -344,19 +313,11 @@ class Executor(ExecutorBase):
 
     def _release(self, action: ReleaseOwnership, ctx: ActionContext) -> Outcome:
         """Forget a recorded original without writing (the core gave the value up)."""
-        key = self._ownership_key(action.cgroup, action.file)
-        if key is None:
+        owned = owned_by_file(action.cgroup, action.file)
+        if owned is None:
             return self._finish(ctx, "declined", detail=f"{action.file} is not a value remediator owns")
-        self._ledger.drop(*key)
+        self._ledger.drop(owned.kind, action.cgroup if action.cgroup is not None else owned.knob.value)
         return self._finish(ctx, "applied")
-
-    @staticmethod
-    def _ownership_key(cgroup: Optional[str], file: str) -> Optional[Tuple[str, str]]:
-        if cgroup is not None:
-            return (KIND_MEMORY_HIGH, cgroup) if file == MEMORY_HIGH else None
-        # Accept the sysctl as actions name it, as sysctl(8) does, or as its proc path.
-        sysctl = file.rsplit("/", 1)[-1].removeprefix("vm.")
-        return (KIND_SYSCTL, sysctl) if sysctl == OWNED_SYSCTL else None
 
     # ==== restoring ==============================================================
     def _restore_entry(self, entry: OwnedValue, ledger: Optional[StateStore], simulated: bool) -> Restored:
@@ -367,13 +328,14 @@ class Executor(ExecutorBase):
         never really written and the kernel still holding the original counts
         as holding ours.
         """
-        target = self._target_of(entry)
+        owned = owned_knob(entry.kind, entry.name)
+        target = kernel_file(owned.target(entry.name))
         try:
-            actual = self._retry(lambda: self._read_value(entry.kind, target))
+            actual = self._retry(lambda: self._read_value(owned, target))
         except CgroupGone:
             self._forget(ledger, entry)
             return Restored("gone", "", "", "the cgroup is gone")
-        if entry.kind == KIND_MEMORY_HIGH and not self._same_cgroup(entry):
+        if owned.per_cgroup and not self._same_cgroup(entry):
             self._forget(ledger, entry)
             return Restored(
                 "gone",
@@ -393,8 +355,8 @@ class Executor(ExecutorBase):
                 "not_restored",
                 before,
                 before,
-                f"not restored: it is now {self._format(entry.kind, current)}, not the "
-                f"{self._format(entry.kind, entry.ours)} we set; another writer changed it since, "
+                f"not restored: it is now {owned.format(current)}, not the "
+                f"{owned.format(entry.ours)} we set; another writer changed it since, "
                 "and it is theirs now",
                 unforgotten,
             )
@@ -441,17 +403,20 @@ class Executor(ExecutorBase):
     def _recover_entry(self, entry: OwnedValue) -> Tuple[Record, ...]:
         store = self._ledgers.real
         ledger = None if self._dry_run else store
+        owned = owned_knob(entry.kind, entry.name)
         ctx = ActionContext(
             cause=Record(
                 RecordType.STATE_RECOVERED,
-                f"restore {self._describe(entry)} to {self._format(entry.kind, entry.original)}, "
-                f"left at {self._format(entry.kind, entry.ours)} by a previous run (policy {entry.policy})",
+                f"restore {owned.describe(entry.name)} to {owned.format(entry.original)}, "
+                f"left at {owned.format(entry.ours)} by a previous run (policy {entry.policy})",
                 policy=entry.policy,
             ),
-            action=self._restore_action_name(entry.kind),
-            cgroup=entry.name if entry.kind == KIND_MEMORY_HIGH else None,
+            # A restore or a recovery is recorded under the knob it puts back (its
+            # REMEDIATOR_RESULT says restored/recovered), so one journal filter finds a knob's whole life.
+            action=owned.knob,
+            cgroup=entry.name if owned.per_cgroup else None,
         )
-        if entry.kind == KIND_MEMORY_HIGH and not self._io.cgroup_exists(entry.name):
+        if owned.per_cgroup and not self._io.cgroup_exists(entry.name):
             self._forget(ledger, entry)
             return self._finish(
                 ctx, "gone", detail="the cgroup no longer exists", priority=PRIORITY_DEBUG
@@ -464,6 +429,62 @@ class Executor(ExecutorBase):
             self._forget(ledger, entry)
             return self._error_outcome(ctx, exc).records
         return self._restored_outcome(ctx, restored, not_restored_type=RecordType.STATE_RECOVERED).records
+
+
+class KnobIO:
+    """The executor's services as a knob's write sees them (``remediator.knobs.base.KnobWriter``),
+    bound to one action: its records are that action's."""
+
+    def __init__(self, executor: Executor, ctx: ActionContext) -> None:
+        self._executor = executor
+        self._ctx = ctx
+
+    @property
+    def dry_run(self) -> bool:
+        return self._executor._dry_run
+
+    @property
+    def retry_budget_sec(self) -> float:
+        return self._executor._retry_budget_sec
+
+    def monotonic(self) -> float:
+        return self._executor._clock.monotonic()
+
+    def exists(self, target: KnobFile) -> bool:
+        return self._executor._io.exists(kernel_file(target))
+
+    def read_uint(self, target: KnobFile) -> int:
+        where = kernel_file(target)
+        io = self._executor._io
+        return self._executor._retry(lambda: parse_uint_of(io.read(where), where))
+
+    def write(
+        self, target: KnobFile, text: str, retry_eagain: bool = True, budget_sec: Optional[float] = None
+    ) -> None:
+        where = kernel_file(target)
+        write = functools.partial(self._executor._io.write, where, text.encode("ascii"))
+        self._executor._retry(write, retry_eagain=retry_eagain, budget_sec=budget_sec)
+
+    def finish(
+        self,
+        result: str,
+        *,
+        before: str = "",
+        after: str = "",
+        detail: str = "",
+        extra: Optional[Dict[str, str]] = None,
+    ) -> Outcome:
+        return self._executor._finish(
+            self._ctx, result, before=before, after=after, detail=detail, extra=extra
+        )
+
+    def set_owned(
+        self, knob: OwnedKnob, name: str, value: Optional[int], expected: Optional[int], check_expected: bool
+    ) -> Outcome:
+        return self._executor._set_owned(self._ctx, knob, name, value, expected, check_expected)
+
+    def restore(self, knob: OwnedKnob, name: str) -> Outcome:
+        return self._executor._restore_action(knob, name, self._ctx)
 
 
 __all__ = ["Executor", "Outcome"]

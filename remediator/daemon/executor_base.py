@@ -11,7 +11,6 @@ are the Executor's.
 from __future__ import annotations
 
 import errno as errno_mod
-import functools
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Optional, Tuple, TypeVar
@@ -21,9 +20,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from remediator.clock import Clock
 from remediator.core.actions import Reclaim, ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.confined_io import (
-    DROP_CACHES,
     MEMORY_HIGH,
-    VFS_CACHE_PRESSURE,
     CgroupFile,
     ConfinedIO,
     ConfinementError,
@@ -35,8 +32,8 @@ from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import CgroupGone, KernelError, KernelFileMissing, KernelTransient, RemediatorError
 from remediator.kernel.memory_limits import parse_bytes, parse_limit
 from remediator.kernel.roots import KernelRoots
-from remediator.knobs.base import Action, KnobFile, KnobPlugin
-from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
+from remediator.knobs import owned_of, plugins
+from remediator.knobs.base import Action, KnobFile, KnobPlugin, OwnedKnob
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType
 from remediator.sizes import format_bytes
 
@@ -48,10 +45,28 @@ RETRY_FIRST_WAIT_SEC = 0.01
 RETRY_MAX_WAIT_SEC = 0.25
 
 
-# The sysctl names actions use, and where they live under the proc root.
-SYSCTL_FILES = {"vfs_cache_pressure": VFS_CACHE_PRESSURE, "drop_caches": DROP_CACHES}
-OWNED_SYSCTL = "vfs_cache_pressure"
 T = TypeVar("T")
+
+# memory.high's ownership, until memory.high has its own knob module.
+MEMORY_HIGH_OWNED = OwnedKnob(
+    knob=Knob.MEMORY_HIGH,
+    kind=KIND_MEMORY_HIGH,
+    per_cgroup=True,
+    target=lambda cgroup: KnobFile(cgroup, MEMORY_HIGH),
+    limit=True,
+    format=format_bytes,
+    describe=lambda cgroup: f"memory.high of {cgroup}",
+)
+
+
+def owned_knob(kind: str, name: str) -> OwnedKnob:
+    """The knob a state file entry belongs to (the schema lets only owned knobs' kinds in)."""
+    owned = owned_of(kind, name)
+    if owned is not None:
+        return owned
+    if kind == KIND_MEMORY_HIGH:
+        return MEMORY_HIGH_OWNED
+    raise KeyError(f"no knob owns {kind} {name}")
 
 
 @dataclass(frozen=True)
@@ -61,10 +76,6 @@ class Outcome:
 
     result: str
     records: Tuple[Record, ...]
-
-
-def sysctl_knob(name: str) -> Optional[Knob]:
-    return Knob(name) if name in SYSCTL_FILES else None
 
 
 def limit_text(value: Optional[int]) -> str:
@@ -146,15 +157,9 @@ class ExecutorBase:
         return self._ledgers.simulated if self._dry_run else self._ledgers.real
 
     # ==== kernel values ===========================================================
-    def _read_value(self, kind: str, target: KernelFile) -> Optional[int]:
+    def _read_value(self, owned: OwnedKnob, target: KernelFile) -> Optional[int]:
         text = self._io.read(target)
-        return parse_limit_of(text, target) if kind == KIND_MEMORY_HIGH else parse_uint_of(text, target)
-
-    @staticmethod
-    def _target_of(entry: OwnedValue) -> KernelFile:
-        if entry.kind == KIND_MEMORY_HIGH:
-            return CgroupFile(entry.name, MEMORY_HIGH)
-        return ProcFile(SYSCTL_FILES[entry.name])
+        return parse_limit_of(text, target) if owned.limit else parse_uint_of(text, target)
 
     def _as_if(self, entry: Optional[OwnedValue], actual: Optional[int]) -> Optional[int]:
         """In dry-run, what the kernel would hold had we written: our value while
@@ -206,29 +211,11 @@ class ExecutorBase:
             return ActionContext(action.cause, Knob.MEMORY_HIGH, action.cgroup)
         if isinstance(action, RestoreMemoryHigh):
             return ActionContext(action.cause, Knob.MEMORY_HIGH, action.cgroup)
-        if isinstance(action, SetSysctl):
-            return ActionContext(action.cause, sysctl_knob(action.name), None)
-        if isinstance(action, RestoreSysctl):
-            return ActionContext(action.cause, sysctl_knob(action.name), None)
-        assert isinstance(action, ReleaseOwnership)
-        knob = Knob.MEMORY_HIGH if action.cgroup is not None else sysctl_knob(action.file)
-        return ActionContext(action.cause, knob, action.cgroup)
-
-    @staticmethod
-    def _restore_action_name(kind: str) -> Knob:
-        # A restore or a recovery is recorded under the knob it puts back (its
-        # REMEDIATOR_RESULT says restored/recovered), so one journal filter finds a knob's whole life.
-        return Knob.MEMORY_HIGH if kind == KIND_MEMORY_HIGH else Knob(OWNED_SYSCTL)
-
-    @staticmethod
-    def _describe(entry: OwnedValue) -> str:
-        if entry.kind == KIND_MEMORY_HIGH:
-            return f"memory.high of {entry.name}"
-        return f"vm.{entry.name}"
-
-    @staticmethod
-    def _format(kind: str, value: Optional[int]) -> str:
-        return format_bytes(value) if kind == KIND_MEMORY_HIGH else limit_text(value)
+        if isinstance(action, ReleaseOwnership):
+            owned = owned_by_file(action.cgroup, action.file)
+            return ActionContext(action.cause, owned.knob if owned is not None else None, action.cgroup)
+        # An action of no registered knob (refused): None only for a sysctl outside the allow-list.
+        return ActionContext(action.cause, None, None)
 
     def _finish(
         self,
@@ -321,49 +308,18 @@ def kernel_file(target: KnobFile) -> KernelFile:
     return CgroupFile(target.cgroup, target.file) if target.cgroup is not None else ProcFile(target.file)
 
 
-class KnobIO:
-    """The executor's services as a knob's write sees them (``remediator.knobs.base.KnobWriter``),
-    bound to one action: its records are that action's."""
-
-    def __init__(self, executor: ExecutorBase, ctx: ActionContext) -> None:
-        self._executor = executor
-        self._ctx = ctx
-
-    @property
-    def dry_run(self) -> bool:
-        return self._executor._dry_run
-
-    @property
-    def retry_budget_sec(self) -> float:
-        return self._executor._retry_budget_sec
-
-    def monotonic(self) -> float:
-        return self._executor._clock.monotonic()
-
-    def exists(self, target: KnobFile) -> bool:
-        return self._executor._io.exists(kernel_file(target))
-
-    def read_uint(self, target: KnobFile) -> int:
-        where = kernel_file(target)
-        io = self._executor._io
-        return self._executor._retry(lambda: parse_uint_of(io.read(where), where))
-
-    def write(
-        self, target: KnobFile, text: str, retry_eagain: bool = True, budget_sec: Optional[float] = None
-    ) -> None:
-        where = kernel_file(target)
-        write = functools.partial(self._executor._io.write, where, text.encode("ascii"))
-        self._executor._retry(write, retry_eagain=retry_eagain, budget_sec=budget_sec)
-
-    def finish(
-        self,
-        result: str,
-        *,
-        before: str = "",
-        after: str = "",
-        detail: str = "",
-        extra: Optional[Dict[str, str]] = None,
-    ) -> Outcome:
-        return self._executor._finish(
-            self._ctx, result, before=before, after=after, detail=detail, extra=extra
-        )
+def owned_by_file(cgroup: Optional[str], file: str) -> Optional[OwnedKnob]:
+    """The owned knob a ReleaseOwnership names: a cgroup's interface file, or a node-wide sysctl as
+    actions name it, as sysctl(8) does, or as its proc path."""
+    sysctl = file.rsplit("/", 1)[-1].removeprefix("vm.")
+    for plugin in plugins():
+        owned = plugin.owned
+        if owned is None or owned.per_cgroup != (cgroup is not None):
+            continue
+        if (cgroup is not None and owned.target(cgroup).file == file) or (
+            cgroup is None and plugin.knob == sysctl
+        ):
+            return owned
+    if cgroup is not None and file == MEMORY_HIGH:
+        return MEMORY_HIGH_OWNED
+    return None

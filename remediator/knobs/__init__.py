@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-from remediator.knobs.base import Action, KnobPlugin
+from remediator.knobs.base import Action, KnobPlugin, OwnedKnob
 from remediator.knobs.drop_caches import DropCaches
+from remediator.knobs.vfs_cache_pressure import VfsCachePressure
 
-_BUILT_IN: Tuple[KnobPlugin, ...] = (DropCaches(),)
+_BUILT_IN: Tuple[KnobPlugin, ...] = (VfsCachePressure(), DropCaches())
 
 _REGISTRY: Dict[str, KnobPlugin] = {}
 
@@ -38,6 +39,15 @@ def plugins() -> Tuple[KnobPlugin, ...]:
 def plugin_of(knob: str) -> Optional[KnobPlugin]:
     """The knob named ``knob`` (a policy rung's kind), if registered."""
     return _REGISTRY.get(knob)
+
+
+def owned_of(kind: str, name: str) -> Optional[OwnedKnob]:
+    """The knob that owns a state file entry (``kind``, ``name``), if registered."""
+    for plugin in _REGISTRY.values():
+        owned = plugin.owned
+        if owned is not None and owned.kind == kind and (owned.per_cgroup or plugin.knob == name):
+            return owned
+    return None
 
 
 def plugin_for(action: Action) -> Optional[KnobPlugin]:

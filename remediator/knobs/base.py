@@ -23,6 +23,18 @@ from remediator.records import Knob, Record, RecordType
 OutcomeT_co = TypeVar("OutcomeT_co", covariant=True)
 
 
+# Executor outcomes that mean the value is now (or, in dry-run, would be) in the kernel.
+WRITTEN = frozenset({"applied", "partial"})
+SIMULATED = "would"
+# A failed restore leaves the value ours: asked again at the next calm observation.
+RESTORE_RETRY = "failed"
+
+
+def plain_value(value: Optional[int]) -> str:
+    """A value as the kernel prints it ("max" for no limit)."""
+    return "max" if value is None else str(value)
+
+
 class Action:
     """What the decision core asks the executor to do (every knob's actions derive from it).
 
@@ -127,6 +139,17 @@ class KnobWriter(Protocol, Generic[OutcomeT_co]):
         self, target: KnobFile, text: str, retry_eagain: bool = True, budget_sec: Optional[float] = None
     ) -> None:
         """Write ``text`` (nothing in dry-run is the caller's decision), retrying transient errors."""
+        ...
+
+    def set_owned(
+        self, knob: OwnedKnob, name: str, value: Optional[int], expected: Optional[int], check_expected: bool
+    ) -> OutcomeT_co:
+        """Re-read (stand back if not ``expected``), record the original before the first write
+        (write-ahead), write, confirm: the value of ``name`` is ours until restored."""
+        ...
+
+    def restore(self, knob: OwnedKnob, name: str) -> OutcomeT_co:
+        """Put back the original of ``name`` if the kernel still holds our value."""
         ...
 
     def finish(

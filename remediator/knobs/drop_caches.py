@@ -18,7 +18,7 @@ from remediator.knobs.base import (
     RungOutcome,
     RungTake,
 )
-from remediator.knobs.sysctl import SetSysctl
+from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.policy.compiled import DropCachesAction
 from remediator.records import Knob, RecordType
 
@@ -36,7 +36,7 @@ class DropCaches(KnobPlugin):
     knob = Knob.DROP_CACHES
 
     def handles(self, action: Action) -> bool:
-        return isinstance(action, SetSysctl) and action.name == self.knob
+        return isinstance(action, (SetSysctl, RestoreSysctl)) and action.name == self.knob
 
     def plan(self, spec: object, index: int, ctx: RungContext) -> RungOutcome:
         drop = cast(DropCachesAction, spec)
@@ -46,6 +46,10 @@ class DropCaches(KnobPlugin):
         return RungTake(SetSysctl(name=self.knob, value=drop.mode, expected=None, cause=cause))
 
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
+        if isinstance(action, RestoreSysctl):
+            return writer.finish(
+                "not_restored", detail="no original value recorded: nothing of ours to give back"
+            )
         assert isinstance(action, SetSysctl)
         if action.value not in MODES:
             return writer.finish("refused", detail=f"vm.drop_caches takes 1, 2 or 3, not {action.value}")

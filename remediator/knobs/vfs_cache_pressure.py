@@ -1,0 +1,124 @@
+"""vm.vfs_cache_pressure: a node-wide sysctl that makes the kernel reclaim dentry and inode caches
+sooner. Ours once written (one owner target at a time), given back at calm, back-off or exit.
+
+The core remembers who owns the value (``NodeState.vfs_owner``) and what it wrote; the executor's
+state store keeps the original (kind ``sysctl``, name ``vfs_cache_pressure``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, cast
+
+from remediator.core.state import ChangedValue, CoreState
+from remediator.core.wording import describe_target
+from remediator.knobs.base import (
+    RESTORE_RETRY,
+    SIMULATED,
+    WRITTEN,
+    Action,
+    KnobFile,
+    KnobPlugin,
+    KnobWriter,
+    OutcomeT_co,
+    OwnedKnob,
+    RungContext,
+    RungDecline,
+    RungOutcome,
+    RungTake,
+    plain_value,
+)
+from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
+from remediator.policy.compiled import VfsCachePressureAction
+from remediator.records import Knob, RecordType
+from remediator.sizes import format_bytes
+
+VFS_CACHE_PRESSURE = Knob.VFS_CACHE_PRESSURE
+FILE = KnobFile.vm_sysctl(VFS_CACHE_PRESSURE.value)
+
+OWNED = OwnedKnob(
+    knob=VFS_CACHE_PRESSURE,
+    kind="sysctl",
+    per_cgroup=False,
+    target=lambda _name: FILE,
+    limit=False,
+    format=plain_value,
+    describe=lambda name: f"vm.{name}",
+    refuse_zero=True,
+)
+
+
+class VfsCachePressure(KnobPlugin):
+    knob = VFS_CACHE_PRESSURE
+    owned: Optional[OwnedKnob] = OWNED
+
+    def handles(self, action: Action) -> bool:
+        return isinstance(action, (SetSysctl, RestoreSysctl)) and action.name == self.knob
+
+    def plan(self, spec: object, index: int, ctx: RungContext) -> RungOutcome:
+        vfs = cast(VfsCachePressureAction, spec)
+        node = ctx.node
+        if node is None or node.vfs_cache_pressure is None:
+            return RungDecline("vfs_unreadable", "vm.vfs_cache_pressure could not be read")
+        if ctx.vfs_owned_elsewhere is not None:
+            other = ctx.vfs_owned_elsewhere
+            return RungDecline(
+                "vfs_owned_elsewhere",
+                f"vm.vfs_cache_pressure is being managed by policy {other.policy} for "
+                f"{describe_target(other.cgroup)}; one owner at a time",
+            )
+        # In dry-run the kernel still shows the old value: judge by what we (would have) set.
+        current = ctx.owned_vfs.ours if ctx.owned_vfs is not None else node.vfs_cache_pressure
+        if current >= vfs.value:
+            return RungDecline(
+                "vfs_already_high",
+                f"vm.vfs_cache_pressure is already {current} (>= {vfs.value})",
+            )
+        message = (
+            f"set vm.vfs_cache_pressure to {vfs.value} (from {current}) so the kernel reclaims dentry and "
+            f"inode caches ({format_bytes(node.slab_reclaimable_bytes)} reclaimable slab on the node); "
+            f"{ctx.stall_text}"
+        )
+        cause = ctx.record(RecordType.ACTION_APPLIED, message, vfs.kind, index)
+        return RungTake(
+            SetSysctl(name=self.knob, value=vfs.value, expected=node.vfs_cache_pressure, cause=cause)
+        )
+
+    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+        """A write (applied, partial, or dry-run's would) makes the proposing target own the value;
+        a restore gives it back, except a failed one (asked again at the next calm look)."""
+        if isinstance(action, SetSysctl):
+            return _note_write(state, action, result, now)
+        vfs = state.node.vfs_cache_pressure
+        if vfs is None:
+            return state
+        if result == RESTORE_RETRY:
+            return state.with_node(
+                replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=False))
+            )
+        return state.with_node(replace(state.node, vfs_owner=None, vfs_cache_pressure=None))
+
+    def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
+        if isinstance(action, RestoreSysctl):
+            return writer.restore(OWNED, action.name)
+        assert isinstance(action, SetSysctl)
+        # expected None: the core had no reading to compare with; the write is still recorded.
+        return writer.set_owned(
+            OWNED, action.name, action.value, action.expected, check_expected=action.expected is not None
+        )
+
+
+def _note_write(state: CoreState, action: SetSysctl, result: str, now: float) -> CoreState:
+    proposal = state.node.proposed_vfs
+    node = replace(state.node, proposed_vfs=None)
+    if proposal is None or not (result in WRITTEN or result == SIMULATED):
+        return state.with_node(node)
+    owned = ChangedValue(
+        ours=action.value,
+        before=proposal.before,
+        simulated=result == SIMULATED,
+        written_at=now,
+        stall_rate_at_write=proposal.write.stall_rate,
+        events_high_at_write=None,
+    )
+    return state.with_node(replace(node, vfs_owner=proposal.owner, vfs_cache_pressure=owned))
