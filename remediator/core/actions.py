@@ -15,19 +15,6 @@ from typing import Optional
 from remediator.knobs.base import Action
 from remediator.records import Record
 
-# Extra record field (REMEDIATOR_FOLLOW_UP=1) on a reclaim taken as a follow-up, not for a pressure.
-FOLLOW_UP_FIELD = "FOLLOW_UP"
-
-
-@dataclass(frozen=True)
-class Reclaim(Action):
-    """Write ``<bytes>`` to the cgroup's memory.reclaim within ``timeout_sec``."""
-
-    cgroup: str
-    bytes: int
-    timeout_sec: float
-    cause: Record
-
 
 @dataclass(frozen=True)
 class SetMemoryHigh(Action):

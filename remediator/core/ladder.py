@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
-from remediator.core.actions import Reclaim, SetMemoryHigh
+from remediator.core.actions import SetMemoryHigh
 from remediator.core.state import ChangedValue
 from remediator.core.wording import (
     describe_composition,
@@ -30,7 +30,6 @@ from remediator.core.wording import (
     format_share,
 )
 from remediator.diagnosis.composition import (
-    PAGE_SIZE,
     MemoryComposition,
     memory_high_floor,
     page_align_down,
@@ -42,7 +41,6 @@ from remediator.policy.compiled import (
     ActionSpec,
     Conditions,
     MemoryHighAction,
-    ReclaimAction,
 )
 from remediator.readings import CgroupSnapshot, NodeSnapshot
 from remediator.records import RecordType
@@ -109,18 +107,6 @@ def failed_condition(
 # ---------------------------------------------------------------- amounts
 
 
-def reclaim_amount(composition: MemoryComposition, spec: ReclaimAction) -> int:
-    """Bytes to ask memory.reclaim for: a fraction of the clean-cache estimate, capped, page-aligned down.
-
-    Never more than the estimate (shmem, dirty and writeback pages are not in it).
-    May be 0: callers decline below one page.
-    """
-    wanted = int(composition.reclaimable_cache_bytes * spec.fraction)
-    if spec.max_bytes is not None:
-        wanted = min(wanted, spec.max_bytes)
-    return page_align_down(max(0, wanted))
-
-
 @dataclass(frozen=True)
 class MemoryHighPlan:
     """Where memory.high would go, and why."""
@@ -169,38 +155,9 @@ def evaluate_rung(spec: ActionSpec, index: int, ctx: RungContext) -> RungOutcome
     plugin = plugin_of(spec.kind)
     if plugin is not None:
         return plugin.plan(spec, index, ctx)
-    if isinstance(spec, ReclaimAction):
-        return _reclaim(spec, index, ctx)
     if isinstance(spec, MemoryHighAction):
         return _memory_high(spec, index, ctx)
     raise ValueError(f"no knob module for rung kind {spec.kind}")
-
-
-def _reclaim(spec: ReclaimAction, index: int, ctx: RungContext) -> RungOutcome:
-    snapshot = ctx.snapshot
-    comp = ctx.composition
-    if not isinstance(snapshot, CgroupSnapshot) or comp is None:
-        return RungDecline("needs_cgroup", "reclaim writes a cgroup's memory.reclaim; a node target has none")
-    if not ctx.reclaim_supported:
-        return RungDecline("no_memory_reclaim", "kernel has no memory.reclaim (needs 5.19 or later)")
-    reclaimable = comp.reclaimable_cache_bytes
-    amount = reclaim_amount(comp, spec)
-    if reclaimable < spec.min_bytes or amount < PAGE_SIZE:
-        return RungDecline(
-            "too_little_cache",
-            f"only {format_bytes(reclaimable)} of clean page cache in {ctx.where} "
-            f"(min_bytes {format_bytes(spec.min_bytes)}); its {format_bytes(comp.usage_bytes)} is "
-            f"{describe_composition(comp)}: reclaim cannot take anon without swap, shmem/tmpfs, "
-            "dirty pages or kernel memory",
-        )
-    capped = spec.max_bytes is not None and amount >= page_align_down(spec.max_bytes)
-    cap = ", capped by max_bytes" if capped else ""
-    message = (
-        f"reclaim {format_bytes(amount)} of clean page cache from {ctx.where}: "
-        f"{format_share(spec.fraction)} of {format_bytes(reclaimable)} reclaimable{cap}; {ctx.stall_text}"
-    )
-    cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
-    return RungTake(Reclaim(cgroup=snapshot.cgroup, bytes=amount, timeout_sec=spec.timeout_sec, cause=cause))
 
 
 def _memory_high(spec: MemoryHighAction, index: int, ctx: RungContext) -> RungOutcome:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import List, Mapping
 
-from remediator.core.actions import FOLLOW_UP_FIELD, Reclaim, RestoreMemoryHigh, SetMemoryHigh
+from remediator.core.actions import RestoreMemoryHigh, SetMemoryHigh
 from remediator.core.decide import Decision
 from remediator.core.state import ChangedValue, CoreState, TargetKey
 from remediator.core.wording import describe_target
@@ -54,16 +54,6 @@ def note_outcome(state: CoreState, action: Action, result: str, now: float) -> C
         owned = target.memory_high
         memory_high = replace(owned, restore_requested=False) if result == RESTORE_RETRY else None
         return state.with_target(key, replace(target, memory_high=memory_high))
-    if (
-        isinstance(action, Reclaim)
-        and action.cause.extra.get(FOLLOW_UP_FIELD) == "1"
-        and result not in WRITTEN
-    ):
-        # A follow-up that reclaimed nothing (dry-run's "would", refused, failed) changes nothing the
-        # next look could see: asking again every every_sec would only repeat the record.
-        key = TargetKey(action.cause.policy, action.cgroup)
-        target = state.targets.get(key)
-        return state if target is None else state.with_target(key, replace(target, follow_up_since=None))
     return state
 
 

@@ -28,15 +28,10 @@ world again and acts, or says why it did not. Its rules:
 from __future__ import annotations
 
 import contextlib
-import errno as errno_mod
 import functools
 from typing import Dict, List, Optional, Tuple
 
-from remediator.core.actions import Reclaim, ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
-from remediator.daemon.confined_io import (
-    MEMORY_RECLAIM,
-    CgroupFile,
-)
+from remediator.core.actions import ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.executor_base import (
     MEMORY_HIGH_OWNED,
     ActionContext,
@@ -53,19 +48,12 @@ from remediator.daemon.state_schema import OwnedValue
 from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import (
     CgroupGone,
-    KernelTransient,
     RemediatorError,
 )
 from remediator.knobs import plugin_for
 from remediator.knobs.base import Action, KnobFile, OwnedKnob
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Record, RecordType, Result
-from remediator.sizes import format_bytes
-
-# memory.reclaim is synchronous in the writer: asking for a few GiB at once can
-# block for seconds. Chunks keep each write short so the time budget is checked
-# often and the loop (and its watchdog) is never held for long.
-RECLAIM_CHUNK_BYTES = 64 * 1024 * 1024
 
 
 class Executor(ExecutorBase):
@@ -77,8 +65,6 @@ class Executor(ExecutorBase):
         try:
             if plugin is not None:
                 return plugin.execute(action, KnobIO(self, ctx))
-            if isinstance(action, Reclaim):
-                return self._reclaim(action, ctx)
             if isinstance(action, SetMemoryHigh):
                 return self._set_memory_high(action, ctx)
             if isinstance(action, RestoreMemoryHigh):
@@ -118,66 +104,6 @@ class Executor(ExecutorBase):
         return self._drop_gone_cgroups(self._ledger)
 
     # ==== actions ===============================================================
-    def _reclaim(self, action: Reclaim, ctx: ActionContext) -> Outcome:
-        if action.bytes <= 0:
-            return self._finish(ctx, "declined", detail="nothing to reclaim (0 bytes asked)")
-        reclaim_file = CgroupFile(action.cgroup, MEMORY_RECLAIM)
-        current_file = CgroupFile(action.cgroup, "memory.current")
-        if not self._io.exists(reclaim_file):
-            # Kernels before 5.19 have no memory.reclaim (and say so without failing).
-            return self._finish(ctx, "declined", detail="this kernel has no memory.reclaim (5.19+)")
-        before = self._retry(lambda: parse_uint_of(self._io.read(current_file), current_file))
-        start = self._clock.monotonic()
-        deadline = start + action.timeout_sec
-        remaining = action.bytes
-        requested = completed = 0
-        partial_detail = ""
-        while remaining > 0:
-            chunk = min(remaining, RECLAIM_CHUNK_BYTES)
-            if not self._dry_run:
-                request = str(chunk).encode("ascii")
-                try:
-                    self._retry(
-                        functools.partial(self._io.write, reclaim_file, request),
-                        retry_eagain=False,
-                        budget_sec=max(0.0, min(self._retry_budget_sec, deadline - self._clock.monotonic())),
-                    )
-                except KernelTransient as exc:
-                    if exc.errno != errno_mod.EAGAIN:
-                        raise
-                    # EAGAIN: the kernel reclaimed less than this chunk. Asking again
-                    # at once would only burn CPU in reclaim.
-                    requested += chunk
-                    partial_detail = (
-                        f"partial: the kernel could not reclaim all of a {format_bytes(chunk)} "
-                        "request (EAGAIN)"
-                    )
-                    break
-            requested += chunk
-            completed += chunk
-            remaining -= chunk
-            if remaining > 0 and self._clock.monotonic() >= deadline:
-                partial_detail = (
-                    f"partial: time budget of {action.timeout_sec:g} s used up after "
-                    f"{format_bytes(completed)} of {format_bytes(action.bytes)}"
-                )
-                break
-        after = self._read_after(current_file)
-        extra = {
-            "RECLAIM_ASKED_BYTES": str(action.bytes),
-            "RECLAIM_REQUESTED_BYTES": str(requested),
-            "RECLAIM_COMPLETED_BYTES": str(completed),
-        }
-        result = "partial" if partial_detail else "applied"
-        return self._finish(ctx, result, before=str(before), after=after, detail=partial_detail, extra=extra)
-
-    def _read_after(self, current_file: CgroupFile) -> str:
-        try:
-            return str(self._retry(lambda: parse_uint_of(self._io.read(current_file), current_file)))
-        except RemediatorError:
-            # The reclaim happened; not knowing its effect is no reason to call it failed.
-            return ""
-
     def _set_memory_high(self, action: SetMemoryHigh, ctx: ActionContext) -> Outcome:
         return self._set_owned(ctx, MEMORY_HIGH_OWNED, action.cgroup, action.value, action.expected, True)
 

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Tuple, TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from remediator.clock import Clock
-from remediator.core.actions import Reclaim, ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
+from remediator.core.actions import ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.confined_io import (
     MEMORY_HIGH,
     CgroupFile,
@@ -205,8 +205,6 @@ class ExecutorBase:
     def _context(action: Action, plugin: Optional[KnobPlugin]) -> ActionContext:
         if plugin is not None:
             return ActionContext(action.cause, plugin.knob, plugin.subject(action))
-        if isinstance(action, Reclaim):
-            return ActionContext(action.cause, Knob.RECLAIM, action.cgroup)
         if isinstance(action, SetMemoryHigh):
             return ActionContext(action.cause, Knob.MEMORY_HIGH, action.cgroup)
         if isinstance(action, RestoreMemoryHigh):

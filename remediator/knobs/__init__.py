@@ -13,9 +13,10 @@ from typing import Dict, Optional, Tuple
 
 from remediator.knobs.base import Action, KnobPlugin, OwnedKnob
 from remediator.knobs.drop_caches import DropCaches
+from remediator.knobs.reclaim import ReclaimKnob
 from remediator.knobs.vfs_cache_pressure import VfsCachePressure
 
-_BUILT_IN: Tuple[KnobPlugin, ...] = (VfsCachePressure(), DropCaches())
+_BUILT_IN: Tuple[KnobPlugin, ...] = (ReclaimKnob(), VfsCachePressure(), DropCaches())
 
 _REGISTRY: Dict[str, KnobPlugin] = {}
 

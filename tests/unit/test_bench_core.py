@@ -18,9 +18,9 @@ from typing import Any, Callable, List, Tuple
 
 import pytest
 
-from remediator.core.actions import Reclaim
 from remediator.core.decide import decide
 from remediator.core.state import CoreConfig, CoreState, Observation, TargetKey, initial_state
+from remediator.knobs.reclaim import Reclaim
 from remediator.policy.compiled import Policy
 from remediator.records import RecordType
 from tests.unit.test_core_builders import cgroup_snapshot, make_policy, node_snapshot, reclaim_rung

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from remediator.clock import SystemClock
-from remediator.core.actions import Reclaim
 from remediator.daemon.confined_io import ConfinedIO, KernelFile
 from remediator.daemon.executor import Executor, Outcome
 from remediator.daemon.state_store import StateStore
 from remediator.kernel.roots import KernelRoots
+from remediator.knobs.reclaim import Reclaim
 from remediator.records import Record, RecordType
 from tests.vm.guest import lib
 from tests.vm.scenarios.daemon_records import for_report, of_type
