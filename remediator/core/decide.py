@@ -86,7 +86,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
-from remediator.core.actions import SetMemoryHigh
 from remediator.core.ladder import evaluate_rung, failed_condition
 from remediator.core.measure import stall_text
 from remediator.core.phases import TRANSITIONS, Phase, phase_of
@@ -102,6 +101,7 @@ from remediator.core.state import (
 from remediator.core.turn import TurnBase
 from remediator.core.wording import describe_target, format_share
 from remediator.knobs.base import Action, RungDecline, RungTake
+from remediator.knobs.memory_high import SetMemoryHigh
 from remediator.knobs.reclaim import FOLLOW_UP_FIELD, Reclaim
 from remediator.knobs.sysctl import SetSysctl
 from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE

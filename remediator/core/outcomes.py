@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import List, Mapping
 
-from remediator.core.actions import RestoreMemoryHigh, SetMemoryHigh
 from remediator.core.decide import Decision
-from remediator.core.state import ChangedValue, CoreState, TargetKey
+from remediator.core.state import CoreState, TargetKey
 from remediator.core.wording import describe_target
 from remediator.knobs import plugin_for
-from remediator.knobs.base import RESTORE_RETRY, SIMULATED, WRITTEN, Action
+from remediator.knobs.base import Action
+from remediator.knobs.memory_high import RestoreMemoryHigh
 from remediator.knobs.sysctl import RestoreSysctl
 from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE
 from remediator.policy.compiled import Policy
@@ -30,54 +30,19 @@ def note_outcome(state: CoreState, action: Action, result: str, now: float) -> C
     ``result`` is one of applied, would (dry-run), partial, declined, failed,
     stood_back, gone, restored, not_restored.
 
-    - SetMemoryHigh / SetSysctl(vfs_cache_pressure): applied or partial (the
-      value was written) makes the target own the value; would does the same
-      but marks it simulated (the kernel still holds the old value, and the
-      other-writer check compares with that). Anything else takes no ownership.
-    - RestoreMemoryHigh / RestoreSysctl: drops ownership, except failed (the
-      value is still ours, so the restore is asked again at the next calm
-      observation that finds the calm period complete).
-    - Reclaim, drop_caches, ReleaseOwnership: nothing to remember.
-
-    A knob moved to its own module (``remediator.knobs``) says itself what it remembers.
+    Each knob says what it remembers (``KnobPlugin.note`` in ``remediator.knobs``):
+    a write of memory.high or vm.vfs_cache_pressure, applied or partial, makes
+    the target own the value; would (dry-run) does the same but marks it
+    simulated (the kernel still holds the old value, and the other-writer check
+    compares with that); a restore drops ownership, except failed (the value is
+    still ours, so the restore is asked again at the next calm observation that
+    finds the calm period complete). Reclaim ends a follow-up that reclaimed
+    nothing; drop_caches and ReleaseOwnership leave nothing to remember.
     """
     plugin = plugin_for(action)
     if plugin is not None:
         return plugin.note(state, action, result, now)
-    if isinstance(action, SetMemoryHigh):
-        return _note_memory_high_write(state, action, result, now)
-    if isinstance(action, RestoreMemoryHigh):
-        key = TargetKey(action.cause.policy, action.cgroup)
-        target = state.targets.get(key)
-        if target is None or target.memory_high is None:
-            return state
-        owned = target.memory_high
-        memory_high = replace(owned, restore_requested=False) if result == RESTORE_RETRY else None
-        return state.with_target(key, replace(target, memory_high=memory_high))
     return state
-
-
-def _note_memory_high_write(state: CoreState, action: SetMemoryHigh, result: str, now: float) -> CoreState:
-    key = TargetKey(action.cause.policy, action.cgroup)
-    target = state.targets.get(key)
-    if target is None:
-        return state
-    proposal = target.proposed_memory_high
-    target = replace(target, proposed_memory_high=None)
-    if action.value is None or not (result in WRITTEN or result == SIMULATED):
-        return state.with_target(key, target)
-    previous = target.memory_high
-    owned = ChangedValue(
-        ours=action.value,
-        # A second, lower write keeps the original of the first one.
-        before=previous.before if previous is not None else action.expected,
-        simulated=result == SIMULATED,
-        written_at=now,
-        stall_rate_at_write=proposal.stall_rate if proposal is not None else 0.0,
-        events_high_at_write=proposal.events_high if proposal is not None else None,
-        stall_baseline=proposal.stall_baseline if proposal is not None else None,
-    )
-    return state.with_target(key, replace(target, memory_high=owned))
 
 
 def forget(state: CoreState, key: TargetKey) -> CoreState:

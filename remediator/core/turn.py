@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import List, Optional
 
-from remediator.core.actions import ReleaseOwnership, RestoreMemoryHigh
 from remediator.core.measure import measure, remember_look, stall_text
 from remediator.core.reasons import reason_fields
 from remediator.core.state import CoreConfig, CoreState, NodeState, Observation
 from remediator.core.wording import describe_target, format_share, target_record
 from remediator.diagnosis.composition import compose
-from remediator.knobs.base import Action, RungContext
+from remediator.knobs.base import Action, ReleaseOwnership, RungContext
+from remediator.knobs.memory_high import RestoreMemoryHigh
 from remediator.knobs.sysctl import RestoreSysctl
 from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE
 from remediator.policy.compiled import Policy

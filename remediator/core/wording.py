@@ -61,16 +61,3 @@ def describe_composition(comp: MemoryComposition) -> str:
         f"dirty/writeback {format_bytes(comp.dirty_bytes)}, kernel {format_bytes(comp.kernel_bytes)}, "
         f"clean page cache {format_bytes(comp.reclaimable_cache_bytes)}"
     )
-
-
-def describe_unreclaimable(comp: MemoryComposition) -> str:
-    """The parts of the floor under memory.high (what no reclaim can take)."""
-    parts = []
-    if not comp.swap_usable:
-        parts.append(f"anon without swap {format_bytes(comp.anon_bytes)}")
-        parts.append(f"shmem/tmpfs {format_bytes(comp.shmem_bytes)}")
-        kernel = comp.unreclaimable_bytes - comp.anon_bytes - comp.shmem_bytes
-    else:
-        kernel = comp.unreclaimable_bytes
-    parts.append(f"kernel {format_bytes(max(0, kernel))}")
-    return ", ".join(parts)

@@ -1,6 +1,6 @@
 """The executor: the only part of remediator that changes anything.
 
-The decision core asks (``remediator.core.actions``); the executor checks the
+The decision core asks (``remediator.knobs``: each knob's actions); the executor checks the
 world again and acts, or says why it did not. Its rules:
 
 - **Re-read before writing.** A value that is not what the core expected has
@@ -31,9 +31,7 @@ import contextlib
 import functools
 from typing import Dict, List, Optional, Tuple
 
-from remediator.core.actions import ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.executor_base import (
-    MEMORY_HIGH_OWNED,
     ActionContext,
     ExecutorBase,
     Outcome,
@@ -51,7 +49,7 @@ from remediator.errors import (
     RemediatorError,
 )
 from remediator.knobs import plugin_for
-from remediator.knobs.base import Action, KnobFile, OwnedKnob
+from remediator.knobs.base import Action, KnobFile, OwnedKnob, ReleaseOwnership
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Record, RecordType, Result
 
@@ -65,10 +63,6 @@ class Executor(ExecutorBase):
         try:
             if plugin is not None:
                 return plugin.execute(action, KnobIO(self, ctx))
-            if isinstance(action, SetMemoryHigh):
-                return self._set_memory_high(action, ctx)
-            if isinstance(action, RestoreMemoryHigh):
-                return self._restore_action(MEMORY_HIGH_OWNED, action.cgroup, ctx)
             if isinstance(action, ReleaseOwnership):
                 return self._release(action, ctx)
             if isinstance(action, (SetSysctl, RestoreSysctl)):
@@ -104,9 +98,6 @@ class Executor(ExecutorBase):
         return self._drop_gone_cgroups(self._ledger)
 
     # ==== actions ===============================================================
-    def _set_memory_high(self, action: SetMemoryHigh, ctx: ActionContext) -> Outcome:
-        return self._set_owned(ctx, MEMORY_HIGH_OWNED, action.cgroup, action.value, action.expected, True)
-
     def _set_owned(
         self,
         ctx: ActionContext,

@@ -18,24 +18,21 @@ from typing import Callable, Dict, Optional, Tuple, TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from remediator.clock import Clock
-from remediator.core.actions import ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.confined_io import (
-    MEMORY_HIGH,
     CgroupFile,
     ConfinedIO,
     ConfinementError,
     KernelFile,
     ProcFile,
 )
-from remediator.daemon.state_schema import KIND_MEMORY_HIGH, OwnedValue
+from remediator.daemon.state_schema import OwnedValue
 from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import CgroupGone, KernelError, KernelFileMissing, KernelTransient, RemediatorError
 from remediator.kernel.memory_limits import parse_bytes, parse_limit
 from remediator.kernel.roots import KernelRoots
 from remediator.knobs import owned_of, plugins
-from remediator.knobs.base import Action, KnobFile, KnobPlugin, OwnedKnob
+from remediator.knobs.base import Action, KnobFile, KnobPlugin, OwnedKnob, ReleaseOwnership
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType
-from remediator.sizes import format_bytes
 
 # Exponential backoff for transient errors: 10 ms, 20 ms, ... capped, and
 # never sleeping past the budget. With the default 2 s budget the worst case
@@ -47,25 +44,12 @@ RETRY_MAX_WAIT_SEC = 0.25
 
 T = TypeVar("T")
 
-# memory.high's ownership, until memory.high has its own knob module.
-MEMORY_HIGH_OWNED = OwnedKnob(
-    knob=Knob.MEMORY_HIGH,
-    kind=KIND_MEMORY_HIGH,
-    per_cgroup=True,
-    target=lambda cgroup: KnobFile(cgroup, MEMORY_HIGH),
-    limit=True,
-    format=format_bytes,
-    describe=lambda cgroup: f"memory.high of {cgroup}",
-)
-
 
 def owned_knob(kind: str, name: str) -> OwnedKnob:
     """The knob a state file entry belongs to (the schema lets only owned knobs' kinds in)."""
     owned = owned_of(kind, name)
     if owned is not None:
         return owned
-    if kind == KIND_MEMORY_HIGH:
-        return MEMORY_HIGH_OWNED
     raise KeyError(f"no knob owns {kind} {name}")
 
 
@@ -205,10 +189,6 @@ class ExecutorBase:
     def _context(action: Action, plugin: Optional[KnobPlugin]) -> ActionContext:
         if plugin is not None:
             return ActionContext(action.cause, plugin.knob, plugin.subject(action))
-        if isinstance(action, SetMemoryHigh):
-            return ActionContext(action.cause, Knob.MEMORY_HIGH, action.cgroup)
-        if isinstance(action, RestoreMemoryHigh):
-            return ActionContext(action.cause, Knob.MEMORY_HIGH, action.cgroup)
         if isinstance(action, ReleaseOwnership):
             owned = owned_by_file(action.cgroup, action.file)
             return ActionContext(action.cause, owned.knob if owned is not None else None, action.cgroup)
@@ -318,6 +298,4 @@ def owned_by_file(cgroup: Optional[str], file: str) -> Optional[OwnedKnob]:
             cgroup is None and plugin.knob == sysctl
         ):
             return owned
-    if cgroup is not None and file == MEMORY_HIGH:
-        return MEMORY_HIGH_OWNED
     return None

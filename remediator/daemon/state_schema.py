@@ -48,7 +48,7 @@ class PendingWrite:
 
 @dataclass(frozen=True)
 class OwnedValue:
-    """One value we changed. Limits use None for "max", as in remediator.core.actions."""
+    """One value we changed. Limits use None for "max", as in remediator.knobs.memory_high."""
 
     kind: str  # KIND_MEMORY_HIGH | KIND_SYSCTL
     name: str  # the cgroup (relative to the cgroup root) or the sysctl name

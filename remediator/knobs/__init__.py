@@ -13,10 +13,11 @@ from typing import Dict, Optional, Tuple
 
 from remediator.knobs.base import Action, KnobPlugin, OwnedKnob
 from remediator.knobs.drop_caches import DropCaches
+from remediator.knobs.memory_high import MemoryHigh
 from remediator.knobs.reclaim import ReclaimKnob
 from remediator.knobs.vfs_cache_pressure import VfsCachePressure
 
-_BUILT_IN: Tuple[KnobPlugin, ...] = (ReclaimKnob(), VfsCachePressure(), DropCaches())
+_BUILT_IN: Tuple[KnobPlugin, ...] = (ReclaimKnob(), MemoryHigh(), VfsCachePressure(), DropCaches())
 
 _REGISTRY: Dict[str, KnobPlugin] = {}
 

@@ -49,6 +49,23 @@ class Action:
     cause: Record
 
 
+@dataclass(frozen=True)
+class ReleaseOwnership(Action):
+    """Forget the recorded original of ``file`` WITHOUT writing anything.
+
+    Used when another writer (systemd, kubelet, an operator) changed a value
+    we had changed: the value is theirs now, so restoring our recorded
+    original later would fight them. ``cgroup`` is None for node-wide sysctls,
+    and then ``file`` is the sysctl's name as in ``SetSysctl.name``
+    (``"vfs_cache_pressure"``); for cgroups it is the interface file
+    (``"memory.high"``).
+    """
+
+    cgroup: Optional[str]
+    file: str
+    cause: Record
+
+
 # ---------------------------------------------------------------- plans
 
 

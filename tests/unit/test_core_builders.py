@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from remediator.core.actions import ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.core.decide import Decision, decide
 from remediator.core.outcomes import note_outcome
 from remediator.core.state import CoreConfig, CoreState, Observation, TargetKey, initial_state
 from remediator.kernel.psi_trigger import StallKind
-from remediator.knobs.base import Action
+from remediator.knobs.base import Action, ReleaseOwnership
+from remediator.knobs.memory_high import RestoreMemoryHigh, SetMemoryHigh
 from remediator.knobs.reclaim import Reclaim
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.policy.compiled import (

@@ -7,11 +7,12 @@ from typing import List
 
 import pytest
 
-from remediator.core.actions import ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.core.decide import decide
 from remediator.core.outcomes import forget, on_exit
 from remediator.core.state import CoreConfig, Observation, TargetKey, initial_state
 from remediator.diagnosis.composition import page_align_down
+from remediator.knobs.base import ReleaseOwnership
+from remediator.knobs.memory_high import RestoreMemoryHigh, SetMemoryHigh
 from remediator.knobs.reclaim import Reclaim
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.policy.compiled import Conditions, ReclaimFollowUp

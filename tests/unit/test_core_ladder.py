@@ -7,12 +7,12 @@ from typing import Dict, Optional
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remediator.core.actions import SetMemoryHigh
 from remediator.core.decide import decide
 from remediator.core.ladder import evaluate_rung
 from remediator.core.state import CoreConfig, Observation, TargetKey, initial_state
 from remediator.diagnosis.composition import PAGE_SIZE, compose, memory_high_floor
 from remediator.knobs.base import RungContext, RungDecline, RungTake
+from remediator.knobs.memory_high import SetMemoryHigh
 from remediator.knobs.reclaim import Reclaim, reclaim_amount
 from remediator.policy.compiled import MemoryHighAction, ReclaimAction
 from remediator.readings import CgroupSnapshot, NodeSnapshot

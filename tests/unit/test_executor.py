@@ -13,13 +13,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 
 from remediator.clock import FakeClock
-from remediator.core.actions import ReleaseOwnership, RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.daemon.executor import Executor, Outcome
 from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL
 from remediator.daemon.state_store import StateStore
 from remediator.kernel.roots import KernelRoots
-from remediator.knobs.base import Action
+from remediator.knobs.base import Action, ReleaseOwnership
+from remediator.knobs.memory_high import RestoreMemoryHigh, SetMemoryHigh
 from remediator.knobs.reclaim import RECLAIM_CHUNK_BYTES, Reclaim
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.records import PRIORITY_DEBUG, Knob, Record, RecordType, presented

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
-from remediator.core.actions import SetMemoryHigh
+from remediator.knobs.memory_high import SetMemoryHigh
 from remediator.knobs.reclaim import Reclaim
 from remediator.policy.compiled import ReclaimAction
 from remediator.policy.loader import load_policy_file

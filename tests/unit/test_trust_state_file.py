@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediator.clock import FakeClock
-from remediator.core.actions import SetMemoryHigh
 from remediator.daemon.executor import Executor
 from remediator.daemon.state_schema import KIND_MEMORY_HIGH, MAX_STATE_FILE_BYTES, OWNABLE_SYSCTLS
 from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.kernel.roots import normalize_cgroup
+from remediator.knobs.memory_high import SetMemoryHigh
 from remediator.records import Record, RecordType
 from tests.fakefs import FakeKernel
 

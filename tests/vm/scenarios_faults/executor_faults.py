@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 from remediator.clock import SystemClock
-from remediator.core.actions import RestoreMemoryHigh, SetMemoryHigh
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.daemon.executor import Executor, Outcome
 from remediator.daemon.state_store import StateStore
 from remediator.errors import KernelTransient
 from remediator.kernel.roots import KernelRoots
 from remediator.knobs.base import Action
+from remediator.knobs.memory_high import RestoreMemoryHigh, SetMemoryHigh
 from remediator.knobs.reclaim import Reclaim
 from remediator.records import Record, RecordType
 from tests.vm.guest import lib

@@ -1,0 +1,254 @@
+"""memory.high: throttle a cgroup and push it into reclaim above a limit we set, never below the floor
+of what no reclaim can take. Ours once written, given back at calm, back-off or exit.
+
+memory.high below the unreclaimable part of a cgroup does not free memory, it throttles the cgroup
+into an endless stall; so there is a floor. A value another writer (systemd's MemoryHigh=, kubelet, an
+operator) set is theirs: the plan declines, the write stands back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Tuple, cast
+
+from remediator.core.state import ChangedValue, CoreState, TargetKey
+from remediator.core.wording import format_share
+from remediator.diagnosis.composition import MemoryComposition, memory_high_floor, page_align_down
+from remediator.knobs.base import (
+    RESTORE_RETRY,
+    SIMULATED,
+    WRITTEN,
+    Action,
+    KnobFile,
+    KnobPlugin,
+    KnobWriter,
+    OutcomeT_co,
+    OwnedKnob,
+    RungContext,
+    RungDecline,
+    RungOutcome,
+    RungTake,
+)
+from remediator.policy.compiled import MemoryHighAction
+from remediator.readings import CgroupSnapshot
+from remediator.records import Knob, Record, RecordType
+from remediator.sizes import format_bytes
+
+MEMORY_HIGH = Knob.MEMORY_HIGH
+FILE = "memory.high"
+
+OWNED = OwnedKnob(
+    knob=MEMORY_HIGH,
+    kind="memory_high",
+    per_cgroup=True,
+    target=lambda cgroup: KnobFile(cgroup, FILE),
+    limit=True,
+    format=format_bytes,
+    describe=lambda cgroup: f"memory.high of {cgroup}",
+)
+
+
+@dataclass(frozen=True)
+class SetMemoryHigh(Action):
+    """Write memory.high (None = "max").
+
+    ``expected`` is the value the core believes is there now (None = "max");
+    the executor re-reads and stands back if it differs, because then another
+    writer (systemd, kubelet) owns the value.
+    """
+
+    cgroup: str
+    value: Optional[int]
+    expected: Optional[int]
+    cause: Record
+
+
+@dataclass(frozen=True)
+class RestoreMemoryHigh(Action):
+    """Put back the original memory.high recorded before our first write,
+    unless someone else changed it since our last write (``ours``)."""
+
+    cgroup: str
+    ours: Optional[int]
+    cause: Record
+
+
+class MemoryHigh(KnobPlugin):
+    knob = MEMORY_HIGH
+    owned: Optional[OwnedKnob] = OWNED
+
+    def handles(self, action: Action) -> bool:
+        return isinstance(action, (SetMemoryHigh, RestoreMemoryHigh))
+
+    def subject(self, action: Action) -> Optional[str]:
+        return cast(SetMemoryHigh, action).cgroup
+
+    def plan(self, spec: object, index: int, ctx: RungContext) -> RungOutcome:
+        return _plan(cast(MemoryHighAction, spec), index, ctx)
+
+    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+        """A write (applied, partial, or dry-run's would) makes the target own the value (simulated
+        in dry-run: the kernel still holds the old one, and the other-writer check compares with
+        that); a restore drops it, except a failed one (asked again at the next calm look)."""
+        if isinstance(action, SetMemoryHigh):
+            return _note_write(state, action, result, now)
+        assert isinstance(action, RestoreMemoryHigh)
+        key = TargetKey(action.cause.policy, action.cgroup)
+        target = state.targets.get(key)
+        if target is None or target.memory_high is None:
+            return state
+        owned = target.memory_high
+        memory_high = replace(owned, restore_requested=False) if result == RESTORE_RETRY else None
+        return state.with_target(key, replace(target, memory_high=memory_high))
+
+    def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
+        if isinstance(action, RestoreMemoryHigh):
+            return writer.restore(OWNED, action.cgroup)
+        assert isinstance(action, SetMemoryHigh)
+        return writer.set_owned(OWNED, action.cgroup, action.value, action.expected, check_expected=True)
+
+
+@dataclass(frozen=True)
+class MemoryHighPlan:
+    """Where memory.high would go, and why."""
+
+    base: int  # memory.max or memory.current
+    target: int
+    floor: int
+    raised_to_floor: bool
+
+
+def plan_memory_high(
+    snapshot: CgroupSnapshot, composition: MemoryComposition, spec: MemoryHighAction
+) -> Optional[MemoryHighPlan]:
+    """fraction x base, page-aligned down, never above memory.max, raised to the floor if below it.
+
+    None when there is no base (relative to memory.max, and memory.max is unset).
+    The result can be >= memory.max when the floor leaves no room: callers decline then.
+    """
+    if spec.relative_to == "max":
+        if snapshot.max_bytes is None:
+            return None
+        base = snapshot.max_bytes
+    else:
+        base = snapshot.current_bytes
+    target = page_align_down(int(base * spec.fraction))
+    if snapshot.max_bytes is not None:
+        target = min(target, snapshot.max_bytes)
+    floor = memory_high_floor(composition, spec.floor_margin_bytes, spec.min_bytes)
+    raised = target < floor
+    if raised:
+        target = floor
+    return MemoryHighPlan(base=base, target=target, floor=floor, raised_to_floor=raised)
+
+
+def describe_unreclaimable(comp: MemoryComposition) -> str:
+    """The parts of the floor under memory.high (what no reclaim can take)."""
+    parts = []
+    if not comp.swap_usable:
+        parts.append(f"anon without swap {format_bytes(comp.anon_bytes)}")
+        parts.append(f"shmem/tmpfs {format_bytes(comp.shmem_bytes)}")
+        kernel = comp.unreclaimable_bytes - comp.anon_bytes - comp.shmem_bytes
+    else:
+        kernel = comp.unreclaimable_bytes
+    parts.append(f"kernel {format_bytes(max(0, kernel))}")
+    return ", ".join(parts)
+
+
+def _plan(spec: MemoryHighAction, index: int, ctx: RungContext) -> RungOutcome:
+    snapshot = ctx.snapshot
+    comp = ctx.composition
+    if not isinstance(snapshot, CgroupSnapshot) or comp is None:
+        return RungDecline(
+            "needs_cgroup", "memory_high writes a cgroup's memory.high; a node target has none"
+        )
+    if ctx.memory_high_barred:
+        return RungDecline(
+            "backed_off",
+            f"memory.high on {ctx.where} was backed off because it throttled the cgroup; "
+            f"not lowering it again before {ctx.policy.rollback.calm_sec:g} s of calm",
+        )
+    owned = ctx.owned_memory_high
+    if owned is None and ctx.clamped_elsewhere >= spec.max_clamped_cgroups:
+        return RungDecline(
+            "clamp_cap",
+            f"{ctx.clamped_elsewhere} cgroups of policy {ctx.policy.name} already hold a memory.high of ours "
+            f"(max_clamped_cgroups {spec.max_clamped_cgroups}): not clamping {ctx.where} too",
+        )
+    if owned is None and snapshot.high_bytes is not None:
+        return RungDecline(
+            "other_writer",
+            f"memory.high is set to {format_bytes(snapshot.high_bytes)} by another writer; not fighting it",
+        )
+    plan = plan_memory_high(snapshot, comp, spec)
+    if plan is None:
+        return RungDecline(
+            "no_memory_max",
+            f"memory.max of {ctx.where} is not set: memory.high relative to memory.max has no base",
+        )
+    # The floor can push the target up to the value it should stay under:
+    # then memory.high would not free anything, it would only throttle.
+    limit: Optional[Tuple[str, int]] = None
+    if snapshot.max_bytes is not None and plan.target >= snapshot.max_bytes:
+        limit = ("memory.max", snapshot.max_bytes)
+    elif spec.relative_to == "current" and plan.target >= snapshot.current_bytes:
+        limit = ("current usage", snapshot.current_bytes)
+    if limit is not None:
+        limit_name, limit_bytes = limit
+        if plan.raised_to_floor:
+            return RungDecline(
+                "no_room_above_floor",
+                f"unreclaimable memory ({describe_unreclaimable(comp)}) leaves no room for memory.high "
+                f"below {limit_name}: lowering it would only throttle (floor {format_bytes(plan.floor)}, "
+                f"{limit_name} {format_bytes(limit_bytes)})",
+            )
+        return RungDecline(
+            "not_below_limit",
+            f"memory.high target {format_bytes(plan.target)} ({format_share(spec.fraction)} of "
+            f"{format_bytes(plan.base)}) is not below {limit_name} of {ctx.where} "
+            f"({format_bytes(limit_bytes)})",
+        )
+    if owned is not None and owned.ours <= plan.target:
+        return RungDecline(
+            "already_low",
+            f"memory.high of {ctx.where} is already {format_bytes(owned.ours)} (ours), "
+            f"at or below the target {format_bytes(plan.target)}",
+        )
+    floor_note = (
+        f", raised to the floor over unreclaimable memory ({describe_unreclaimable(comp)})"
+        if plan.raised_to_floor
+        else ""
+    )
+    base_name = "memory.max" if spec.relative_to == "max" else "memory.current"
+    message = (
+        f"set memory.high of {ctx.where} to {format_bytes(plan.target)} "
+        f"({format_share(spec.fraction)} of {base_name} {format_bytes(plan.base)}{floor_note}); "
+        f"{ctx.stall_text}"
+    )
+    cause = ctx.record(RecordType.ACTION_APPLIED, message, spec.kind, index)
+    return RungTake(
+        SetMemoryHigh(cgroup=snapshot.cgroup, value=plan.target, expected=snapshot.high_bytes, cause=cause)
+    )
+
+
+def _note_write(state: CoreState, action: SetMemoryHigh, result: str, now: float) -> CoreState:
+    key = TargetKey(action.cause.policy, action.cgroup)
+    target = state.targets.get(key)
+    if target is None:
+        return state
+    proposal = target.proposed_memory_high
+    target = replace(target, proposed_memory_high=None)
+    if action.value is None or not (result in WRITTEN or result == SIMULATED):
+        return state.with_target(key, target)
+    previous = target.memory_high
+    owned = ChangedValue(
+        ours=action.value,
+        # A second, lower write keeps the original of the first one.
+        before=previous.before if previous is not None else action.expected,
+        simulated=result == SIMULATED,
+        written_at=now,
+        stall_rate_at_write=proposal.stall_rate if proposal is not None else 0.0,
+        events_high_at_write=proposal.events_high if proposal is not None else None,
+        stall_baseline=proposal.stall_baseline if proposal is not None else None,
+    )
+    return state.with_target(key, replace(target, memory_high=owned))
