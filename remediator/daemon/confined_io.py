@@ -37,14 +37,15 @@ from typing import Optional, Tuple, Union
 
 from remediator.errors import KernelFileMissing, RemediatorError, kernel_error_from_oserror
 from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
+from remediator.knobs import plugins
 
+# A cgroup's directory is found (and its id read) through the file every memory cgroup has.
 MEMORY_HIGH = "memory.high"
-MEMORY_RECLAIM = "memory.reclaim"
-WRITABLE_CGROUP_FILES = frozenset({MEMORY_HIGH, MEMORY_RECLAIM})
 
-VFS_CACHE_PRESSURE = "sys/vm/vfs_cache_pressure"
-DROP_CACHES = "sys/vm/drop_caches"
-WRITABLE_PROC_FILES = frozenset({VFS_CACHE_PRESSURE, DROP_CACHES})
+# What remediator may write is what its knobs write: each knob module declares its files
+# (``KnobPlugin.cgroup_writes``, ``node_writes``); the built-in knobs, fixed at import.
+WRITABLE_CGROUP_FILES = frozenset(name for plugin in plugins() for name in plugin.cgroup_writes)
+WRITABLE_PROC_FILES = frozenset(path for plugin in plugins() for path in plugin.node_writes)
 
 # Interface files we read are a few KiB at most (memory.stat ~2 KiB); one
 # read of this size returns all of it, a full buffer means there may be more.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Dict, Generic, Mapping, Optional, Protocol, TypeVar, Union
+from typing import Callable, Dict, FrozenSet, Generic, Mapping, Optional, Protocol, TypeVar, Union
 
 from remediator.core.state import ChangedValue, CoreState, TargetKey
 from remediator.core.wording import describe_target, target_record
@@ -202,6 +202,9 @@ class KnobPlugin(ABC):
 
     knob: Knob
     owned: Optional[OwnedKnob] = None  # None: a write-only knob, nothing to own or restore
+    # The files this knob writes: the executor's confined writer allows these and no others.
+    cgroup_writes: FrozenSet[str] = frozenset()  # a cgroup's interface files, by name
+    node_writes: FrozenSet[str] = frozenset()  # node-wide files, by their path under the proc root
 
     @abstractmethod
     def handles(self, action: Action) -> bool:

@@ -34,6 +34,7 @@ _WHAT = {
 
 class DropCaches(KnobPlugin):
     knob = Knob.DROP_CACHES
+    node_writes = frozenset({FILE.file})
 
     def handles(self, action: Action) -> bool:
         return isinstance(action, (SetSysctl, RestoreSysctl)) and action.name == self.knob

@@ -76,6 +76,7 @@ class RestoreMemoryHigh(Action):
 class MemoryHigh(KnobPlugin):
     knob = MEMORY_HIGH
     owned: Optional[OwnedKnob] = OWNED
+    cgroup_writes = frozenset({FILE})
 
     def handles(self, action: Action) -> bool:
         return isinstance(action, (SetMemoryHigh, RestoreMemoryHigh))

@@ -68,6 +68,7 @@ def reclaim_amount(composition: MemoryComposition, spec: ReclaimAction) -> int:
 
 class ReclaimKnob(KnobPlugin):
     knob = Knob.RECLAIM
+    cgroup_writes = frozenset({MEMORY_RECLAIM})
 
     def handles(self, action: Action) -> bool:
         return isinstance(action, Reclaim)

@@ -51,6 +51,7 @@ OWNED = OwnedKnob(
 class VfsCachePressure(KnobPlugin):
     knob = VFS_CACHE_PRESSURE
     owned: Optional[OwnedKnob] = OWNED
+    node_writes = frozenset({FILE.file})
 
     def handles(self, action: Action) -> bool:
         return isinstance(action, (SetSysctl, RestoreSysctl)) and action.name == self.knob

@@ -17,6 +17,7 @@ import pytest
 from remediator.core.ladder import evaluate_rung
 from remediator.core.outcomes import note_outcome
 from remediator.core.state import CoreState, initial_state
+from remediator.daemon.confined_io import WRITABLE_CGROUP_FILES, WRITABLE_PROC_FILES
 from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL, OWNABLE_SYSCTLS
 from remediator.knobs import plugin_for, plugin_of, plugins, register, unregister
 from remediator.knobs.base import (
@@ -70,6 +71,19 @@ def test_an_owned_knob_is_one_the_state_file_can_record() -> None:
         else:
             assert spec.kind == KIND_SYSCTL
             assert knob.value in OWNABLE_SYSCTLS
+
+
+def test_the_confined_writer_allows_exactly_the_files_the_knobs_write() -> None:
+    cgroup_files = {name for plugin in plugins() for name in plugin.cgroup_writes}
+    proc_files = {path for plugin in plugins() for path in plugin.node_writes}
+    assert cgroup_files == WRITABLE_CGROUP_FILES
+    assert proc_files == WRITABLE_PROC_FILES
+    for plugin in plugins():
+        assert plugin.cgroup_writes or plugin.node_writes, plugin.knob
+        if plugin.owned is not None:
+            target = plugin.owned.target(CGROUP)
+            allowed = plugin.cgroup_writes if target.cgroup is not None else plugin.node_writes
+            assert target.file in allowed
 
 
 def test_a_knob_cannot_be_registered_twice() -> None:
