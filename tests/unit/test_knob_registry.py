@@ -30,9 +30,9 @@ from remediator.knobs.base import (
     RungOutcome,
     RungTake,
 )
-from remediator.policy.compiled import ActionSpec
+from remediator.policy.compiled import ActionSpec, RateLimit
 from remediator.records import Knob, Record, RecordType
-from tests.unit.test_core_builders import CGROUP, cgroup_snapshot, node_snapshot
+from tests.unit.test_core_builders import CGROUP, Driver, cgroup_snapshot, limits, make_policy, node_snapshot
 from tests.unit.test_core_ladder import context
 from tests.unit.test_executor import APP, make_rig
 
@@ -101,6 +101,7 @@ class MemoryLowAction:
     """What a policy's rung would say (the policy model of the fifth knob)."""
 
     bytes: int
+    limits: RateLimit = dataclasses.field(default_factory=limits)
     kind: Knob = dataclasses.field(default=MEMORY_LOW, init=False)
 
 
@@ -176,6 +177,17 @@ def test_a_fifth_knob_is_planned_noted_and_executed_through_the_registry(
     assert record.after == "4096"
     assert record.before == rig.kernel.read_file(APP, "memory.current").strip()
     assert rig.io.writes == []
+
+
+def test_a_fifth_knob_climbs_a_policy_ladder_in_the_decision_core(memory_low: MemoryLow) -> None:
+    driver = Driver(make_policy(cast(ActionSpec, MemoryLowAction(bytes=4096))))
+    driver.observe(0.0)
+    decision = driver.observe(1.0, share=0.5, fired=True)
+    (action,) = decision.actions
+    assert isinstance(action, SetMemoryLow)
+    assert action.cause.type is RecordType.ACTION_APPLIED
+    assert action.cause.extra["RUNG"] == "0"
+    assert memory_low.noted == [(action, "applied")]
 
 
 def test_a_removed_knob_is_no_longer_found(tmp_path: Path) -> None:
