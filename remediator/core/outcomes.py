@@ -13,15 +13,9 @@ from typing import List, Mapping
 
 from remediator.core.decide import Decision
 from remediator.core.state import CoreState, TargetKey
-from remediator.core.wording import describe_target
-from remediator.knobs import plugin_for
+from remediator.knobs import plugin_for, plugins
 from remediator.knobs.base import Action
-from remediator.knobs.memory_high import RestoreMemoryHigh
-from remediator.knobs.sysctl import RestoreSysctl
-from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE
 from remediator.policy.compiled import Policy
-from remediator.records import Knob, Record, RecordType, evidence_from
-from remediator.sizes import format_bytes
 
 
 def note_outcome(state: CoreState, action: Action, result: str, now: float) -> CoreState:
@@ -64,7 +58,9 @@ def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Dec
     Only the given policies are considered, so the caller picks the scope: all
     loaded policies at shutdown, or just the removed/changed ones on reload
     (values owned under other policies are left alone). Restores already in
-    flight are not asked twice. The records are the actions' causes.
+    flight are not asked twice. The records are the actions' causes. Each knob
+    that owns values asks for its own (``KnobPlugin.exit_restores``), in the
+    registry's order.
     """
     actions: List[Action] = []
     new_state = state
@@ -73,40 +69,7 @@ def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Dec
         policy = policies.get(policy_name)
         return policy is not None and policy.rollback.restore_on_exit
 
-    for key, target in state.targets.items():
-        owned = target.memory_high
-        if owned is None or owned.restore_requested or key.cgroup is None or not wants_restore(key.policy):
-            continue
-        evidence = evidence_from(target.last_snapshot) if target.last_snapshot is not None else {}
-        cause = Record(
-            type=RecordType.ROLLED_BACK,
-            message=(
-                f"restore memory.high of {describe_target(key.cgroup)} to {format_bytes(owned.before)} "
-                f"(ours: {format_bytes(owned.ours)}) on exit"
-            ),
-            policy=key.policy,
-            cgroup=key.cgroup,
-            action=Knob.MEMORY_HIGH,
-            evidence=evidence,
-        )
-        actions.append(RestoreMemoryHigh(cgroup=key.cgroup, ours=owned.ours, cause=cause))
-        new_state = new_state.with_target(
-            key, replace(target, memory_high=replace(owned, restore_requested=True))
-        )
-    owner = state.node.vfs_owner
-    vfs = state.node.vfs_cache_pressure
-    if owner is not None and vfs is not None and not vfs.restore_requested and wants_restore(owner.policy):
-        last = state.targets[owner].last_snapshot if owner in state.targets else None
-        cause = Record(
-            type=RecordType.ROLLED_BACK,
-            message=f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}) on exit",
-            policy=owner.policy,
-            cgroup=owner.cgroup,
-            action=VFS_CACHE_PRESSURE,
-            evidence=evidence_from(last) if last is not None else {},
-        )
-        actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause))
-        new_state = new_state.with_node(
-            replace(new_state.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
-        )
+    for plugin in plugins():
+        new_state, restores = plugin.exit_restores(new_state, wants_restore)
+        actions.extend(restores)
     return Decision(state=new_state, actions=tuple(actions), records=(), wakeup_at=None)

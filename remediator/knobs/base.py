@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Generic, Mapping, Optional, Protocol, TypeVar, Union
+from typing import Callable, Dict, FrozenSet, Generic, Mapping, Optional, Protocol, Tuple, TypeVar, Union
 
 from remediator.core.state import ChangedValue, CoreState, TargetKey
 from remediator.core.wording import describe_target, target_record
@@ -134,7 +134,8 @@ class KnobFile:
 class KnobWriter(Protocol, Generic[OutcomeT_co]):
     """The executor's services a knob's write uses, bound to one action (its record and its mode).
 
-    ``OutcomeT_co`` is the executor's outcome type: a knob returns what ``finish`` gave it.
+    ``OutcomeT_co`` is the executor's outcome type: a knob returns what ``finish``, ``set_owned`` or
+    ``restore`` gave it.
     Every kernel error raised here is turned into an outcome by the executor.
     """
 
@@ -198,7 +199,11 @@ class OwnedKnob:
 
 
 class KnobPlugin(ABC):
-    """One knob's whole life. Register an instance in ``remediator.knobs`` (the one registry)."""
+    """One knob's whole life. Register an instance in ``remediator.knobs`` (the one registry).
+
+    ``plan`` is handed the rung's policy spec (the knob's own ``ActionSpec`` class, whose ``kind`` is
+    ``knob``); ``handles``, ``subject``, ``note`` and ``execute`` are handed the knob's own actions.
+    """
 
     knob: Knob
     owned: Optional[OwnedKnob] = None  # None: a write-only knob, nothing to own or restore
@@ -221,6 +226,13 @@ class KnobPlugin(ABC):
     def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
         """What the core remembers once the executor reported ``result`` for one of this knob's actions."""
         return state
+
+    def exit_restores(
+        self, state: CoreState, wants_restore: Callable[[str], bool]
+    ) -> Tuple[CoreState, Tuple[Action, ...]]:
+        """The restores of this knob's owned values at a stop (or a reload dropping their policy),
+        for owners whose policy ``wants_restore``; restores already in flight are not asked twice."""
+        return state, ()
 
     @abstractmethod
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:

@@ -9,10 +9,10 @@ operator) set is theirs: the plan declines, the write stands back.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional, Tuple, cast
+from typing import Callable, List, Optional, Tuple, cast
 
 from remediator.core.state import ChangedValue, CoreState, TargetKey
-from remediator.core.wording import format_share
+from remediator.core.wording import describe_target, format_share
 from remediator.diagnosis.composition import MemoryComposition, memory_high_floor, page_align_down
 from remediator.knobs.base import (
     RESTORE_RETRY,
@@ -31,7 +31,7 @@ from remediator.knobs.base import (
 )
 from remediator.policy.compiled import MemoryHighAction
 from remediator.readings import CgroupSnapshot
-from remediator.records import Knob, Record, RecordType
+from remediator.records import Knob, Record, RecordType, evidence_from
 from remediator.sizes import format_bytes
 
 MEMORY_HIGH = Knob.MEMORY_HIGH
@@ -82,7 +82,7 @@ class MemoryHigh(KnobPlugin):
         return isinstance(action, (SetMemoryHigh, RestoreMemoryHigh))
 
     def subject(self, action: Action) -> Optional[str]:
-        return cast(SetMemoryHigh, action).cgroup
+        return action.cgroup if isinstance(action, (SetMemoryHigh, RestoreMemoryHigh)) else None
 
     def plan(self, spec: object, index: int, ctx: RungContext) -> RungOutcome:
         return _plan(cast(MemoryHighAction, spec), index, ctx)
@@ -101,6 +101,38 @@ class MemoryHigh(KnobPlugin):
         owned = target.memory_high
         memory_high = replace(owned, restore_requested=False) if result == RESTORE_RETRY else None
         return state.with_target(key, replace(target, memory_high=memory_high))
+
+    def exit_restores(
+        self, state: CoreState, wants_restore: Callable[[str], bool]
+    ) -> Tuple[CoreState, Tuple[Action, ...]]:
+        actions: List[Action] = []
+        new_state = state
+        for key, target in state.targets.items():
+            owned = target.memory_high
+            if (
+                owned is None
+                or owned.restore_requested
+                or key.cgroup is None
+                or not wants_restore(key.policy)
+            ):
+                continue
+            evidence = evidence_from(target.last_snapshot) if target.last_snapshot is not None else {}
+            cause = Record(
+                type=RecordType.ROLLED_BACK,
+                message=(
+                    f"restore memory.high of {describe_target(key.cgroup)} to {format_bytes(owned.before)} "
+                    f"(ours: {format_bytes(owned.ours)}) on exit"
+                ),
+                policy=key.policy,
+                cgroup=key.cgroup,
+                action=MEMORY_HIGH,
+                evidence=evidence,
+            )
+            actions.append(RestoreMemoryHigh(cgroup=key.cgroup, ours=owned.ours, cause=cause))
+            new_state = new_state.with_target(
+                key, replace(target, memory_high=replace(owned, restore_requested=True))
+            )
+        return new_state, tuple(actions)
 
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
         if isinstance(action, RestoreMemoryHigh):

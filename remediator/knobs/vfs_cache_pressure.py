@@ -8,7 +8,7 @@ state store keeps the original (kind ``sysctl``, name ``vfs_cache_pressure``).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional, cast
+from typing import Callable, Optional, Tuple, cast
 
 from remediator.core.state import ChangedValue, CoreState
 from remediator.core.wording import describe_target
@@ -30,7 +30,7 @@ from remediator.knobs.base import (
 )
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.policy.compiled import VfsCachePressureAction
-from remediator.records import Knob, RecordType
+from remediator.records import Knob, Record, RecordType, evidence_from
 from remediator.sizes import format_bytes
 
 VFS_CACHE_PRESSURE = Knob.VFS_CACHE_PRESSURE
@@ -98,6 +98,28 @@ class VfsCachePressure(KnobPlugin):
                 replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=False))
             )
         return state.with_node(replace(state.node, vfs_owner=None, vfs_cache_pressure=None))
+
+    def exit_restores(
+        self, state: CoreState, wants_restore: Callable[[str], bool]
+    ) -> Tuple[CoreState, Tuple[Action, ...]]:
+        owner = state.node.vfs_owner
+        vfs = state.node.vfs_cache_pressure
+        if owner is None or vfs is None or vfs.restore_requested or not wants_restore(owner.policy):
+            return state, ()
+        last = state.targets[owner].last_snapshot if owner in state.targets else None
+        cause = Record(
+            type=RecordType.ROLLED_BACK,
+            message=f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}) on exit",
+            policy=owner.policy,
+            cgroup=owner.cgroup,
+            action=VFS_CACHE_PRESSURE,
+            evidence=evidence_from(last) if last is not None else {},
+        )
+        restore = RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause)
+        new_state = state.with_node(
+            replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
+        )
+        return new_state, (restore,)
 
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
         if isinstance(action, RestoreSysctl):
