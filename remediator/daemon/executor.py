@@ -48,7 +48,7 @@ from remediator.errors import (
     CgroupGone,
     RemediatorError,
 )
-from remediator.knobs import plugin_for
+from remediator.knobs import owned_of, plugin_for
 from remediator.knobs.base import Action, KnobFile, OwnedKnob, ReleaseOwnership
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Record, RecordType, Result
@@ -185,8 +185,8 @@ class Executor(ExecutorBase):
         is recorded: the file then holds live clamps only, whatever the churn of pods around it."""
         records: List[Record] = []
         for entry in ledger.entries():
-            owned = owned_knob(entry.kind, entry.name)
-            if not owned.per_cgroup or self._same_cgroup(entry):
+            owned = owned_of(entry.kind, entry.name)
+            if owned is None or not owned.per_cgroup or self._same_cgroup(entry):
                 continue
             try:
                 ledger.drop(entry.kind, entry.name)

@@ -4,8 +4,10 @@
 shares: the confined writer, the state store (or dry-run's private one), the
 clock, reading a value back, retrying transient errors within a time budget
 (tenacity, transient errors only), and completing an action's cause into the
-record of its outcome. The actions themselves, the restores and the recovery
-are the Executor's.
+record of its outcome. Each knob's write is its module's (``remediator.knobs``);
+the owned-value services it is handed (write-ahead, restore), the recovery and
+the dispatch are the Executor's. Here too: where a knob's ``KnobFile`` is for the
+confined writer, and which owned knob an entry or a release names.
 """
 
 from __future__ import annotations
