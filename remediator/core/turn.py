@@ -3,8 +3,9 @@ guards of what the target owns (``remediator.core.decide`` steps 1, 6, 7 and 8).
 
 ``TurnBase`` holds the turn's values (policy, previous state, observation, now),
 words its records, and checks on every look what a target owns: another writer
-took a value over (stand back), our memory.high throttles the cgroup (back off),
-calm lasted (roll back), the owner of vm.vfs_cache_pressure is gone (restore).
+took a value over (stand back: each knob's ``release_if_changed``), our
+memory.high throttles the cgroup (back off), calm lasted (roll back: each knob's
+``calm_restore``), the owner of vm.vfs_cache_pressure is gone (restore).
 ``remediator.core.decide._Turn`` adds the episode and the ladder on top.
 """
 
@@ -18,7 +19,8 @@ from remediator.core.reasons import reason_fields
 from remediator.core.state import CoreConfig, CoreState, NodeState, Observation
 from remediator.core.wording import describe_target, format_share, target_record
 from remediator.diagnosis.composition import compose
-from remediator.knobs.base import Action, ReleaseOwnership, RungContext
+from remediator.knobs import plugins
+from remediator.knobs.base import Action, Holding, Look, RungContext
 from remediator.knobs.memory_high import RestoreMemoryHigh
 from remediator.knobs.sysctl import RestoreSysctl
 from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE
@@ -28,7 +30,6 @@ from remediator.records import Knob, Record, RecordType, evidence_from
 from remediator.sizes import format_bytes
 
 DECLINE_RECORD_INTERVAL_SEC = 60.0
-MEMORY_HIGH_FILE = "memory.high"
 
 
 class TurnBase:
@@ -155,41 +156,18 @@ class TurnBase:
         self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=owned.ours, cause=cause))
         self.node = replace(self.node, vfs_cache_pressure=replace(owned, restore_requested=True))
 
+    def _look(self) -> Look:
+        return Look(self.policy, self.key, self.obs.snapshot, self.node_readings, self.evidence)
+
+    def _hold(self, holding: Holding) -> None:
+        self.target = holding.target
+        self.node = holding.node
+        self.actions.extend(holding.actions)
+
     def _check_other_writers(self) -> None:
-        snapshot = self.obs.snapshot
-        owned = self.target.memory_high
-        if (
-            owned is not None
-            and not owned.restore_requested
-            and isinstance(snapshot, CgroupSnapshot)
-            and snapshot.high_bytes != owned.expected
-        ):
-            cause = self._record(
-                RecordType.STOOD_BACK,
-                f"memory.high of {self.where} changed from {format_bytes(owned.expected)} to "
-                f"{format_bytes(snapshot.high_bytes)} by another writer; releasing it, not restoring",
-                Knob.MEMORY_HIGH,
-            )
-            self.actions.append(ReleaseOwnership(cgroup=snapshot.cgroup, file=MEMORY_HIGH_FILE, cause=cause))
-            self.target = replace(self.target, memory_high=None, proposed_memory_high=None)
-        vfs = self.node.vfs_cache_pressure
-        node = self.node_readings
-        if (
-            self._owns_vfs()
-            and vfs is not None
-            and not vfs.restore_requested
-            and node is not None
-            and node.vfs_cache_pressure is not None
-            and node.vfs_cache_pressure != vfs.expected
-        ):
-            cause = self._record(
-                RecordType.STOOD_BACK,
-                f"vm.vfs_cache_pressure changed from {vfs.expected} to {node.vfs_cache_pressure} "
-                "by another writer; releasing it, not restoring",
-                VFS_CACHE_PRESSURE,
-            )
-            self.actions.append(ReleaseOwnership(cgroup=None, file=VFS_CACHE_PRESSURE, cause=cause))
-            self.node = replace(self.node, vfs_owner=None, vfs_cache_pressure=None, proposed_vfs=None)
+        """Each knob releases the values of ours another writer changed (stand back)."""
+        for plugin in plugins():
+            self._hold(plugin.release_if_changed(self._look(), self.target, self.node))
 
     def _check_self_throttling(self) -> None:
         snapshot = self.obs.snapshot
@@ -226,31 +204,11 @@ class TurnBase:
         )
 
     def _roll_back(self) -> None:
+        """Calm lasted: each knob asks to put the target's values of ours back."""
         calm = f"pressure stayed below the threshold for {self.policy.rollback.calm_sec:g} s"
-        owned = self.target.memory_high
-        snapshot = self.obs.snapshot
-        if owned is not None and not owned.restore_requested and isinstance(snapshot, CgroupSnapshot):
-            cause = self._record(
-                RecordType.ROLLED_BACK,
-                f"restore memory.high of {self.where} to {format_bytes(owned.before)} "
-                f"(ours: {format_bytes(owned.ours)}): {calm}",
-                Knob.MEMORY_HIGH,
-            )
-            self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
-            self.target = replace(self.target, memory_high=replace(owned, restore_requested=True))
-        vfs = self.node.vfs_cache_pressure
-        if self._owns_vfs() and vfs is not None and not vfs.restore_requested:
-            cause = self._record(
-                RecordType.ROLLED_BACK,
-                f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}): {calm}",
-                VFS_CACHE_PRESSURE,
-            )
-            self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause))
-            self.node = replace(self.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
+        for plugin in plugins():
+            self._hold(plugin.calm_restore(self._look(), self.target, self.node, calm))
 
     def _owns_anything(self) -> bool:
-        owned = self.target.memory_high
-        vfs = self.node.vfs_cache_pressure
-        return (owned is not None and not owned.restore_requested) or (
-            self._owns_vfs() and vfs is not None and not vfs.restore_requested
-        )
+        look = self._look()
+        return any(plugin.holds(look, self.target, self.node) for plugin in plugins())

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Generic, Mapping, Optional, Protocol, Tuple, TypeVar, Union
 
-from remediator.core.state import ChangedValue, CoreState, TargetKey
+from remediator.core.state import ChangedValue, CoreState, NodeState, TargetKey, TargetState
 from remediator.core.wording import describe_target, target_record
 from remediator.diagnosis.composition import MemoryComposition
 from remediator.policy.compiled import Policy
@@ -113,6 +113,37 @@ class RungDecline:
 
 
 RungOutcome = Union[RungTake, RungDecline]
+
+
+# ---------------------------------------------------------------- guards of what a target owns
+
+
+@dataclass(frozen=True)
+class Look:
+    """One look at one target, as a knob's guards of the values it owns see it (the core's turn
+    hands it over on every look, pressure or calm)."""
+
+    policy: Policy
+    key: TargetKey
+    snapshot: Union[CgroupSnapshot, NodeSnapshot]
+    node: Optional[NodeSnapshot]  # the node's readings
+    evidence: Mapping[str, str]
+
+    @property
+    def where(self) -> str:
+        return describe_target(self.key.cgroup)
+
+    def record(self, record_type: RecordType, message: str, action: Optional[Knob] = None) -> Record:
+        return target_record(self.policy, self.key, self.evidence, record_type, message, action)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What a target holds after a knob's guard: its state, the node's, and the actions asked."""
+
+    target: TargetState
+    node: NodeState
+    actions: Tuple[Action, ...] = ()
 
 
 # ---------------------------------------------------------------- writes
@@ -226,6 +257,18 @@ class KnobPlugin(ABC):
     def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
         """What the core remembers once the executor reported ``result`` for one of this knob's actions."""
         return state
+
+    def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
+        """Whether the target holds a value of this knob that is ours and not being restored."""
+        return False
+
+    def release_if_changed(self, look: Look, target: TargetState, node: NodeState) -> Holding:
+        """Another writer changed a value of ours: release it (never restore it), and say so."""
+        return Holding(target, node)
+
+    def calm_restore(self, look: Look, target: TargetState, node: NodeState, calm: str) -> Holding:
+        """Calm lasted (``calm`` says how long): ask to put the target's values of this knob back."""
+        return Holding(target, node)
 
     def exit_restores(
         self, state: CoreState, wants_restore: Callable[[str], bool]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Tuple, cast
 
-from remediator.core.state import ChangedValue, CoreState, TargetKey
+from remediator.core.state import ChangedValue, CoreState, NodeState, TargetKey, TargetState
 from remediator.core.wording import describe_target, format_share
 from remediator.diagnosis.composition import MemoryComposition, memory_high_floor, page_align_down
 from remediator.knobs.base import (
@@ -19,11 +19,14 @@ from remediator.knobs.base import (
     SIMULATED,
     WRITTEN,
     Action,
+    Holding,
     KnobFile,
     KnobPlugin,
     KnobWriter,
+    Look,
     OutcomeT_co,
     OwnedKnob,
+    ReleaseOwnership,
     RungContext,
     RungDecline,
     RungOutcome,
@@ -101,6 +104,43 @@ class MemoryHigh(KnobPlugin):
         owned = target.memory_high
         memory_high = replace(owned, restore_requested=False) if result == RESTORE_RETRY else None
         return state.with_target(key, replace(target, memory_high=memory_high))
+
+    def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
+        owned = target.memory_high
+        return owned is not None and not owned.restore_requested
+
+    def release_if_changed(self, look: Look, target: TargetState, node: NodeState) -> Holding:
+        snapshot = look.snapshot
+        owned = target.memory_high
+        if (
+            owned is None
+            or owned.restore_requested
+            or not isinstance(snapshot, CgroupSnapshot)
+            or snapshot.high_bytes == owned.expected
+        ):
+            return Holding(target, node)
+        cause = look.record(
+            RecordType.STOOD_BACK,
+            f"memory.high of {look.where} changed from {format_bytes(owned.expected)} to "
+            f"{format_bytes(snapshot.high_bytes)} by another writer; releasing it, not restoring",
+            MEMORY_HIGH,
+        )
+        release = ReleaseOwnership(cgroup=snapshot.cgroup, file=FILE, cause=cause)
+        return Holding(replace(target, memory_high=None, proposed_memory_high=None), node, (release,))
+
+    def calm_restore(self, look: Look, target: TargetState, node: NodeState, calm: str) -> Holding:
+        owned = target.memory_high
+        snapshot = look.snapshot
+        if owned is None or owned.restore_requested or not isinstance(snapshot, CgroupSnapshot):
+            return Holding(target, node)
+        cause = look.record(
+            RecordType.ROLLED_BACK,
+            f"restore memory.high of {look.where} to {format_bytes(owned.before)} "
+            f"(ours: {format_bytes(owned.ours)}): {calm}",
+            MEMORY_HIGH,
+        )
+        restore = RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause)
+        return Holding(replace(target, memory_high=replace(owned, restore_requested=True)), node, (restore,))
 
     def exit_restores(
         self, state: CoreState, wants_restore: Callable[[str], bool]

@@ -10,18 +10,21 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Optional, Tuple, cast
 
-from remediator.core.state import ChangedValue, CoreState
+from remediator.core.state import ChangedValue, CoreState, NodeState, TargetState
 from remediator.core.wording import describe_target
 from remediator.knobs.base import (
     RESTORE_RETRY,
     SIMULATED,
     WRITTEN,
     Action,
+    Holding,
     KnobFile,
     KnobPlugin,
     KnobWriter,
+    Look,
     OutcomeT_co,
     OwnedKnob,
+    ReleaseOwnership,
     RungContext,
     RungDecline,
     RungOutcome,
@@ -99,6 +102,46 @@ class VfsCachePressure(KnobPlugin):
             )
         return state.with_node(replace(state.node, vfs_owner=None, vfs_cache_pressure=None))
 
+    def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
+        vfs = node.vfs_cache_pressure
+        return _owned_by(look, node) and vfs is not None and not vfs.restore_requested
+
+    def release_if_changed(self, look: Look, target: TargetState, node: NodeState) -> Holding:
+        vfs = node.vfs_cache_pressure
+        readings = look.node
+        if (
+            not _owned_by(look, node)
+            or vfs is None
+            or vfs.restore_requested
+            or readings is None
+            or readings.vfs_cache_pressure is None
+            or readings.vfs_cache_pressure == vfs.expected
+        ):
+            return Holding(target, node)
+        cause = look.record(
+            RecordType.STOOD_BACK,
+            f"vm.vfs_cache_pressure changed from {vfs.expected} to {readings.vfs_cache_pressure} "
+            "by another writer; releasing it, not restoring",
+            VFS_CACHE_PRESSURE,
+        )
+        release = ReleaseOwnership(cgroup=None, file=VFS_CACHE_PRESSURE, cause=cause)
+        released = replace(node, vfs_owner=None, vfs_cache_pressure=None, proposed_vfs=None)
+        return Holding(target, released, (release,))
+
+    def calm_restore(self, look: Look, target: TargetState, node: NodeState, calm: str) -> Holding:
+        vfs = node.vfs_cache_pressure
+        if not _owned_by(look, node) or vfs is None or vfs.restore_requested:
+            return Holding(target, node)
+        cause = look.record(
+            RecordType.ROLLED_BACK,
+            f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}): {calm}",
+            VFS_CACHE_PRESSURE,
+        )
+        restore = RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause)
+        return Holding(
+            target, replace(node, vfs_cache_pressure=replace(vfs, restore_requested=True)), (restore,)
+        )
+
     def exit_restores(
         self, state: CoreState, wants_restore: Callable[[str], bool]
     ) -> Tuple[CoreState, Tuple[Action, ...]]:
@@ -129,6 +172,11 @@ class VfsCachePressure(KnobPlugin):
         return writer.set_owned(
             OWNED, action.name, action.value, action.expected, check_expected=action.expected is not None
         )
+
+
+def _owned_by(look: Look, node: NodeState) -> bool:
+    """Whether the look's target is the one that owns vm.vfs_cache_pressure."""
+    return node.vfs_owner == look.key and node.vfs_cache_pressure is not None
 
 
 def _note_write(state: CoreState, action: SetSysctl, result: str, now: float) -> CoreState:
