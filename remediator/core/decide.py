@@ -94,17 +94,13 @@ from remediator.core.state import (
     CoreState,
     Observation,
     PendingRung,
-    ProposedSysctl,
-    ProposedWrite,
     TargetKey,
 )
 from remediator.core.turn import TurnBase
 from remediator.core.wording import describe_target, format_share
+from remediator.knobs import plugin_for
 from remediator.knobs.base import Action, RungDecline, RungTake
-from remediator.knobs.memory_high import SetMemoryHigh
 from remediator.knobs.reclaim import FOLLOW_UP_FIELD, Reclaim
-from remediator.knobs.sysctl import SetSysctl
-from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE
 from remediator.policy.compiled import (
     NODE_WIDE_KINDS,
     ActionSpec,
@@ -345,24 +341,10 @@ class _Turn(TurnBase):
         target = replace(target, rung=pending)
         if spec.kind in NODE_WIDE_KINDS:
             self.node = replace(self.node, actions_at=(*_recent(self.node.actions_at, self.now), self.now))
-        if isinstance(action, SetMemoryHigh) and action.value is not None:
-            events_high = (
-                self.obs.snapshot.own_high_events if isinstance(self.obs.snapshot, CgroupSnapshot) else 0
-            )
-            baseline = (self.now, self.m.total_us)
-            write = ProposedWrite(action.value, rate, events_high, stall_baseline=baseline)
-            target = replace(target, proposed_memory_high=write)
-        if (
-            isinstance(action, SetSysctl)
-            and action.name == VFS_CACHE_PRESSURE
-            and action.expected is not None
-        ):
-            owned = self.node.vfs_cache_pressure if self._owns_vfs() else None
-            before = owned.before if owned is not None and owned.before is not None else action.expected
-            proposal = ProposedSysctl(
-                owner=self.key, write=ProposedWrite(action.value, rate, 0), before=before
-            )
-            self.node = replace(self.node, proposed_vfs=proposal)
+        plugin = plugin_for(action)
+        if plugin is not None:
+            held = plugin.propose(self._look(), target, self.node, action, rate)
+            target, self.node = held.target, held.node
         self.target = target
 
     # ------------------------------------------------------------ result

@@ -157,7 +157,15 @@ class TurnBase:
         self.node = replace(self.node, vfs_cache_pressure=replace(owned, restore_requested=True))
 
     def _look(self) -> Look:
-        return Look(self.policy, self.key, self.obs.snapshot, self.node_readings, self.evidence)
+        return Look(
+            self.policy,
+            self.key,
+            self.obs.snapshot,
+            self.node_readings,
+            self.evidence,
+            self.now,
+            self.m.total_us,
+        )
 
     def _hold(self, holding: Holding) -> None:
         self.target = holding.target

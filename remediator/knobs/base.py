@@ -128,6 +128,8 @@ class Look:
     snapshot: Union[CgroupSnapshot, NodeSnapshot]
     node: Optional[NodeSnapshot]  # the node's readings
     evidence: Mapping[str, str]
+    now: float
+    total_us: int  # the trigger's cumulative stall counter at this look
 
     @property
     def where(self) -> str:
@@ -261,6 +263,13 @@ class KnobPlugin(ABC):
     def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
         """Whether the target holds a value of this knob that is ours and not being restored."""
         return False
+
+    def propose(
+        self, look: Look, target: TargetState, node: NodeState, action: Action, rate: float
+    ) -> Holding:
+        """A rung of this knob was taken (``action``, at a stall ``rate``): what the core keeps until
+        the executor reports, so that ``note`` can own the value with the evidence it was decided on."""
+        return Holding(target, node)
 
     def release_if_changed(self, look: Look, target: TargetState, node: NodeState) -> Holding:
         """Another writer changed a value of ours: release it (never restore it), and say so."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Tuple, cast
 
-from remediator.core.state import ChangedValue, CoreState, NodeState, TargetKey, TargetState
+from remediator.core.state import ChangedValue, CoreState, NodeState, ProposedWrite, TargetKey, TargetState
 from remediator.core.wording import describe_target, format_share
 from remediator.diagnosis.composition import MemoryComposition, memory_high_floor, page_align_down
 from remediator.knobs.base import (
@@ -108,6 +108,16 @@ class MemoryHigh(KnobPlugin):
     def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
         owned = target.memory_high
         return owned is not None and not owned.restore_requested
+
+    def propose(
+        self, look: Look, target: TargetState, node: NodeState, action: Action, rate: float
+    ) -> Holding:
+        if not isinstance(action, SetMemoryHigh) or action.value is None:
+            return Holding(target, node)
+        events_high = look.snapshot.own_high_events if isinstance(look.snapshot, CgroupSnapshot) else 0
+        baseline = (look.now, look.total_us)
+        write = ProposedWrite(action.value, rate, events_high, stall_baseline=baseline)
+        return Holding(replace(target, proposed_memory_high=write), node)
 
     def release_if_changed(self, look: Look, target: TargetState, node: NodeState) -> Holding:
         snapshot = look.snapshot

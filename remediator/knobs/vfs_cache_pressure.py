@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Optional, Tuple, cast
 
-from remediator.core.state import ChangedValue, CoreState, NodeState, TargetState
+from remediator.core.state import (
+    ChangedValue,
+    CoreState,
+    NodeState,
+    ProposedSysctl,
+    ProposedWrite,
+    TargetState,
+)
 from remediator.core.wording import describe_target
 from remediator.knobs.base import (
     RESTORE_RETRY,
@@ -105,6 +112,16 @@ class VfsCachePressure(KnobPlugin):
     def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
         vfs = node.vfs_cache_pressure
         return _owned_by(look, node) and vfs is not None and not vfs.restore_requested
+
+    def propose(
+        self, look: Look, target: TargetState, node: NodeState, action: Action, rate: float
+    ) -> Holding:
+        if not isinstance(action, SetSysctl) or action.expected is None:
+            return Holding(target, node)
+        owned = node.vfs_cache_pressure if _owned_by(look, node) else None
+        before = owned.before if owned is not None and owned.before is not None else action.expected
+        proposal = ProposedSysctl(owner=look.key, write=ProposedWrite(action.value, rate, 0), before=before)
+        return Holding(target, replace(node, proposed_vfs=proposal))
 
     def release_if_changed(self, look: Look, target: TargetState, node: NodeState) -> Holding:
         vfs = node.vfs_cache_pressure
