@@ -143,11 +143,11 @@ class _Turn(TurnBase):
     # ------------------------------------------------------------ the turn
 
     def run(self) -> None:
-        self._restore_orphaned_vfs()
+        self._restore_orphaned()
         if self.m.delta_us is None:
             return  # baseline only
         self._check_other_writers()
-        self._check_self_throttling()
+        self._back_off()
         self._expire_follow_up()
         if self.m.pressured is True:
             self._on_pressure()

@@ -4,8 +4,8 @@ guards of what the target owns (``remediator.core.decide`` steps 1, 6, 7 and 8).
 ``TurnBase`` holds the turn's values (policy, previous state, observation, now),
 words its records, and checks on every look what a target owns: another writer
 took a value over (stand back: each knob's ``release_if_changed``), our
-memory.high throttles the cgroup (back off), calm lasted (roll back: each knob's
-``calm_restore``), the owner of vm.vfs_cache_pressure is gone (restore).
+memory.high throttles the cgroup (back off: ``back_off``), calm lasted (roll back:
+``calm_restore``), the owner of vm.vfs_cache_pressure is gone (``restore_orphaned``).
 ``remediator.core.decide._Turn`` adds the episode and the ladder on top.
 """
 
@@ -17,17 +17,13 @@ from typing import List, Optional
 from remediator.core.measure import measure, remember_look, stall_text
 from remediator.core.reasons import reason_fields
 from remediator.core.state import CoreConfig, CoreState, NodeState, Observation
-from remediator.core.wording import describe_target, format_share, target_record
+from remediator.core.wording import describe_target, target_record
 from remediator.diagnosis.composition import compose
 from remediator.knobs import plugins
 from remediator.knobs.base import Action, Holding, Look, RungContext
-from remediator.knobs.memory_high import RestoreMemoryHigh
-from remediator.knobs.sysctl import RestoreSysctl
-from remediator.knobs.vfs_cache_pressure import VFS_CACHE_PRESSURE
 from remediator.policy.compiled import Policy
 from remediator.readings import CgroupSnapshot, NodeSnapshot
 from remediator.records import Knob, Record, RecordType, evidence_from
-from remediator.sizes import format_bytes
 
 DECLINE_RECORD_INTERVAL_SEC = 60.0
 
@@ -132,30 +128,6 @@ class TurnBase:
             )
         return self._context
 
-    def _restore_orphaned_vfs(self) -> None:
-        """vm.vfs_cache_pressure raised for a cgroup that is gone (forgotten) has nobody
-        left to roll it back when calm returns: restore it now rather than leave the node changed."""
-        owner = self.node.vfs_owner
-        owned = self.node.vfs_cache_pressure
-        if owner is None or owned is None or owned.restore_requested:
-            return
-        if owner == self.key or owner in self.state.targets:
-            return
-        node = self.node_readings
-        cause = Record(
-            type=RecordType.ROLLED_BACK,
-            message=(
-                f"restore vm.vfs_cache_pressure to {owned.before} (ours: {owned.ours}): "
-                f"{describe_target(owner.cgroup)}, whose pressure raised it, is gone"
-            ),
-            policy=owner.policy,
-            cgroup=owner.cgroup,
-            action=VFS_CACHE_PRESSURE,
-            evidence=evidence_from(node) if node is not None else {},
-        )
-        self.actions.append(RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=owned.ours, cause=cause))
-        self.node = replace(self.node, vfs_cache_pressure=replace(owned, restore_requested=True))
-
     def _look(self) -> Look:
         return Look(
             self.policy,
@@ -177,39 +149,15 @@ class TurnBase:
         for plugin in plugins():
             self._hold(plugin.release_if_changed(self._look(), self.target, self.node))
 
-    def _check_self_throttling(self) -> None:
-        snapshot = self.obs.snapshot
-        owned = self.target.memory_high
-        if owned is None or owned.restore_requested or owned.events_high_at_write is None:
-            return
-        if owned.stall_baseline is None or not isinstance(snapshot, CgroupSnapshot):
-            return
-        # Judged like the rung (at its verify time) and over all of the time since: an observation
-        # moments after the write (a trigger event right behind it) has an interval of milliseconds
-        # whose rate says nothing, and backing off on it undid good clamps (the packaging VM test).
-        decided_at, total_then = owned.stall_baseline
-        since = self.now - decided_at
-        stalled_us = self.m.total_us - total_then
-        if since < self.policy.verify_sec or since <= 0 or stalled_us < 0:
-            return
-        rate = stalled_us / (since * 1e6)
-        # The cgroup's own counter: a child breaching its own memory.high is not our clamp throttling.
-        if snapshot.own_high_events <= owned.events_high_at_write or rate <= owned.stall_rate_at_write:
-            return
-        cause = self._record(
-            RecordType.BACKED_OFF,
-            # A lower-case verb phrase: the executor prefixes "would " in dry-run.
-            f"restore memory.high of {self.where} to {format_bytes(owned.before)}: our "
-            f"{format_bytes(owned.ours)} is throttling it (memory.events.local high rose from "
-            f"{owned.events_high_at_write} to {snapshot.own_high_events} and the stall rate from "
-            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); "
-            f"not lowering memory.high again before {self.policy.rollback.calm_sec:g} s of calm",
-            Knob.MEMORY_HIGH,
-        )
-        self.actions.append(RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause))
-        self.target = replace(
-            self.target, memory_high=replace(owned, restore_requested=True), memory_high_barred=True
-        )
+    def _restore_orphaned(self) -> None:
+        """Each knob restores a node-wide value of ours whose owner is gone."""
+        for plugin in plugins():
+            self._hold(plugin.restore_orphaned(self._look(), self.target, self.node, self.state.targets))
+
+    def _back_off(self) -> None:
+        """Each knob backs off a value of ours that hurts the target (our memory.high throttling it)."""
+        for plugin in plugins():
+            self._hold(plugin.back_off(self._look(), self.target, self.node))
 
     def _roll_back(self) -> None:
         """Calm lasted: each knob asks to put the target's values of ours back."""

@@ -11,7 +11,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Generic, Mapping, Optional, Protocol, Tuple, TypeVar, Union
+from typing import (
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    Generic,
+    Mapping,
+    Optional,
+    Protocol,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from remediator.core.state import ChangedValue, CoreState, NodeState, TargetKey, TargetState
 from remediator.core.wording import describe_target, target_record
@@ -273,6 +285,17 @@ class KnobPlugin(ABC):
 
     def release_if_changed(self, look: Look, target: TargetState, node: NodeState) -> Holding:
         """Another writer changed a value of ours: release it (never restore it), and say so."""
+        return Holding(target, node)
+
+    def back_off(self, look: Look, target: TargetState, node: NodeState) -> Holding:
+        """A value of ours hurts the target it was meant to help: ask to restore it, and bar it."""
+        return Holding(target, node)
+
+    def restore_orphaned(
+        self, look: Look, target: TargetState, node: NodeState, targets: Collection[TargetKey]
+    ) -> Holding:
+        """A node-wide value of ours whose owner is no longer among ``targets`` (gone, forgotten) has
+        nobody left to roll it back: ask to restore it now."""
         return Holding(target, node)
 
     def calm_restore(self, look: Look, target: TargetState, node: NodeState, calm: str) -> Holding:

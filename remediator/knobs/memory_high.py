@@ -138,6 +138,41 @@ class MemoryHigh(KnobPlugin):
         release = ReleaseOwnership(cgroup=snapshot.cgroup, file=FILE, cause=cause)
         return Holding(replace(target, memory_high=None, proposed_memory_high=None), node, (release,))
 
+    def back_off(self, look: Look, target: TargetState, node: NodeState) -> Holding:
+        """Our memory.high throttles the cgroup (its own high events and its stall rate rose since the
+        write): restore it, and do not lower it again before calm."""
+        snapshot = look.snapshot
+        owned = target.memory_high
+        if owned is None or owned.restore_requested or owned.events_high_at_write is None:
+            return Holding(target, node)
+        if owned.stall_baseline is None or not isinstance(snapshot, CgroupSnapshot):
+            return Holding(target, node)
+        # Judged like the rung (at its verify time) and over all of the time since: an observation
+        # moments after the write (a trigger event right behind it) has an interval of milliseconds
+        # whose rate says nothing, and backing off on it undid good clamps (the packaging VM test).
+        decided_at, total_then = owned.stall_baseline
+        since = look.now - decided_at
+        stalled_us = look.total_us - total_then
+        if since < look.policy.verify_sec or since <= 0 or stalled_us < 0:
+            return Holding(target, node)
+        rate = stalled_us / (since * 1e6)
+        # The cgroup's own counter: a child breaching its own memory.high is not our clamp throttling.
+        if snapshot.own_high_events <= owned.events_high_at_write or rate <= owned.stall_rate_at_write:
+            return Holding(target, node)
+        cause = look.record(
+            RecordType.BACKED_OFF,
+            # A lower-case verb phrase: the executor prefixes "would " in dry-run.
+            f"restore memory.high of {look.where} to {format_bytes(owned.before)}: our "
+            f"{format_bytes(owned.ours)} is throttling it (memory.events.local high rose from "
+            f"{owned.events_high_at_write} to {snapshot.own_high_events} and the stall rate from "
+            f"{format_share(owned.stall_rate_at_write)} to {format_share(rate)} since it was set); "
+            f"not lowering memory.high again before {look.policy.rollback.calm_sec:g} s of calm",
+            MEMORY_HIGH,
+        )
+        restore = RestoreMemoryHigh(cgroup=snapshot.cgroup, ours=owned.ours, cause=cause)
+        barred = replace(target, memory_high=replace(owned, restore_requested=True), memory_high_barred=True)
+        return Holding(barred, node, (restore,))
+
     def calm_restore(self, look: Look, target: TargetState, node: NodeState, calm: str) -> Holding:
         owned = target.memory_high
         snapshot = look.snapshot

@@ -8,7 +8,7 @@ state store keeps the original (kind ``sysctl``, name ``vfs_cache_pressure``).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Optional, Tuple, cast
+from typing import Callable, Collection, Optional, Tuple, cast
 
 from remediator.core.state import (
     ChangedValue,
@@ -16,6 +16,7 @@ from remediator.core.state import (
     NodeState,
     ProposedSysctl,
     ProposedWrite,
+    TargetKey,
     TargetState,
 )
 from remediator.core.wording import describe_target
@@ -144,6 +145,34 @@ class VfsCachePressure(KnobPlugin):
         release = ReleaseOwnership(cgroup=None, file=VFS_CACHE_PRESSURE, cause=cause)
         released = replace(node, vfs_owner=None, vfs_cache_pressure=None, proposed_vfs=None)
         return Holding(target, released, (release,))
+
+    def restore_orphaned(
+        self, look: Look, target: TargetState, node: NodeState, targets: Collection[TargetKey]
+    ) -> Holding:
+        """vm.vfs_cache_pressure raised for a cgroup that is gone (forgotten) has nobody
+        left to roll it back when calm returns: restore it now rather than leave the node changed."""
+        owner = node.vfs_owner
+        owned = node.vfs_cache_pressure
+        if owner is None or owned is None or owned.restore_requested:
+            return Holding(target, node)
+        if owner == look.key or owner in targets:
+            return Holding(target, node)
+        readings = look.node
+        cause = Record(
+            type=RecordType.ROLLED_BACK,
+            message=(
+                f"restore vm.vfs_cache_pressure to {owned.before} (ours: {owned.ours}): "
+                f"{describe_target(owner.cgroup)}, whose pressure raised it, is gone"
+            ),
+            policy=owner.policy,
+            cgroup=owner.cgroup,
+            action=VFS_CACHE_PRESSURE,
+            evidence=evidence_from(readings) if readings is not None else {},
+        )
+        restore = RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=owned.ours, cause=cause)
+        return Holding(
+            target, replace(node, vfs_cache_pressure=replace(owned, restore_requested=True)), (restore,)
+        )
 
     def calm_restore(self, look: Look, target: TargetState, node: NodeState, calm: str) -> Holding:
         vfs = node.vfs_cache_pressure
