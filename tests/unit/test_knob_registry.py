@@ -16,15 +16,17 @@ import pytest
 
 from remediator.core.ladder import evaluate_rung
 from remediator.core.outcomes import note_outcome
-from remediator.core.state import CoreState, initial_state
+from remediator.core.state import CoreState, NodeState, TargetState, initial_state
 from remediator.daemon.confined_io import WRITABLE_CGROUP_FILES, WRITABLE_PROC_FILES
 from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL, OWNABLE_SYSCTLS
 from remediator.knobs import plugin_for, plugin_of, plugins, register, unregister
 from remediator.knobs.base import (
     Action,
+    Holding,
     KnobFile,
     KnobPlugin,
     KnobWriter,
+    Look,
     OutcomeT_co,
     RungContext,
     RungOutcome,
@@ -188,6 +190,73 @@ def test_a_fifth_knob_climbs_a_policy_ladder_in_the_decision_core(memory_low: Me
     assert action.cause.type is RecordType.ACTION_APPLIED
     assert action.cause.extra["RUNG"] == "0"
     assert memory_low.noted == [(action, "applied")]
+
+
+@dataclass(frozen=True)
+class RestoreMemoryLow(Action):
+    cgroup: str
+    cause: Record
+
+
+class OwningMemoryLow(MemoryLow):
+    """The fifth knob as one whose value is ours until calm gives it back (kept here, not in the
+    core's state: a knob that owns a value also adds its field to ``core/state.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ours = False
+        self.guards: List[str] = []
+
+    def handles(self, action: Action) -> bool:
+        return isinstance(action, (SetMemoryLow, RestoreMemoryLow))
+
+    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+        self.ours = isinstance(action, SetMemoryLow) and result == "applied"
+        return state
+
+    def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
+        return self.ours
+
+    def release_if_changed(self, look: Look, target: TargetState, node: NodeState) -> Holding:
+        self.guards.append(f"release {look.now:g}")
+        return Holding(target, node)
+
+    def back_off(self, look: Look, target: TargetState, node: NodeState) -> Holding:
+        self.guards.append(f"back_off {look.now:g}")
+        return Holding(target, node)
+
+    def calm_restore(self, look: Look, target: TargetState, node: NodeState, calm: str) -> Holding:
+        if not self.ours:
+            return Holding(target, node)
+        cause = look.record(RecordType.ROLLED_BACK, f"restore memory.low of {look.where}: {calm}", MEMORY_LOW)
+        return Holding(target, node, (RestoreMemoryLow(cgroup=look.key.cgroup or "", cause=cause),))
+
+
+def test_the_core_turn_asks_a_fifth_knob_to_guard_and_restore_what_it_owns() -> None:
+    plugin = OwningMemoryLow()
+    register(plugin)
+    try:
+        driver = Driver(make_policy(cast(ActionSpec, MemoryLowAction(bytes=4096)), calm_sec=120.0))
+        driver.observe(0.0)
+        (taken,) = driver.observe(1.0, share=0.5, fired=True).actions
+        assert isinstance(taken, SetMemoryLow)
+        assert plugin.ours
+        assert driver.observe(2.0).wakeup_at == 31.0  # the rung's verify time
+        verified = driver.observe(31.0)
+        assert verified.actions == ()
+        assert verified.wakeup_at == 122.0  # calm_since + calm_sec: the target holds a value of ours
+        (restore,) = driver.observe(122.0).actions
+    finally:
+        unregister(MEMORY_LOW)
+    assert isinstance(restore, RestoreMemoryLow)
+    assert restore.cause.message == (
+        f"restore memory.low of {CGROUP}: pressure stayed below the threshold for 120 s"
+    )
+    assert restore.cause.action == MEMORY_LOW
+    assert not plugin.ours
+    assert plugin.guards == [
+        f"{guard} {now:g}" for now in (1, 2, 31, 122) for guard in ("release", "back_off")
+    ]
 
 
 def test_a_removed_knob_is_no_longer_found(tmp_path: Path) -> None:
