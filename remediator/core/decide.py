@@ -1,4 +1,4 @@
-"""The decision core: policy + previous state + one observation + ``now`` -> a Decision.
+"""The decision core: policy + one target's view + one observation + ``now`` -> a Decision.
 
 Sans-I/O in the h11 style: no reads, no writes, no clock, no logging. The
 watcher calls ``decide`` for every observation of a target, hands the actions
@@ -84,17 +84,20 @@ key it was limited by): ``core/reasons.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Optional, Tuple
+from types import MappingProxyType
+from typing import List, Mapping, Optional, Tuple
 
 from remediator.core.ladder import evaluate_rung, failed_condition
 from remediator.core.measure import stall_text
 from remediator.core.phases import TRANSITIONS, Phase, phase_of
 from remediator.core.state import (
     CoreConfig,
-    CoreState,
+    NodeState,
     Observation,
     PendingRung,
     TargetKey,
+    TargetState,
+    TargetView,
 )
 from remediator.core.turn import TurnBase
 from remediator.core.wording import describe_target, format_share
@@ -127,7 +130,12 @@ UNCONFIRMED_RECHECK_WINDOW_SHARE = 0.25
 
 @dataclass(frozen=True)
 class Decision:
-    state: CoreState
+    """What a decision returns; the caller stores ``targets`` and ``node`` (``CoreState.apply``)."""
+
+    # The new states of the targets decided about: the observed one for ``decide``, those whose
+    # restores were asked for ``on_exit``.
+    targets: Mapping[TargetKey, TargetState]
+    node: NodeState
     actions: Tuple[Action, ...]
     records: Tuple[Record, ...]
     # When the caller must observe this target again (fired=False); None = only on kernel events.
@@ -395,9 +403,12 @@ class _Turn(TurnBase):
         return [t for t in expiries if t > self.now]
 
     def decision(self) -> Decision:
-        state = self.state.with_target(self.key, self.target).with_node(self.node)
         return Decision(
-            state=state, actions=tuple(self.actions), records=tuple(self.records), wakeup_at=self._wakeup()
+            targets=MappingProxyType({self.key: self.target}),
+            node=self.node,
+            actions=tuple(self.actions),
+            records=tuple(self.records),
+            wakeup_at=self._wakeup(),
         )
 
 
@@ -414,18 +425,21 @@ def _recent(times: Tuple[float, ...], now: float) -> Tuple[float, ...]:
     return tuple(t for t in times if t > now - HOUR_SEC)
 
 
-def decide(policy: Policy, state: CoreState, obs: Observation, now: float, config: CoreConfig) -> Decision:
+def decide(policy: Policy, view: TargetView, obs: Observation, now: float, config: CoreConfig) -> Decision:
     """Decide what to do about one observation of ``obs.key`` (see the module docstring).
+
+    ``view`` is what the caller holds about the target (``CoreState.view(obs.key)``); the decision
+    returns the target's new state and the node's, which the caller stores (``CoreState.apply``).
 
     ``now`` is monotonic seconds from the injected clock. ``policy`` must be the
     policy named by ``obs.key.policy``. A disabled policy still measures,
     stands back and rolls back, but never takes a rung.
     """
-    turn = _Turn(policy, state, obs, now, config)
+    turn = _Turn(policy, view, obs, now, config)
     turn.run()
     decision = turn.decision()
-    before = phase_of(state.target(obs.key), _owns_vfs(state, obs.key))
-    after = phase_of(decision.state.target(obs.key), _owns_vfs(decision.state, obs.key))
+    before = phase_of(view.target, _owns_vfs(view.node, obs.key))
+    after = phase_of(turn.target, _owns_vfs(turn.node, obs.key))
     if (before, after) in TRANSITIONS:
         return replace(decision, phase=after)
     # A bug in the core: say so loudly, and still carry the decision out (a stopped daemon would
@@ -442,5 +456,5 @@ def decide(policy: Policy, state: CoreState, obs: Observation, now: float, confi
     return replace(decision, records=(*decision.records, broken), phase=after)
 
 
-def _owns_vfs(state: CoreState, key: TargetKey) -> bool:
-    return state.node.vfs_owner == key and state.node.vfs_cache_pressure is not None
+def _owns_vfs(node: NodeState, key: TargetKey) -> bool:
+    return node.vfs_owner == key and node.vfs_cache_pressure is not None

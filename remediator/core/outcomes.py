@@ -1,25 +1,27 @@
 """What the core learns after it decided: executor outcomes, gone cgroups, and the exit.
 
-``note_outcome`` folds an action's result back into the state (a write makes a
-value ours, a restore gives it back); ``forget`` drops a gone cgroup; ``on_exit``
-asks for the restores that policies want at a stop or when a reload drops them.
-Pure, like ``decide``: state in, state (and, for the exit, actions) out.
+``note_outcome`` folds an action's result back into the caller's ``CoreState`` (a write makes a
+value ours, a restore gives it back); ``forget`` drops a gone cgroup from it; both update the
+table in place and touch only the action's target and the node. ``on_exit`` is pure, like
+``decide``: it asks for the restores that policies want at a stop or when a reload drops them, and
+returns the changed states for the caller to store (``CoreState.apply``).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Mapping
+from types import MappingProxyType
+from typing import Dict, List, Mapping
 
 from remediator.core.decide import Decision
-from remediator.core.state import CoreState, TargetKey
+from remediator.core.state import CoreState, TargetKey, TargetState
 from remediator.knobs import plugin_for, plugins
 from remediator.knobs.base import Action
 from remediator.policy.compiled import Policy
 
 
-def note_outcome(state: CoreState, action: Action, result: str, now: float) -> CoreState:
-    """Executor feedback for one action of a Decision.
+def note_outcome(state: CoreState, action: Action, result: str, now: float) -> None:
+    """Executor feedback for one action of a Decision, stored in ``state`` in place.
 
     ``result`` is one of applied, would (dry-run), partial, declined, failed,
     stood_back, gone, restored, not_restored.
@@ -31,16 +33,22 @@ def note_outcome(state: CoreState, action: Action, result: str, now: float) -> C
     compares with that); a restore drops ownership, except failed (the value is
     still ours, so the restore is asked again at the next calm observation that
     finds the calm period complete). Reclaim ends a follow-up that reclaimed
-    nothing; drop_caches and ReleaseOwnership leave nothing to remember.
+    nothing; drop_caches and ReleaseOwnership leave nothing to remember. A target
+    no longer held (forgotten) stays forgotten.
     """
     plugin = plugin_for(action)
-    if plugin is not None:
-        return plugin.note(state, action, result, now)
-    return state
+    if plugin is None:
+        return
+    key = TargetKey(action.cause.policy, plugin.subject(action))
+    known = state.targets.get(key)
+    held = plugin.note(known if known is not None else TargetState(), state.node, action, result, now)
+    if known is not None:
+        state.put(key, held.target)
+    state.node = held.node
 
 
-def forget(state: CoreState, key: TargetKey) -> CoreState:
-    """The cgroup is gone: drop everything about the target, with no actions.
+def forget(state: CoreState, key: TargetKey) -> None:
+    """The cgroup is gone: drop everything about the target from ``state``, with no actions.
 
     A gone cgroup's memory.high needs no restore. A node-wide value it owns
     (vm.vfs_cache_pressure) is still changed on the node: it stays recorded
@@ -48,8 +56,8 @@ def forget(state: CoreState, key: TargetKey) -> CoreState:
     """
     node = state.node
     if node.proposed_vfs is not None and node.proposed_vfs.owner == key:
-        node = replace(node, proposed_vfs=None)
-    return state.without_target(key).with_node(node)
+        state.node = replace(node, proposed_vfs=None)
+    state.drop(key)
 
 
 def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Decision:
@@ -60,16 +68,22 @@ def on_exit(policies: Mapping[str, Policy], state: CoreState, now: float) -> Dec
     (values owned under other policies are left alone). Restores already in
     flight are not asked twice. The records are the actions' causes. Each knob
     that owns values asks for its own (``KnobPlugin.exit_restores``), in the
-    registry's order.
+    registry's order. ``state`` is not changed: the Decision holds the targets
+    whose states changed, and the node's state.
     """
     actions: List[Action] = []
-    new_state = state
+    changed: Dict[TargetKey, TargetState] = {}
+    node = state.node
 
     def wants_restore(policy_name: str) -> bool:
         policy = policies.get(policy_name)
         return policy is not None and policy.rollback.restore_on_exit
 
     for plugin in plugins():
-        new_state, restores = plugin.exit_restores(new_state, wants_restore)
+        targets = {**state.targets, **changed}  # the earlier knobs' changes; O(N), once per exit
+        updated, node, restores = plugin.exit_restores(targets, node, wants_restore)
+        changed.update(updated)
         actions.extend(restores)
-    return Decision(state=new_state, actions=tuple(actions), records=(), wakeup_at=None)
+    return Decision(
+        targets=MappingProxyType(changed), node=node, actions=tuple(actions), records=(), wakeup_at=None
+    )

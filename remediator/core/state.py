@@ -1,4 +1,5 @@
-"""The decision core's memory: immutable values, replaced (never mutated) by each decision.
+"""The decision core's memory: immutable values per target and for the node, replaced (never
+mutated) by each decision, and the caller's table that holds them (``CoreState``).
 
 Everything the core needs to remember between two observations of a target
 lives here: the PSI baseline, the current pressure episode, the rung that is
@@ -7,16 +8,18 @@ limits), which values we own (so they can be rolled back, and so we notice
 when another writer takes them over) and when a declined record was last
 emitted (so a pressured cgroup does not flood the journal).
 
-All containers are tuples or read-only mappings built fresh by the ``with_*``
-helpers, so a test can keep the state before a decision and compare it with
-the state after.
+A target's and the node's containers are tuples or read-only mappings built fresh by the
+``with_*`` helpers, so a test can keep a target's state before a decision and compare it with
+the state after. A decision takes one target's state and the node's (``TargetView``) and returns
+the new ones; the caller stores them in its ``CoreState`` in place, so a decision's cost does not
+depend on how many targets there are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Dict, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Collection, Dict, Mapping, Optional, Protocol, Tuple, TypeVar, Union
 
 from remediator.readings import CgroupSnapshot, NodeSnapshot
 from remediator.records import Knob
@@ -32,15 +35,6 @@ def frozen_mapping(items: Mapping[K, V]) -> Mapping[K, V]:
 
 def _empty_mapping() -> Mapping[K, V]:
     return MappingProxyType({})
-
-
-def _copy_of(items: Mapping[K, V]) -> Dict[K, V]:
-    """A mutable copy. A read-only view copies its dict directly, reusing the stored
-    hashes; dict(view) would hash every key again (~40x slower at 2000 targets), and
-    the core copies the targets mapping once per decision."""
-    if isinstance(items, MappingProxyType):
-        return items.copy()
-    return dict(items)
 
 
 @dataclass(frozen=True)
@@ -188,25 +182,94 @@ class NodeState:
 
 
 @dataclass(frozen=True)
+class TargetView:
+    """What one decision sees: the target's own state and the small node-wide state, plus the
+    cross-target facts it needs, all taken in O(1) from the caller's ``CoreState``.
+
+    A decision never sees the other targets' states, so its cost does not grow with their number.
+    """
+
+    target: TargetState
+    node: NodeState
+    # Other targets of this policy holding a memory.high of ours (for max_clamped_cgroups).
+    clamped_elsewhere: int = 0
+    # The keys the caller holds a state for, for membership only (is an owner still watched?).
+    watched: Collection[TargetKey] = ()
+
+
 class CoreState:
-    targets: Mapping[TargetKey, TargetState] = field(default_factory=_empty_mapping)
-    node: NodeState = field(default_factory=NodeState)
+    """The caller's memory of every target: a table of ``TargetState`` values and the ``NodeState``.
+
+    The decision core never receives this table whole: ``view`` gives a decision its one target and
+    the node-wide facts, and the caller stores what the decision returns with ``apply`` (in place,
+    O(1) per target: nothing is copied per decision). The values stored are immutable; the table is
+    not. The number of targets holding a memory.high of ours is kept per policy as values are
+    stored, so no decision has to count it across targets.
+    """
+
+    def __init__(self) -> None:
+        self._targets: Dict[TargetKey, TargetState] = {}
+        self._clamped: Dict[str, int] = {}
+        self.node = NodeState()
+
+    def __repr__(self) -> str:
+        return f"CoreState(targets={self._targets!r}, node={self.node!r})"
+
+    @property
+    def targets(self) -> Mapping[TargetKey, TargetState]:
+        """A read-only view of the table (live: it shows later stores)."""
+        return MappingProxyType(self._targets)
 
     def target(self, key: TargetKey) -> TargetState:
-        return self.targets.get(key, TargetState())
+        return self._targets.get(key, TargetState())
 
-    def with_target(self, key: TargetKey, target: TargetState) -> CoreState:
-        targets = _copy_of(self.targets)
-        targets[key] = target
-        # Already a fresh copy: wrapping it is enough.
-        return replace(self, targets=MappingProxyType(targets))
+    def clamped(self, policy: str) -> int:
+        """How many targets of ``policy`` hold a memory.high of ours."""
+        return self._clamped.get(policy, 0)
 
-    def without_target(self, key: TargetKey) -> CoreState:
-        targets = {k: v for k, v in self.targets.items() if k != key}
-        return replace(self, targets=frozen_mapping(targets))
+    def view(self, key: TargetKey) -> TargetView:
+        """What a decision about ``key`` sees."""
+        target = self.target(key)
+        own = 1 if target.memory_high is not None else 0
+        return TargetView(target, self.node, self.clamped(key.policy) - own, self._targets.keys())
 
-    def with_node(self, node: NodeState) -> CoreState:
-        return replace(self, node=node)
+    def put(self, key: TargetKey, target: TargetState) -> None:
+        """Store the target's new state in place."""
+        self._count(key, self._targets.get(key), -1)
+        self._targets[key] = target
+        self._count(key, target, 1)
+
+    def drop(self, key: TargetKey) -> None:
+        """Forget the target (nothing if it is not held)."""
+        self._count(key, self._targets.pop(key, None), -1)
+
+    def apply(self, decision: Changes) -> None:
+        """Store a decision's new target states and node state."""
+        for key, target in decision.targets.items():
+            self.put(key, target)
+        self.node = decision.node
+
+    def copy(self) -> CoreState:
+        """An independent table holding the same (immutable) values: O(N), for benchmarks and tests."""
+        new = CoreState()
+        new._targets = dict(self._targets)
+        new._clamped = dict(self._clamped)
+        new.node = self.node
+        return new
+
+    def _count(self, key: TargetKey, target: Optional[TargetState], sign: int) -> None:
+        if target is not None and target.memory_high is not None:
+            self._clamped[key.policy] = self._clamped.get(key.policy, 0) + sign
+
+
+class Changes(Protocol):
+    """What ``CoreState.apply`` stores: the targets a decision changed, and the node state after it."""
+
+    @property
+    def targets(self) -> Mapping[TargetKey, TargetState]: ...
+
+    @property
+    def node(self) -> NodeState: ...
 
 
 def initial_state() -> CoreState:

@@ -1,7 +1,7 @@
 """One decision in progress, the part that is not the ladder: measurement, records, and the
 guards of what the target owns (``remediator.core.decide`` steps 1, 6, 7 and 8).
 
-``TurnBase`` holds the turn's values (policy, previous state, observation, now),
+``TurnBase`` holds the turn's values (policy, the target's view, observation, now),
 words its records, and checks on every look what a target owns: another writer
 took a value over (stand back: each knob's ``release_if_changed``), our
 memory.high throttles the cgroup (back off: ``back_off``), calm lasted (roll back:
@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from remediator.core.measure import measure, remember_look, stall_text
 from remediator.core.reasons import reason_fields
-from remediator.core.state import CoreConfig, CoreState, NodeState, Observation
+from remediator.core.state import CoreConfig, NodeState, Observation, TargetView
 from remediator.core.wording import describe_target, target_record
 from remediator.diagnosis.composition import compose
 from remediator.knobs import plugins
@@ -32,15 +32,15 @@ class TurnBase:
     """The turn's values and the guards of what the target owns."""
 
     def __init__(
-        self, policy: Policy, state: CoreState, obs: Observation, now: float, config: CoreConfig
+        self, policy: Policy, view: TargetView, obs: Observation, now: float, config: CoreConfig
     ) -> None:
         self.policy = policy
-        self.state = state
+        self.view = view
         self.obs = obs
         self.key = obs.key
         self.now = now
         self.config = config
-        previous = state.target(obs.key)
+        previous = view.target
         self.m = measure(policy.trigger, previous, obs, now)
         # A new baseline (first look, counter reset) starts the history afresh.
         looks = previous.recent_looks if self.m.delta_us is not None else ()
@@ -51,7 +51,7 @@ class TurnBase:
             recent_looks=remember_look(policy.trigger, looks, now, self.m.total_us),
             last_snapshot=obs.snapshot,
         )
-        self.node: NodeState = state.node
+        self.node: NodeState = view.node
         self.evidence = evidence_from(obs.snapshot, self.m.delta_us)
         self.actions: List[Action] = []
         self.records: List[Record] = []
@@ -96,15 +96,11 @@ class TurnBase:
 
     def _clamped_elsewhere(self) -> int:
         """Other cgroups of this policy holding a memory.high of ours (for max_clamped_cgroups).
-        Counted only when the ladder is evaluated, which pressure alone starts."""
+        The caller keeps the count as it stores target states (``CoreState.view``): no target is
+        walked here."""
         if not any(spec.kind is Knob.MEMORY_HIGH for spec in self.policy.ladder):
             return 0
-        name = self.policy.name
-        return sum(
-            1
-            for key, target in self.state.targets.items()
-            if key.policy == name and key != self.key and target.memory_high is not None
-        )
+        return self.view.clamped_elsewhere
 
     def _rung_context(self) -> RungContext:
         if self._context is None:
@@ -152,7 +148,7 @@ class TurnBase:
     def _restore_orphaned(self) -> None:
         """Each knob restores a node-wide value of ours whose owner is gone."""
         for plugin in plugins():
-            self._hold(plugin.restore_orphaned(self._look(), self.target, self.node, self.state.targets))
+            self._hold(plugin.restore_orphaned(self._look(), self.target, self.node, self.view.watched))
 
     def _back_off(self) -> None:
         """Each knob backs off a value of ours that hurts the target (our memory.high throttling it)."""

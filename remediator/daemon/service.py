@@ -226,7 +226,7 @@ class Service:
             self._forget(key, change.kind)
 
     def _forget(self, key: TargetKey, why: str) -> None:
-        self.state = forget(self.state, key)
+        forget(self.state, key)
         self.wakeups.pop(key, None)
         if key not in self._watching:
             return
@@ -324,7 +324,7 @@ class Service:
             reclaim_supported=self.capabilities.memory_reclaim,
         )
         decision = decide(
-            policy, self.state, obs, looked_at, CoreConfig(self.settings.node_actions_max_per_hour)
+            policy, self.state.view(key), obs, looked_at, CoreConfig(self.settings.node_actions_max_per_hour)
         )
         timing: Optional[Dict[str, str]] = None
         if tick.woken_at is not None:
@@ -333,7 +333,7 @@ class Service:
                 DECIDED_FIELD: monotonic_us(self.clock.monotonic()),
             }
         if self.flight_recorder is not None:  # before the decision's records: an incident holds this look
-            pressured = fired or decision.state.target(key).pressured_since is not None
+            pressured = fired or decision.targets[key].pressured_since is not None
             incident = self.flight_recorder.observed(key.policy, key.cgroup, snapshot, node, fired, pressured)
             self.emit_all([incident] if incident is not None else [])
         self.apply(decision, key, timing)
@@ -341,12 +341,12 @@ class Service:
     def apply(
         self, decision: Decision, key: Optional[TargetKey], timing: Optional[Dict[str, str]] = None
     ) -> None:
-        self.state = decision.state
+        self.state.apply(decision)
         self.emit_all(with_timing(decision.records, timing))
         for action in decision.actions:
             outcome = self.executor.execute(action)
             written_at = self.clock.monotonic()
-            self.state = note_outcome(self.state, action, outcome.result, written_at)
+            note_outcome(self.state, action, outcome.result, written_at)
             written = None if timing is None else {**timing, WRITTEN_FIELD: monotonic_us(written_at)}
             self.emit_all(with_timing(outcome.records, written))
         if key is not None:

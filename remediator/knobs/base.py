@@ -25,7 +25,7 @@ from typing import (
     Union,
 )
 
-from remediator.core.state import ChangedValue, CoreState, NodeState, TargetKey, TargetState
+from remediator.core.state import ChangedValue, NodeState, TargetKey, TargetState
 from remediator.core.wording import describe_target, target_record
 from remediator.diagnosis.composition import MemoryComposition
 from remediator.policy.compiled import Policy
@@ -268,9 +268,10 @@ class KnobPlugin(ABC):
     def plan(self, spec: object, index: int, ctx: RungContext) -> RungOutcome:
         """Whether rung ``index`` (this knob's policy spec) can help now: the action, or the reason not."""
 
-    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
-        """What the core remembers once the executor reported ``result`` for one of this knob's actions."""
-        return state
+    def note(self, target: TargetState, node: NodeState, action: Action, result: str, now: float) -> Holding:
+        """What the core remembers once the executor reported ``result`` for one of this knob's actions:
+        the new states of the action's target (``subject`` under the cause's policy) and of the node."""
+        return Holding(target, node)
 
     def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
         """Whether the target holds a value of this knob that is ours and not being restored."""
@@ -303,11 +304,12 @@ class KnobPlugin(ABC):
         return Holding(target, node)
 
     def exit_restores(
-        self, state: CoreState, wants_restore: Callable[[str], bool]
-    ) -> Tuple[CoreState, Tuple[Action, ...]]:
+        self, targets: Mapping[TargetKey, TargetState], node: NodeState, wants_restore: Callable[[str], bool]
+    ) -> Tuple[Mapping[TargetKey, TargetState], NodeState, Tuple[Action, ...]]:
         """The restores of this knob's owned values at a stop (or a reload dropping their policy),
-        for owners whose policy ``wants_restore``; restores already in flight are not asked twice."""
-        return state, ()
+        for owners whose policy ``wants_restore``; restores already in flight are not asked twice.
+        Returns the targets whose states changed, the node's state, and the restores."""
+        return {}, node, ()
 
     @abstractmethod
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:

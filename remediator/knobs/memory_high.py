@@ -9,9 +9,9 @@ operator) set is theirs: the plan declines, the write stands back.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, List, Optional, Tuple, cast
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, cast
 
-from remediator.core.state import ChangedValue, CoreState, NodeState, ProposedWrite, TargetKey, TargetState
+from remediator.core.state import ChangedValue, NodeState, ProposedWrite, TargetKey, TargetState
 from remediator.core.wording import describe_target, format_share
 from remediator.diagnosis.composition import MemoryComposition, memory_high_floor, page_align_down
 from remediator.knobs.base import (
@@ -90,20 +90,18 @@ class MemoryHigh(KnobPlugin):
     def plan(self, spec: object, index: int, ctx: RungContext) -> RungOutcome:
         return _plan(cast(MemoryHighAction, spec), index, ctx)
 
-    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+    def note(self, target: TargetState, node: NodeState, action: Action, result: str, now: float) -> Holding:
         """A write (applied, partial, or dry-run's would) makes the target own the value (simulated
         in dry-run: the kernel still holds the old one, and the other-writer check compares with
         that); a restore drops it, except a failed one (asked again at the next calm look)."""
         if isinstance(action, SetMemoryHigh):
-            return _note_write(state, action, result, now)
+            return Holding(_note_write(target, action, result, now), node)
         assert isinstance(action, RestoreMemoryHigh)
-        key = TargetKey(action.cause.policy, action.cgroup)
-        target = state.targets.get(key)
-        if target is None or target.memory_high is None:
-            return state
+        if target.memory_high is None:
+            return Holding(target, node)
         owned = target.memory_high
         memory_high = replace(owned, restore_requested=False) if result == RESTORE_RETRY else None
-        return state.with_target(key, replace(target, memory_high=memory_high))
+        return Holding(replace(target, memory_high=memory_high), node)
 
     def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
         owned = target.memory_high
@@ -188,11 +186,11 @@ class MemoryHigh(KnobPlugin):
         return Holding(replace(target, memory_high=replace(owned, restore_requested=True)), node, (restore,))
 
     def exit_restores(
-        self, state: CoreState, wants_restore: Callable[[str], bool]
-    ) -> Tuple[CoreState, Tuple[Action, ...]]:
+        self, targets: Mapping[TargetKey, TargetState], node: NodeState, wants_restore: Callable[[str], bool]
+    ) -> Tuple[Mapping[TargetKey, TargetState], NodeState, Tuple[Action, ...]]:
         actions: List[Action] = []
-        new_state = state
-        for key, target in state.targets.items():
+        changed: Dict[TargetKey, TargetState] = {}
+        for key, target in targets.items():
             owned = target.memory_high
             if (
                 owned is None
@@ -214,10 +212,8 @@ class MemoryHigh(KnobPlugin):
                 evidence=evidence,
             )
             actions.append(RestoreMemoryHigh(cgroup=key.cgroup, ours=owned.ours, cause=cause))
-            new_state = new_state.with_target(
-                key, replace(target, memory_high=replace(owned, restore_requested=True))
-            )
-        return new_state, tuple(actions)
+            changed[key] = replace(target, memory_high=replace(owned, restore_requested=True))
+        return changed, node, tuple(actions)
 
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
         if isinstance(action, RestoreMemoryHigh):
@@ -349,15 +345,11 @@ def _plan(spec: MemoryHighAction, index: int, ctx: RungContext) -> RungOutcome:
     )
 
 
-def _note_write(state: CoreState, action: SetMemoryHigh, result: str, now: float) -> CoreState:
-    key = TargetKey(action.cause.policy, action.cgroup)
-    target = state.targets.get(key)
-    if target is None:
-        return state
+def _note_write(target: TargetState, action: SetMemoryHigh, result: str, now: float) -> TargetState:
     proposal = target.proposed_memory_high
     target = replace(target, proposed_memory_high=None)
     if action.value is None or not (result in WRITTEN or result == SIMULATED):
-        return state.with_target(key, target)
+        return target
     previous = target.memory_high
     owned = ChangedValue(
         ours=action.value,
@@ -369,4 +361,4 @@ def _note_write(state: CoreState, action: SetMemoryHigh, result: str, now: float
         events_high_at_write=proposal.events_high if proposal is not None else None,
         stall_baseline=proposal.stall_baseline if proposal is not None else None,
     )
-    return state.with_target(key, replace(target, memory_high=owned))
+    return replace(target, memory_high=owned)

@@ -11,13 +11,14 @@ import errno as errno_mod
 from dataclasses import dataclass, replace
 from typing import Optional, cast
 
-from remediator.core.state import CoreState, TargetKey
+from remediator.core.state import NodeState, TargetState
 from remediator.core.wording import describe_composition, format_share
 from remediator.diagnosis.composition import PAGE_SIZE, MemoryComposition, page_align_down
 from remediator.errors import KernelTransient, RemediatorError
 from remediator.knobs.base import (
     WRITTEN,
     Action,
+    Holding,
     KnobFile,
     KnobPlugin,
     KnobWriter,
@@ -108,16 +109,14 @@ class ReclaimKnob(KnobPlugin):
             Reclaim(cgroup=snapshot.cgroup, bytes=amount, timeout_sec=reclaim.timeout_sec, cause=cause)
         )
 
-    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+    def note(self, target: TargetState, node: NodeState, action: Action, result: str, now: float) -> Holding:
         """Nothing to own. A follow-up that reclaimed nothing (dry-run's "would", refused, failed)
         changes nothing the next look could see: asking again every every_sec would only repeat the
         record, so the follow-up ends."""
         assert isinstance(action, Reclaim)
         if action.cause.extra.get(FOLLOW_UP_FIELD) != "1" or result in WRITTEN:
-            return state
-        key = TargetKey(action.cause.policy, action.cgroup)
-        target = state.targets.get(key)
-        return state if target is None else state.with_target(key, replace(target, follow_up_since=None))
+            return Holding(target, node)
+        return Holding(replace(target, follow_up_since=None), node)
 
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
         assert isinstance(action, Reclaim)

@@ -8,11 +8,10 @@ state store keeps the original (kind ``sysctl``, name ``vfs_cache_pressure``).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Collection, Optional, Tuple, cast
+from typing import Callable, Collection, Mapping, Optional, Tuple, cast
 
 from remediator.core.state import (
     ChangedValue,
-    CoreState,
     NodeState,
     ProposedSysctl,
     ProposedWrite,
@@ -96,19 +95,17 @@ class VfsCachePressure(KnobPlugin):
             SetSysctl(name=self.knob, value=vfs.value, expected=node.vfs_cache_pressure, cause=cause)
         )
 
-    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+    def note(self, target: TargetState, node: NodeState, action: Action, result: str, now: float) -> Holding:
         """A write (applied, partial, or dry-run's would) makes the proposing target own the value;
         a restore gives it back, except a failed one (asked again at the next calm look)."""
         if isinstance(action, SetSysctl):
-            return _note_write(state, action, result, now)
-        vfs = state.node.vfs_cache_pressure
+            return Holding(target, _note_write(node, action, result, now))
+        vfs = node.vfs_cache_pressure
         if vfs is None:
-            return state
+            return Holding(target, node)
         if result == RESTORE_RETRY:
-            return state.with_node(
-                replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=False))
-            )
-        return state.with_node(replace(state.node, vfs_owner=None, vfs_cache_pressure=None))
+            return Holding(target, replace(node, vfs_cache_pressure=replace(vfs, restore_requested=False)))
+        return Holding(target, replace(node, vfs_owner=None, vfs_cache_pressure=None))
 
     def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
         vfs = node.vfs_cache_pressure
@@ -189,13 +186,13 @@ class VfsCachePressure(KnobPlugin):
         )
 
     def exit_restores(
-        self, state: CoreState, wants_restore: Callable[[str], bool]
-    ) -> Tuple[CoreState, Tuple[Action, ...]]:
-        owner = state.node.vfs_owner
-        vfs = state.node.vfs_cache_pressure
+        self, targets: Mapping[TargetKey, TargetState], node: NodeState, wants_restore: Callable[[str], bool]
+    ) -> Tuple[Mapping[TargetKey, TargetState], NodeState, Tuple[Action, ...]]:
+        owner = node.vfs_owner
+        vfs = node.vfs_cache_pressure
         if owner is None or vfs is None or vfs.restore_requested or not wants_restore(owner.policy):
-            return state, ()
-        last = state.targets[owner].last_snapshot if owner in state.targets else None
+            return {}, node, ()
+        last = targets[owner].last_snapshot if owner in targets else None
         cause = Record(
             type=RecordType.ROLLED_BACK,
             message=f"restore vm.vfs_cache_pressure to {vfs.before} (ours: {vfs.ours}) on exit",
@@ -205,10 +202,7 @@ class VfsCachePressure(KnobPlugin):
             evidence=evidence_from(last) if last is not None else {},
         )
         restore = RestoreSysctl(name=VFS_CACHE_PRESSURE, ours=vfs.ours, cause=cause)
-        new_state = state.with_node(
-            replace(state.node, vfs_cache_pressure=replace(vfs, restore_requested=True))
-        )
-        return new_state, (restore,)
+        return {}, replace(node, vfs_cache_pressure=replace(vfs, restore_requested=True)), (restore,)
 
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
         if isinstance(action, RestoreSysctl):
@@ -225,11 +219,11 @@ def _owned_by(look: Look, node: NodeState) -> bool:
     return node.vfs_owner == look.key and node.vfs_cache_pressure is not None
 
 
-def _note_write(state: CoreState, action: SetSysctl, result: str, now: float) -> CoreState:
-    proposal = state.node.proposed_vfs
-    node = replace(state.node, proposed_vfs=None)
+def _note_write(node: NodeState, action: SetSysctl, result: str, now: float) -> NodeState:
+    proposal = node.proposed_vfs
+    node = replace(node, proposed_vfs=None)
     if proposal is None or not (result in WRITTEN or result == SIMULATED):
-        return state.with_node(node)
+        return node
     owned = ChangedValue(
         ours=action.value,
         before=proposal.before,
@@ -238,4 +232,4 @@ def _note_write(state: CoreState, action: SetSysctl, result: str, now: float) ->
         stall_rate_at_write=proposal.write.stall_rate,
         events_high_at_write=None,
     )
-    return state.with_node(replace(node, vfs_owner=proposal.owner, vfs_cache_pressure=owned))
+    return replace(node, vfs_owner=proposal.owner, vfs_cache_pressure=owned)

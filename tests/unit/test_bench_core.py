@@ -3,7 +3,8 @@
 One round is one decision per cgroup, against a state that already holds a
 baseline for every cgroup (as the daemon's does after start-up): "calm" is the
 idle re-check (nothing to do), "pressured" a confirmed trigger event that takes
-the first rung. The state is immutable, so every round starts from the same one.
+the first rung. Every round stores its decisions in a fresh copy of the same baselined table
+(copied outside the timing), as the daemon stores each decision in place.
 
 Cheap by default (a few rounds: it runs in ``make test``, and asserts what the
 decisions are, so it can fail); ``make bench-cost`` runs it with more rounds
@@ -14,7 +15,7 @@ reported, never asserted: speed belongs to the benchmark, not to a test.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
@@ -33,7 +34,7 @@ DECIDE_AT = 1010.0
 CALM_STALL_US = 1_000
 PRESSURED_STALL_US = 2_000_000
 
-Round = Callable[[], List[Any]]
+Round = Callable[[CoreState], List[Any]]
 
 
 def _cgroups(n: int) -> List[str]:
@@ -43,34 +44,37 @@ def _cgroups(n: int) -> List[str]:
 def _baselined(policy: Policy, cgroups: List[str]) -> CoreState:
     state = initial_state()
     for cgroup in cgroups:
-        obs = Observation(
-            TargetKey(policy.name, cgroup), cgroup_snapshot(0, cgroup=cgroup), None, fired=False
-        )
-        state = decide(policy, state, obs, BASELINE_AT, CONFIG).state
+        key = TargetKey(policy.name, cgroup)
+        obs = Observation(key, cgroup_snapshot(0, cgroup=cgroup), None, fired=False)
+        state.apply(decide(policy, state.view(key), obs, BASELINE_AT, CONFIG))
     return state
 
 
-def _round(policy: Policy, state: CoreState, cgroups: List[str], stall_us: int, fired: bool) -> Round:
+def _round(policy: Policy, cgroups: List[str], stall_us: int, fired: bool) -> Round:
     node = node_snapshot()
     observations = [
         Observation(TargetKey(policy.name, c), cgroup_snapshot(stall_us, cgroup=c), node, fired=fired)
         for c in cgroups
     ]
 
-    def one_round() -> List[Any]:
-        current = state
+    def one_round(current: CoreState) -> List[Any]:
         decisions = []
         for obs in observations:
-            decision = decide(policy, current, obs, DECIDE_AT, CONFIG)
-            current = decision.state
+            decision = decide(policy, current.view(obs.key), obs, DECIDE_AT, CONFIG)
+            current.apply(decision)
             decisions.append(decision)
         return decisions
 
     return one_round
 
 
-def _run(benchmark: Any, one_round: Round, n: int) -> List[Any]:
-    decisions: List[Any] = benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+def _run(benchmark: Any, state: CoreState, one_round: Round, n: int) -> List[Any]:
+    def fresh() -> Tuple[Tuple[CoreState], Dict[str, Any]]:
+        return (state.copy(),), {}
+
+    decisions: List[Any] = benchmark.pedantic(
+        one_round, setup=fresh, rounds=ROUNDS, iterations=1, warmup_rounds=1
+    )
     stats = getattr(benchmark, "stats", None)
     if stats is not None and stats.stats.mean > 0:
         benchmark.extra_info["decisions_per_sec"] = n / stats.stats.mean
@@ -88,7 +92,7 @@ def _setup(n: int) -> Tuple[Policy, CoreState, List[str]]:
 def test_bench_core_calm_rechecks_decide_nothing(benchmark: Any, n: int) -> None:
     policy, state, cgroups = _setup(n)
 
-    decisions = _run(benchmark, _round(policy, state, cgroups, CALM_STALL_US, fired=False), n)
+    decisions = _run(benchmark, state, _round(policy, cgroups, CALM_STALL_US, fired=False), n)
 
     assert len(decisions) == n
     assert all(not d.actions and not d.records and d.wakeup_at is None for d in decisions)
@@ -98,7 +102,7 @@ def test_bench_core_calm_rechecks_decide_nothing(benchmark: Any, n: int) -> None
 def test_bench_core_confirmed_events_each_take_the_first_rung(benchmark: Any, n: int) -> None:
     policy, state, cgroups = _setup(n)
 
-    decisions = _run(benchmark, _round(policy, state, cgroups, PRESSURED_STALL_US, fired=True), n)
+    decisions = _run(benchmark, state, _round(policy, cgroups, PRESSURED_STALL_US, fired=True), n)
 
     assert len(decisions) == n
     for decision, cgroup in zip(decisions, cgroups):

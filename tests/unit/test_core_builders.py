@@ -236,8 +236,8 @@ class Driver:
         obs = Observation(
             key=self.key, snapshot=snapshot, node=node, fired=fired, reclaim_supported=reclaim_supported
         )
-        decision = decide(self.policy, self.state, obs, now, self.config)
-        self.state = decision.state
+        decision = decide(self.policy, self.state.view(self.key), obs, now, self.config)
+        self.state.apply(decision)
         for action in decision.actions:
             self.execute(action, now)
         self.history.append(decision)
@@ -263,7 +263,7 @@ class Driver:
                 self.node_vfs = vfs.before if vfs is not None else self.node_vfs
         elif isinstance(action, (Reclaim, ReleaseOwnership)):
             pass
-        self.state = note_outcome(self.state, action, result, now)
+        note_outcome(self.state, action, result, now)
 
     def all_records(self) -> List[Record]:
         """Records in journal order: the decision's own, then each action's cause."""

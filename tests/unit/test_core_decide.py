@@ -183,10 +183,13 @@ def test_seed_snapshot_leads_to_reclaim_of_half_the_page_cache_first() -> None:
     key = TargetKey("seed", "system.slice/seed.service")
     node = node_snapshot()
     config = CoreConfig()
-    first = decide(
-        policy, initial_state(), Observation(key, seed(45112887, 183742991), node, True), 0.0, config
+    state = initial_state()
+    state.apply(
+        decide(policy, state.view(key), Observation(key, seed(45112887, 183742991), node, True), 0.0, config)
     )
-    second = decide(policy, first.state, Observation(key, seed(45612887, 184742991), node, True), 1.0, config)
+    second = decide(
+        policy, state.view(key), Observation(key, seed(45612887, 184742991), node, True), 1.0, config
+    )
     assert len(second.actions) == 1
     action = second.actions[0]
     assert isinstance(action, Reclaim)
@@ -840,9 +843,9 @@ def test_forget_drops_the_target_and_asks_for_nothing() -> None:
     driver = Driver(make_policy(memory_high_rung()))
     driver.observe(0.0)
     driver.observe(10.0, share=0.5, fired=True)
-    state = forget(driver.state, driver.key)
-    assert driver.key not in state.targets
-    assert on_exit({driver.policy.name: driver.policy}, state, 20.0).actions == ()
+    forget(driver.state, driver.key)
+    assert driver.key not in driver.state.targets
+    assert on_exit({driver.policy.name: driver.policy}, driver.state, 20.0).actions == ()
 
 
 def test_node_value_owned_by_a_gone_cgroup_is_restored_at_the_next_decision() -> None:
@@ -851,10 +854,10 @@ def test_node_value_owned_by_a_gone_cgroup_is_restored_at_the_next_decision() ->
     driver.observe(0.0)
     driver.observe(10.0, share=0.5, fired=True)
     assert driver.state.node.vfs_owner == driver.key
-    state = forget(driver.state, driver.key)
+    forget(driver.state, driver.key)
     other = TargetKey(policy.name, "system.slice/other.service")
     obs = Observation(other, cgroup_snapshot(cgroup=other.cgroup or ""), node_snapshot(vfs=200), fired=False)
-    decision = decide(policy, state, obs, 30.0, CoreConfig())
+    decision = decide(policy, driver.state.view(other), obs, 30.0, CoreConfig())
     (restore,) = decision.actions
     assert isinstance(restore, RestoreSysctl) and restore.ours == 200
     assert restore.cause.type is RecordType.ROLLED_BACK and "is gone" in restore.cause.message
@@ -892,20 +895,28 @@ def test_on_exit_leaves_values_of_policies_it_was_not_given_alone() -> None:
     decision = on_exit({"dropped": dropped}, second.state, 20.0)
     (restore,) = decision.actions
     assert restore.cause.policy == "dropped"
-    assert decision.state.target(first.key).memory_high == second.state.target(first.key).memory_high
+    assert first.key not in decision.targets and second.key in decision.targets
 
 
-def test_decide_never_mutates_the_state_it_was_given() -> None:
+def test_decide_never_mutates_what_it_was_given() -> None:
     driver = Driver(make_policy(reclaim_rung(), memory_high_rung()))
     driver.observe(0.0)
     driver.observe(10.0, share=0.5, fired=True)
-    before = driver.state
-    before_repr = repr(before)
-    driver.observe(40.0, share=0.5)
-    assert driver.state is not before
-    assert repr(before) == before_repr
+    view = driver.state.view(driver.key)
+    before, before_node = view.target, driver.state.node
+    before_repr, target_repr = repr(view), repr(before)
+    snapshot = cgroup_snapshot(driver.total_us + 15_000_000, cgroup=CGROUP)
+    obs = Observation(driver.key, snapshot, node_snapshot(), fired=False)
+    decision = decide(driver.policy, view, obs, 40.0, driver.config)
+    assert decision.targets[driver.key] is not before
+    assert repr(view) == before_repr
+    # The caller's table changes only when the caller stores the decision.
+    assert driver.state.target(driver.key) is before and driver.state.node is before_node
+    driver.state.apply(decision)
+    assert driver.state.target(driver.key) is decision.targets[driver.key]
+    assert repr(before) == target_repr
     with pytest.raises(TypeError):
-        before.targets[driver.key] = replace(before.target(driver.key), last_at=0.0)  # type: ignore[index]
+        driver.state.targets[driver.key] = replace(before, last_at=0.0)  # type: ignore[index]
 
 
 def test_disabled_policy_measures_but_takes_no_rung() -> None:

@@ -226,8 +226,10 @@ def test_decide_keeps_the_invariants_through_a_whole_ladder(
         observed = cgroup_snapshot(
             total, stat=snapshot.stat.values, current=snapshot.current_bytes, max_bytes=snapshot.max_bytes
         )
-        decision = decide(policy, state, Observation(key, observed, node, fired=step > 0), now, CoreConfig())
-        state = decision.state
+        decision = decide(
+            policy, state.view(key), Observation(key, observed, node, fired=step > 0), now, CoreConfig()
+        )
+        state.apply(decision)
         for action in decision.actions:
             if isinstance(action, SetMemoryHigh):
                 assert action.value is not None and action.value >= floor

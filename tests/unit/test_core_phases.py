@@ -31,7 +31,7 @@ class Recorder:
 
     def look(self, now: float, share: float = 0.0, fired: bool = False) -> None:
         d = self.driver
-        before = phase_of(d.state.target(d.key), _owns_vfs(d.state, d.key))
+        before = phase_of(d.state.target(d.key), _owns_vfs(d.state.node, d.key))
         decision = d.observe(now, share=share, fired=fired)
         assert RecordType.INTERNAL_ERROR not in [r.type for r in decision.records], decision.records
         self.moves.append((before, decision.phase))

@@ -16,7 +16,7 @@ import pytest
 
 from remediator.core.ladder import evaluate_rung
 from remediator.core.outcomes import note_outcome
-from remediator.core.state import CoreState, NodeState, TargetState, initial_state
+from remediator.core.state import NodeState, TargetState, initial_state
 from remediator.daemon.confined_io import WRITABLE_CGROUP_FILES, WRITABLE_PROC_FILES
 from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL, OWNABLE_SYSCTLS
 from remediator.knobs import plugin_for, plugin_of, plugins, register, unregister
@@ -133,9 +133,9 @@ class MemoryLow(KnobPlugin):
         )
         return RungTake(SetMemoryLow(cgroup=ctx.key.cgroup or "", value=low.bytes, cause=cause))
 
-    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+    def note(self, target: TargetState, node: NodeState, action: Action, result: str, now: float) -> Holding:
         self.noted.append((action, result))
-        return state
+        return Holding(target, node)
 
     def execute(self, action: Action, writer: KnobWriter[OutcomeT_co]) -> OutcomeT_co:
         assert isinstance(action, SetMemoryLow)
@@ -167,7 +167,9 @@ def test_a_fifth_knob_is_planned_noted_and_executed_through_the_registry(
     assert plugin_for(action) is memory_low
 
     state = initial_state()
-    assert note_outcome(state, action, "applied", 1.0) is state
+    before = repr(state)
+    note_outcome(state, action, "applied", 1.0)
+    assert repr(state) == before
     assert memory_low.noted == [(action, "applied")]
 
     rig = make_rig(tmp_path)
@@ -210,9 +212,9 @@ class OwningMemoryLow(MemoryLow):
     def handles(self, action: Action) -> bool:
         return isinstance(action, (SetMemoryLow, RestoreMemoryLow))
 
-    def note(self, state: CoreState, action: Action, result: str, now: float) -> CoreState:
+    def note(self, target: TargetState, node: NodeState, action: Action, result: str, now: float) -> Holding:
         self.ours = isinstance(action, SetMemoryLow) and result == "applied"
-        return state
+        return Holding(target, node)
 
     def holds(self, look: Look, target: TargetState, node: NodeState) -> bool:
         return self.ours
