@@ -37,9 +37,14 @@ The behaviour, step by step (this is the product's behaviour; tests pin it):
    policies together) is taken. Each rung passed over gets an ACTION_DECLINED
    record. A taken rung is pending until taken_at + verify_sec.
 5. Verify and escalate. The first observation at or after the verify time
-   judges the rung: still pressured -> ESCALATED and the rungs above are tried
-   (none left -> "ladder exhausted", and the next pressure starts at rung 0
-   again, subject to cooldowns); calm -> the rung helped, back to rung 0.
+   judges the rung: calm -> the rung helped, back to rung 0. Still pressured
+   -> its knob may find it helped in part (``KnobPlugin.repeat_reason``:
+   reclaim when the stall rate since it is at most 3/4 of the rate before the
+   chain of reclaims began, or when the cache it freed was refilled by new
+   data rather than refaulted working set): the same rung is taken again
+   (ACTION_APPLIED with HELPED_IN_PART=1, subject to its limits); else
+   ESCALATED and the rungs above are tried (none left -> "ladder exhausted",
+   and the next pressure starts at rung 0 again, subject to cooldowns).
    Observations before the verify time never escalate.
 6. Other writers. On every observation of a target whose memory.high (or, for
    the owner, vm.vfs_cache_pressure) we own, a value different from ours (from
@@ -88,10 +93,12 @@ from types import MappingProxyType
 from typing import List, Mapping, Optional, Tuple
 
 from remediator.core.ladder import evaluate_rung, failed_condition
+from remediator.core.limits import HOUR_SEC, limit_blocking, limit_expiries, recent
 from remediator.core.measure import stall_text
 from remediator.core.phases import TRANSITIONS, Phase, phase_of
 from remediator.core.state import (
     CoreConfig,
+    FollowUpPeriod,
     NodeState,
     Observation,
     PendingRung,
@@ -101,9 +108,9 @@ from remediator.core.state import (
 )
 from remediator.core.turn import TurnBase
 from remediator.core.wording import describe_target, format_share
-from remediator.knobs import plugin_for
-from remediator.knobs.base import Action, RungDecline, RungTake
-from remediator.knobs.reclaim import FOLLOW_UP_FIELD, Reclaim
+from remediator.knobs import plugin_for, plugin_of
+from remediator.knobs.base import Action, RungDecline, RungTake, Verdict
+from remediator.knobs.reclaim import FOLLOW_UP_FIELD, HELPED_IN_PART_FIELD, Reclaim
 from remediator.policy.compiled import (
     NODE_WIDE_KINDS,
     ActionSpec,
@@ -117,7 +124,6 @@ from remediator.sizes import format_bytes
 
 __all__ = ["Decision", "decide", "follow_up_rung"]
 
-HOUR_SEC = 3600.0
 # Floor for the re-check interval of an open episode, so a policy with a
 # tiny verify_sec cannot make the watcher spin.
 MIN_RECHECK_SEC = 1.0
@@ -177,7 +183,7 @@ class _Turn(TurnBase):
         rung = self.target.rung
         if rung is not None:
             if self.now >= rung.taken_at + self.policy.verify_sec:
-                self._escalate(rung)
+                self._judge_pressured(rung)
             return
         if not self.policy.enabled:
             return
@@ -199,23 +205,24 @@ class _Turn(TurnBase):
             found = follow_up_rung(self.policy)
             if not rung.follow_up and found is not None and found[0] == rung.index:
                 # A reclaim relieved this pressure: follow up as the cache refills (step 10).
-                self.target = replace(self.target, follow_up_since=self.now)
+                period = FollowUpPeriod(since=self.now, unrelieved_rate=rung.unrelieved_rate)
+                self.target = replace(self.target, follow_up=period)
         if self._calm_lasted():
             self.target = replace(self.target, memory_high_barred=False)
             self._roll_back()
 
     def _expire_follow_up(self) -> None:
-        since = self.target.follow_up_since
+        period = self.target.follow_up
         found = follow_up_rung(self.policy)
-        if since is not None and (found is None or self.now - since >= found[2].for_sec):
-            self.target = replace(self.target, follow_up_since=None)
+        if period is not None and (found is None or self.now - period.since >= found[2].for_sec):
+            self.target = replace(self.target, follow_up=None)
 
     def _follow_up(self) -> None:
         """Step 10 of the module docstring: reclaim again on a calm look once usage nears memory.max."""
-        since = self.target.follow_up_since
+        period = self.target.follow_up
         found = follow_up_rung(self.policy)
         snapshot = self.obs.snapshot
-        if since is None or found is None or self.target.rung is not None or not self.policy.enabled:
+        if period is None or found is None or self.target.rung is not None or not self.policy.enabled:
             return
         if not isinstance(snapshot, CgroupSnapshot) or not snapshot.max_bytes:
             return
@@ -228,7 +235,7 @@ class _Turn(TurnBase):
         ctx = self._rung_context()
         if failed_condition(self.policy.conditions, snapshot, ctx.composition, ctx.owned_memory_high):
             return
-        if self._limit_blocking(index, spec) is not None:
+        if limit_blocking(spec, index, self.target, self.node, self.now, self.config, self.where) is not None:
             return
         outcome = evaluate_rung(spec, index, ctx)
         if not isinstance(outcome, RungTake) or not isinstance(outcome.action, Reclaim):
@@ -237,14 +244,16 @@ class _Turn(TurnBase):
         cause = replace(
             action.cause,
             message=(
-                f"follow-up {self.now - since:.0f} s into the {follow.for_sec:g} s after a pressure reclaim "
-                f"relieved: usage {format_bytes(snapshot.current_bytes)} is {format_share(usage)} of "
+                f"follow-up {self.now - period.since:.0f} s into the {follow.for_sec:g} s after a pressure "
+                f"reclaim relieved: usage {format_bytes(snapshot.current_bytes)} is {format_share(usage)} of "
                 f"memory.max (follow_up at {format_share(follow.min_usage_fraction_of_max)}); "
                 + action.cause.message
             ),
             extra={**action.cause.extra, FOLLOW_UP_FIELD: "1"},
         )
-        self._take(index, spec, replace(action, cause=cause), follow_up=True)
+        self._take(
+            index, spec, replace(action, cause=cause), follow_up=True, unrelieved=period.unrelieved_rate
+        )
 
     def _confirm(self) -> None:
         if self.target.confirmed_recorded:
@@ -271,13 +280,44 @@ class _Turn(TurnBase):
         self._decline(f"condition:{reason}", message)
         return False
 
-    def _escalate(self, rung: PendingRung) -> None:
+    def _judge_pressured(self, rung: PendingRung) -> None:
+        """Step 5: pressure at the verdict of ``rung``: repeat it if it helped in part, else escalate."""
         self.target = replace(self.target, rung=None)
         if not self.policy.enabled:
             return
         self._confirm()
         if not self._conditions_hold():
             return
+        if self._repeat_if_helped(rung):
+            return
+        self._escalate(rung)
+
+    def _rate_since(self, rung: PendingRung) -> Optional[float]:
+        """The stall rate over the whole time since ``rung`` was taken (None: not measurable)."""
+        elapsed = self.now - rung.taken_at
+        if rung.stall_total_us is None or elapsed <= 0 or self.m.total_us < rung.stall_total_us:
+            return None
+        return (self.m.total_us - rung.stall_total_us) / (elapsed * 1e6)
+
+    def _repeat_if_helped(self, rung: PendingRung) -> bool:
+        """The rung's knob finds a reason to take it again instead of escalating (it helped in part);
+        True if it was taken again."""
+        plugin = plugin_of(rung.kind)
+        verdict = Verdict(rung, self.obs.snapshot, self.now, self._rate_since(rung), self.policy.trigger.kind)
+        why = plugin.repeat_reason(verdict) if plugin is not None else None
+        if why is None:
+            return False
+        spec = self.policy.ladder[rung.index]
+        action = self._eligible(rung.index, spec)
+        if action is None:
+            return False
+        message = f"{rung.kind} again (rung {rung.index}) with pressure at its verdict: {why}; "
+        extra = {**action.cause.extra, HELPED_IN_PART_FIELD: "1"}
+        cause = replace(action.cause, message=message + action.cause.message, extra=extra)
+        self._take(rung.index, spec, action.with_cause(cause), unrelieved=rung.unrelieved_rate)
+        return True
+
+    def _escalate(self, rung: PendingRung) -> None:
         before = format_share(rung.stall_rate)
         self.records.append(
             self._record(
@@ -297,59 +337,62 @@ class _Turn(TurnBase):
 
     def _climb(self, start: int) -> bool:
         """Take the first eligible rung from ``start`` up; True if one was taken."""
-        ladder = self.policy.ladder
-        for index in range(start, len(ladder)):
-            spec = ladder[index]
-            outcome = evaluate_rung(spec, index, self._rung_context())
-            if isinstance(outcome, RungDecline):
-                self._decline(f"rung{index}:{outcome.reason}", outcome.message, spec.kind, index)
-                continue
-            blocked = self._limit_blocking(index, spec)
-            if blocked is not None:
-                reason, message = blocked
-                self._decline(f"rung{index}:{reason}", message, spec.kind, index)
-                continue
-            self._take(index, spec, outcome.action)
-            return True
+        for index in range(start, len(self.policy.ladder)):
+            spec = self.policy.ladder[index]
+            action = self._eligible(index, spec)
+            if action is not None:
+                self._take(index, spec, action)
+                return True
         return False
 
-    def _limit_blocking(self, index: int, spec: ActionSpec) -> Optional[Tuple[str, str]]:
-        limits = spec.limits
-        times = _recent(self.target.rung_taken_at.get(index, ()), self.now)
-        if times and self.now - times[-1] < limits.cooldown_sec:
-            left = times[-1] + limits.cooldown_sec - self.now
-            return (
-                "cooldown",
-                f"{spec.kind} on {self.where} is in its cooldown "
-                f"({limits.cooldown_sec:g} s, {left:.0f} s left)",
-            )
-        if len(times) >= limits.max_per_hour:
-            return (
-                "max_per_hour",
-                f"{spec.kind} on {self.where} was taken {len(times)} times in the last hour "
-                f"(max_per_hour {limits.max_per_hour})",
-            )
-        if spec.kind in NODE_WIDE_KINDS:
-            node_times = _recent(self.node.actions_at, self.now)
-            if len(node_times) >= self.config.node_actions_max_per_hour:
-                return (
-                    "node_rate_limit",
-                    f"node-wide action rate limit: {len(node_times)} node-wide actions in the last hour "
-                    f"across all policies (max {self.config.node_actions_max_per_hour})",
-                )
-        return None
+    def _eligible(self, index: int, spec: ActionSpec) -> Optional[Action]:
+        """Rung ``index``'s action if its knob's plan takes it and no rate limit holds it back; else
+        None, with the decline recorded."""
+        outcome = evaluate_rung(spec, index, self._rung_context())
+        if isinstance(outcome, RungDecline):
+            self._decline(f"rung{index}:{outcome.reason}", outcome.message, spec.kind, index)
+            return None
+        blocked = limit_blocking(spec, index, self.target, self.node, self.now, self.config, self.where)
+        if blocked is not None:
+            reason, message = blocked
+            self._decline(f"rung{index}:{reason}", message, spec.kind, index)
+            return None
+        return outcome.action
 
-    def _take(self, index: int, spec: ActionSpec, action: Action, follow_up: bool = False) -> None:
+    def _take(
+        self,
+        index: int,
+        spec: ActionSpec,
+        action: Action,
+        follow_up: bool = False,
+        unrelieved: Optional[float] = None,
+    ) -> None:
+        """Take rung ``index``. ``unrelieved``: the stall rate before the reclaims of a chain this
+        rung continues (a repeat, a follow-up); a rung taken for a pressure measures it now, or keeps
+        the follow-up period's when that was higher (a mid-chain pressure is already relieved in part)."""
         rate = self.m.stall_rate if self.m.stall_rate is not None else 0.0
+        if not follow_up and unrelieved is None:
+            period = self.target.follow_up
+            carried = period.unrelieved_rate if period is not None else None
+            rates = [r for r in (self.m.pressure_rate, carried) if r is not None]
+            unrelieved = max(rates) if rates else None
         self.actions.append(action)
+        plugin = plugin_for(action)
         target = self.target.with_rung_taken(index, self.now, HOUR_SEC)
         pending = PendingRung(
-            index=index, kind=spec.kind, taken_at=self.now, stall_rate=rate, follow_up=follow_up
+            index=index,
+            kind=spec.kind,
+            taken_at=self.now,
+            stall_rate=rate,
+            follow_up=follow_up,
+            stall_total_us=self.m.total_us,
+            unrelieved_rate=unrelieved,
+            amount=plugin.amount(action) if plugin is not None else None,
+            taken_snapshot=self.obs.snapshot,
         )
         target = replace(target, rung=pending)
         if spec.kind in NODE_WIDE_KINDS:
-            self.node = replace(self.node, actions_at=(*_recent(self.node.actions_at, self.now), self.now))
-        plugin = plugin_for(action)
+            self.node = replace(self.node, actions_at=(*recent(self.node.actions_at, self.now), self.now))
         if plugin is not None:
             held = plugin.propose(self._look(), target, self.node, action, rate)
             target, self.node = held.target, held.node
@@ -371,7 +414,7 @@ class _Turn(TurnBase):
                 candidates.append(sustained_at)
             else:
                 candidates.append(recheck)
-                candidates.extend(self._limit_expiries())
+                candidates.extend(limit_expiries(self.policy, self.target, self.node, self.now, self.config))
         if self._owns_anything():
             if target.calm_since is not None:
                 candidates.append(target.calm_since + policy.rollback.calm_sec)
@@ -380,27 +423,11 @@ class _Turn(TurnBase):
         if self.m.fired and self.m.pressured is None and self.m.delta_us is not None:
             candidates.append(self.now + UNCONFIRMED_RECHECK_WINDOW_SHARE * policy.trigger.window_us / 1e6)
         found = follow_up_rung(policy)
-        if target.follow_up_since is not None and found is not None and policy.enabled:
-            end = target.follow_up_since + found[2].for_sec
+        if target.follow_up is not None and found is not None and policy.enabled:
+            end = target.follow_up.since + found[2].for_sec
             if self.now < end:
                 candidates.append(min(self.now + found[2].every_sec, end))
         return min(candidates) if candidates else None
-
-    def _limit_expiries(self) -> List[float]:
-        """When rate limits that currently hold back a rung run out (to retry right then)."""
-        expiries: List[float] = []
-        node_times = _recent(self.node.actions_at, self.now)
-        for index, spec in enumerate(self.policy.ladder):
-            times = _recent(self.target.rung_taken_at.get(index, ()), self.now)
-            limits = spec.limits
-            if times and self.now - times[-1] < limits.cooldown_sec:
-                expiries.append(times[-1] + limits.cooldown_sec)
-            if 0 < limits.max_per_hour <= len(times):
-                expiries.append(times[len(times) - limits.max_per_hour] + HOUR_SEC)
-            node_max = self.config.node_actions_max_per_hour
-            if spec.kind in NODE_WIDE_KINDS and 0 < node_max <= len(node_times):
-                expiries.append(node_times[len(node_times) - node_max] + HOUR_SEC)
-        return [t for t in expiries if t > self.now]
 
     def decision(self) -> Decision:
         return Decision(
@@ -418,11 +445,6 @@ def follow_up_rung(policy: Policy) -> Optional[Tuple[int, ReclaimAction, Reclaim
         if isinstance(spec, ReclaimAction) and spec.follow_up is not None:
             return index, spec, spec.follow_up
     return None
-
-
-def _recent(times: Tuple[float, ...], now: float) -> Tuple[float, ...]:
-    """The times within the sliding hour before ``now``, oldest first."""
-    return tuple(t for t in times if t > now - HOUR_SEC)
 
 
 def decide(policy: Policy, view: TargetView, obs: Observation, now: float, config: CoreConfig) -> Decision:

@@ -30,6 +30,14 @@ class Measurement:
     event_stall_us: Optional[int] = None
     event_span_sec: Optional[float] = None
 
+    @property
+    def pressure_rate(self) -> Optional[float]:
+        """The stall rate this look shows: for a fired event the stall the kernel counted for it over
+        its span (the interval since the last look can be milliseconds), else over the interval."""
+        if self.fired and self.event_stall_us is not None and self.event_span_sec:
+            return self.event_stall_us / (self.event_span_sec * 1e6)
+        return self.stall_rate
+
 
 def measure(trigger: TriggerSpec, target: TargetState, obs: Observation, now: float) -> Measurement:
     """Step 1 of the module docstring."""

@@ -35,7 +35,7 @@ def phase_of(target: TargetState, owns_vfs: bool) -> Phase:
         return Phase.VERIFYING
     if target.pressured_since is not None:
         return Phase.PRESSURED
-    if target.follow_up_since is not None:
+    if target.follow_up is not None:
         return Phase.FOLLOWING_UP
     if target.calm_since is not None and (target.memory_high is not None or owns_vfs):
         return Phase.CALM
@@ -51,7 +51,11 @@ TRANSITIONS: Mapping[Tuple[Phase, Phase], str] = {
     (_P.PRESSURED, _P.VERIFYING): "the episode lasted sustained_sec (or a limit ran out): a rung is taken",
     (_P.PRESSURED, _P.IDLE): "calm: the episode closes, and the target owns nothing",
     (_P.PRESSURED, _P.CALM): "calm: the episode closes; what the target owns waits for calm_sec",
-    (_P.VERIFYING, _P.VERIFYING): "before the verify time; or pressure at it and the next rung is taken",
+    (_P.PRESSURED, _P.FOLLOWING_UP): "calm: the episode closes inside a reclaim follow-up period",
+    (_P.VERIFYING, _P.VERIFYING): (
+        "before the verify time; or pressure at it and the next rung is taken, or the same reclaim "
+        "again (it helped in part)"
+    ),
     (_P.VERIFYING, _P.PRESSURED): "pressure at the verify time and no rung above can be taken (exhausted)",
     (_P.VERIFYING, _P.IDLE): "calm at the verify time: the rung helped, nothing is owned",
     (_P.VERIFYING, _P.CALM): "calm at the verify time: the rung helped; what is owned waits for calm_sec",

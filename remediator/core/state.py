@@ -79,6 +79,26 @@ class PendingRung:
     taken_at: float
     stall_rate: float  # share of wall time stalled when the rung was taken
     follow_up: bool = False  # a reclaim follow-up (taken on a calm look), not an answer to pressure
+    # The trigger kind's cumulative stall when the rung was taken: the verdict measures the stall
+    # rate over the whole time since, not over the last (possibly milliseconds-long) interval.
+    stall_total_us: Optional[int] = None
+    # The stall rate of the pressure this rung answers before any reclaim of its chain (a repeat
+    # and a follow-up carry it on): what "the rung helped in part" is measured against.
+    unrelieved_rate: Optional[float] = None
+    # What the rung asked for in its knob's unit (reclaim: bytes), and the snapshot it was planned
+    # on: its knob judges the verdict from what changed since (``KnobPlugin.repeat_reason``).
+    amount: Optional[int] = None
+    taken_snapshot: Optional[Union[CgroupSnapshot, NodeSnapshot]] = None
+
+
+@dataclass(frozen=True)
+class FollowUpPeriod:
+    """A reclaim relieved a pressure at ``since``: reclaim again as the cache refills, until
+    ``since`` + follow_up.for_sec (``remediator.core.decide`` step 10)."""
+
+    since: float
+    # The relieved pressure's stall rate before any reclaim (``PendingRung.unrelieved_rate``).
+    unrelieved_rate: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -141,8 +161,8 @@ class TargetState:
     proposed_memory_high: Optional[ProposedWrite] = None
     # Set when our memory.high caused throttling: not used again until a full calm period.
     memory_high_barred: bool = False
-    # When a reclaim with follow_up relieved a pressure: its follow-up period runs from here.
-    follow_up_since: Optional[float] = None
+    # A reclaim with follow_up relieved a pressure: its follow-up period.
+    follow_up: Optional[FollowUpPeriod] = None
     # For records emitted without a fresh read (on exit).
     last_snapshot: Optional[Union[CgroupSnapshot, NodeSnapshot]] = None
 

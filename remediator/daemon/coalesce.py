@@ -43,16 +43,27 @@ COALESCED_TYPES = frozenset(
     }
 )
 
-_Key = Tuple[RecordType, str, Optional[str], str, str, str, str]
+_Key = Tuple[RecordType, str, Optional[str], str, str, str, str, str]
 
 
 def _key(record: Record) -> _Key:
-    # The decision's own words: its reason, and whether it is a follow-up (a proactive reclaim
-    # is another decision than the answer to pressure that preceded it).
+    # The decision's own words: its reason, and whether it is a follow-up or a repeat of a reclaim
+    # that helped in part (a proactive reclaim, or one taken again at its verdict, is another
+    # decision than the answer to pressure that preceded it).
     reason = record.extra.get("REASON_KEY", record.extra.get("REASON", ""))
     action = "" if record.action is None else record.action.value
     follow_up = record.extra.get("FOLLOW_UP", "")
-    return (record.type, record.policy, record.cgroup, action, str(record.result), reason, follow_up)
+    helped_in_part = record.extra.get("HELPED_IN_PART", "")
+    return (
+        record.type,
+        record.policy,
+        record.cgroup,
+        action,
+        str(record.result),
+        reason,
+        follow_up,
+        helped_in_part,
+    )
 
 
 @dataclass

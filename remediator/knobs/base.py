@@ -9,9 +9,11 @@ executor hands it a writer, so a knob module imports no daemon, kernel or comman
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import (
+    Any,
     Callable,
     Collection,
     Dict,
@@ -23,9 +25,10 @@ from typing import (
     Tuple,
     TypeVar,
     Union,
+    cast,
 )
 
-from remediator.core.state import ChangedValue, NodeState, TargetKey, TargetState
+from remediator.core.state import ChangedValue, NodeState, PendingRung, TargetKey, TargetState
 from remediator.core.wording import describe_target, target_record
 from remediator.diagnosis.composition import MemoryComposition
 from remediator.policy.compiled import Policy
@@ -47,6 +50,9 @@ def plain_value(value: Optional[int]) -> str:
     return "max" if value is None else str(value)
 
 
+ActionT = TypeVar("ActionT", bound="Action")
+
+
 class Action:
     """What the decision core asks the executor to do (every knob's actions derive from it).
 
@@ -59,6 +65,10 @@ class Action:
 
     __slots__ = ()
     cause: Record
+
+    def with_cause(self: ActionT, cause: Record) -> ActionT:
+        """The same request with another cause record (every concrete action is a frozen dataclass)."""
+        return cast(ActionT, dataclasses.replace(cast(Any, self), cause=cause))
 
 
 @dataclass(frozen=True)
@@ -243,6 +253,22 @@ class OwnedKnob:
     refuse_zero: bool = False  # an original of 0 is someone's deliberate choice: never ours to change
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A rung's verdict with pressure still there (``remediator.core.decide`` step 5)."""
+
+    rung: PendingRung
+    snapshot: Union[CgroupSnapshot, NodeSnapshot]  # the look the verdict is made at
+    now: float
+    # The stall rate over the whole time since the rung was taken (None: not measurable).
+    rate_since: Optional[float]
+    trigger_kind: str
+
+    @property
+    def elapsed_sec(self) -> float:
+        return self.now - self.rung.taken_at
+
+
 class KnobPlugin(ABC):
     """One knob's whole life. Register an instance in ``remediator.knobs`` (the one registry).
 
@@ -267,6 +293,17 @@ class KnobPlugin(ABC):
     @abstractmethod
     def plan(self, spec: object, index: int, ctx: RungContext) -> RungOutcome:
         """Whether rung ``index`` (this knob's policy spec) can help now: the action, or the reason not."""
+
+    def amount(self, action: Action) -> Optional[int]:
+        """What ``action`` asks for in this knob's unit, for its verdict (None: nothing to measure)."""
+        return None
+
+    def repeat_reason(self, verdict: Verdict) -> Optional[str]:
+        """Pressure is still there at the verdict of this knob's rung: why taking the same rung again
+        helps more than escalating, from what was measured since it was taken (a sentence for the
+        record); None escalates. Only a one-shot action whose effect the workload undoes (reclaim)
+        has a reason to repeat."""
+        return None
 
     def note(self, target: TargetState, node: NodeState, action: Action, result: str, now: float) -> Holding:
         """What the core remembers once the executor reported ``result`` for one of this knob's actions:

@@ -7,7 +7,7 @@ from typing import List
 
 import pytest
 
-from remediator.core.decide import decide
+from remediator.core.decide import Decision, decide
 from remediator.core.outcomes import forget, on_exit
 from remediator.core.state import CoreConfig, Observation, TargetKey, initial_state
 from remediator.diagnosis.composition import page_align_down
@@ -20,6 +20,7 @@ from remediator.readings import CgroupSnapshot, MemoryEvents, MemoryStat, Pressu
 from remediator.records import RecordType
 from tests.fakefs import SEED_EVENTS, SEED_PRESSURE, SEED_STAT
 from tests.unit.test_core_builders import (
+    CACHE_HEAVY_STAT,
     CGROUP,
     Driver,
     GiB,
@@ -320,6 +321,105 @@ def test_escalates_to_the_next_rung_when_pressure_did_not_fall() -> None:
     assert decision.wakeup_at == 70.0
 
 
+def repeat_driver(reclaim_cooldown_sec: float = 2.0) -> Driver:
+    # A reclaim for a pressure whose stall rate was 50 % (taken at 10, judged at 12).
+    policy = make_policy(
+        reclaim_rung(cooldown_sec=reclaim_cooldown_sec), memory_high_rung(cooldown_sec=2.0), verify_sec=2.0
+    )
+    driver = Driver(policy)
+    driver.observe(0.0)
+    assert [type(a) for a in driver.observe(10.0, share=0.5, fired=True).actions] == [Reclaim]
+    return driver
+
+
+def test_reclaim_that_lowered_the_stall_rate_but_left_pressure_is_repeated_instead_of_escalating() -> None:
+    driver = repeat_driver()
+    decision = driver.observe(12.0, share=0.2)  # still over the 15 % threshold, but 0.2 <= 0.75 x 0.5
+    (action,) = decision.actions
+    assert isinstance(action, Reclaim)
+    assert RecordType.ESCALATED not in types_of(decision.records)
+    assert action.cause.extra["HELPED_IN_PART"] == "1"
+    assert action.cause.message.startswith(
+        "reclaim again (rung 0) with pressure at its verdict: the full stall rate in the 2.0 s since it "
+        "is 20.0 %, down from 50.0 % before the reclaims began"
+    )
+    assert decision.wakeup_at == 14.0  # judged again like any rung
+
+
+def test_repeats_are_judged_against_the_rate_before_the_first_reclaim_and_escalate_when_they_stop() -> None:
+    driver = repeat_driver()
+    driver.observe(12.0, share=0.2)
+    # The repeat was taken at a 20 % rate; 30 % is judged against the 50 % before any reclaim.
+    (again,) = driver.observe(14.0, share=0.3).actions
+    assert isinstance(again, Reclaim) and again.cause.extra["HELPED_IN_PART"] == "1"
+    assert "down from 50.0 % before the reclaims began" in again.cause.message
+    decision = driver.observe(16.0, share=0.45)  # more than 3/4 of 50 %: reclaim no longer helps
+    assert [type(a) for a in decision.actions] == [SetMemoryHigh]
+    assert RecordType.ESCALATED in types_of(decision.records)
+
+
+def test_the_verdict_measures_the_rate_over_all_the_time_since_the_rung_not_the_last_look() -> None:
+    driver = repeat_driver()
+    driver.observe(11.9, share=0.02)  # a calm moment just before the verdict
+    decision = driver.observe(
+        12.0, share=1.0
+    )  # 38 ms + 100 ms in 2 s: 6.9 %; its last 0.1 s alone is pressured
+    (action,) = decision.actions
+    assert isinstance(action, Reclaim) and "is 6.9 %, down from 50.0 %" in action.cause.message
+
+
+def test_a_reclaim_repeat_held_back_by_its_cooldown_is_declined_and_the_ladder_escalates() -> None:
+    driver = repeat_driver(reclaim_cooldown_sec=30.0)
+    decision = driver.observe(12.0, share=0.2)
+    assert [type(a) for a in decision.actions] == [SetMemoryHigh]
+    declined = [r for r in decision.records if r.type is RecordType.ACTION_DECLINED]
+    assert [r.extra["REASON_KEY"] for r in declined] == ["rung0:cooldown"]
+
+
+def churn_verdict(activated_pages: int) -> Decision:
+    """A reclaim whose stall rate did not fall (50 % before and since), while the cache it freed was
+    filled again: ``file`` back where it was, the kernel stole 1 GiB meanwhile, ``activated_pages``
+    of the refill were working-set refaults."""
+    driver = repeat_driver()
+    (first,) = driver.history[-1].actions
+    assert isinstance(first, Reclaim) and first.bytes <= GiB
+    stat = dict(CACHE_HEAVY_STAT)
+    stat.update(pgsteal=GiB // 4096, workingset_activate_file=activated_pages)
+    driver.snapshot_overrides["stat"] = stat
+    return driver.observe(12.0, share=0.5)
+
+
+def test_reclaim_whose_room_new_data_filled_is_repeated_as_cache_churn() -> None:
+    (action,) = churn_verdict(activated_pages=1000).actions  # 3.9 MiB of 1 GiB refaulted
+    assert isinstance(action, Reclaim) and action.cause.extra["HELPED_IN_PART"] == "1"
+    assert "the cache refilled 1.0 GiB in the 2.0 s since it" in action.cause.message
+
+
+def test_reclaim_whose_room_was_refaulted_working_set_escalates() -> None:
+    decision = churn_verdict(activated_pages=GiB // 4096 // 2)  # half the refill was hot pages
+    assert [type(a) for a in decision.actions] == [SetMemoryHigh]
+    assert RecordType.ESCALATED in types_of(decision.records)
+
+
+def test_a_follow_up_reclaim_is_judged_against_the_relieved_pressures_rate() -> None:
+    policy = make_policy(
+        reclaim_rung(cooldown_sec=2.0, follow_up=FOLLOW_UP),
+        memory_high_rung(cooldown_sec=2.0),
+        verify_sec=2.0,
+    )
+    driver = Driver(policy)
+    driver.observe(0.0)
+    driver.observe(10.0, share=0.5, fired=True)
+    driver.snapshot_overrides["current"] = 2 * GiB
+    driver.observe(12.0)  # relieved: the period carries the 50 % it relieved
+    driver.snapshot_overrides["current"] = int(3.6 * GiB)
+    assert [type(a) for a in driver.observe(14.0).actions] == [Reclaim]  # a follow-up, on a calm look
+    (action,) = driver.observe(16.0, share=0.2, fired=True).actions
+    assert (
+        isinstance(action, Reclaim) and "down from 50.0 % before the reclaims began" in action.cause.message
+    )
+
+
 def test_rung_that_helped_resets_the_ladder_without_escalating() -> None:
     driver = Driver(make_policy(reclaim_rung(cooldown_sec=60.0), memory_high_rung(), verify_sec=30.0))
     driver.observe(0.0)
@@ -600,10 +700,11 @@ def test_follow_up_period_ends_for_sec_after_the_relieved_pressure_and_follow_up
     driver.snapshot_overrides["current"] = int(3.6 * GiB)
     assert [type(a) for a in driver.observe(14.0).actions] == [Reclaim]
     driver.observe(16.0)  # the follow-up is judged helpful: that starts no new period
-    assert driver.state.target(driver.key).follow_up_since == 12.0
+    period = driver.state.target(driver.key).follow_up
+    assert period is not None and period.since == 12.0
     assert [type(a) for a in driver.observe(71.0).actions] == [Reclaim]
     assert driver.observe(72.0).actions == ()  # 12 + 60: over
-    assert driver.state.target(driver.key).follow_up_since is None
+    assert driver.state.target(driver.key).follow_up is None
     decision = driver.observe(73.0)  # the last follow-up's verify time: then nothing is pending
     assert decision.actions == ()
     assert decision.wakeup_at is None
@@ -621,7 +722,7 @@ def test_follow_up_that_wrote_nothing_ends_the_period_so_dry_run_records_it_once
     driver = follow_up_driver(mode="would")
     driver.snapshot_overrides["current"] = int(3.6 * GiB)
     assert [type(a) for a in driver.observe(14.0).actions] == [Reclaim]
-    assert driver.state.target(driver.key).follow_up_since is None
+    assert driver.state.target(driver.key).follow_up is None
     driver.observe(16.0)
     assert driver.observe(17.0).actions == ()
 
@@ -634,7 +735,7 @@ def test_no_follow_up_without_the_policy_option() -> None:
     assert decision.wakeup_at is None
     driver.snapshot_overrides["current"] = int(3.6 * GiB)
     assert driver.observe(14.0).actions == ()
-    assert driver.state.target(driver.key).follow_up_since is None
+    assert driver.state.target(driver.key).follow_up is None
 
 
 def test_follow_up_reclaim_that_does_not_keep_pressure_off_escalates_at_its_verify_time() -> None:

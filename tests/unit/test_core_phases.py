@@ -118,6 +118,7 @@ def pressure_during_a_follow_up_period() -> Recorder:
     driver.snapshot_overrides["current"] = 2 * GiB
     r.look(8.0)  # it helped: the period starts
     r.look(9.0, 0.5, fired=True)  # pressure in the period: sustaining again
+    r.look(10.0)  # calm before it was sustained: back in the period
     return r
 
 
@@ -157,7 +158,7 @@ SCENARIOS: List[Tuple[Callable[[], Recorder], List[Move]]] = [
     ),
     (
         pressure_during_a_follow_up_period,
-        [(IDLE, IDLE), (IDLE, PRES), (PRES, VERI), (VERI, FOLL), (FOLL, PRES)],
+        [(IDLE, IDLE), (IDLE, PRES), (PRES, VERI), (VERI, FOLL), (FOLL, PRES), (PRES, FOLL)],
     ),
     (
         follow_up_ends_while_a_clamp_waits,

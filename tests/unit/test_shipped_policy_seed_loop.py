@@ -114,7 +114,7 @@ def test_after_a_relieved_pressure_the_refilled_cache_is_reclaimed_before_the_tr
     # At 80 % of memory.max (205 MiB: 3 s of refill) and never at the limit, for the 300 s after the
     # relieved pressure only: then a new pressure has to show the need again.
     assert 95 <= len(follow_ups) <= 100  # one every 3 s
-    assert driver.state.target(driver.key).follow_up_since is None
+    assert driver.state.target(driver.key).follow_up is None
 
 
 def test_shipped_reclaim_is_bounded_per_hour_even_when_the_loop_never_ends() -> None:
