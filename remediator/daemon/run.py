@@ -20,6 +20,7 @@ from remediator.clock import Clock, SystemClock
 from remediator.daemon.executor import Executor
 from remediator.daemon.flight_recorder import FlightRecorder
 from remediator.daemon.journal import JsonLinesWriter, StderrWriter, make_writer
+from remediator.daemon.kernel_files import DryRunFiles, KernelFiles
 from remediator.daemon.metrics_feed import MetricsFeed
 from remediator.daemon.notify import Notifier
 from remediator.daemon.pid_file import PidFileError, pid_file_path, remove_pid_file, write_pid_file
@@ -56,9 +57,10 @@ def build_service(
     roots = KernelRoots(settings.cgroup_root, settings.proc_root)
     writer = make_writer(settings.log_target)
     store = StateStore(settings.state_file)
-    executor = Executor(
-        roots, store, clock, dry_run=settings.dry_run, retry_budget_sec=settings.write_retry_budget_sec
-    )
+    # The one place dry-run is decided (a restart-only setting: a reload keeps this executor): the
+    # executor and the knobs write through these files and never ask which they are.
+    files = DryRunFiles.under(roots) if settings.dry_run else KernelFiles.under(roots)
+    executor = Executor(files, store, clock, retry_budget_sec=settings.write_retry_budget_sec)
     capabilities = probe(roots)
     # Trigger strings go only into the kernel's own files: a copied tree is sampled (issue 12 item 4).
     watcher = Watcher(

@@ -32,6 +32,7 @@ from typing import List, Optional, Sequence, Set, Tuple
 
 from remediator.clock import FakeClock
 from remediator.daemon.executor import Executor
+from remediator.daemon.kernel_files import DryRunFiles
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import Service
 from remediator.daemon.state_store import StateStore
@@ -168,10 +169,9 @@ class _Replay:
             close_fd=self.triggers.close_fd,
         )
         executor = Executor(
-            roots,
+            DryRunFiles.under(roots),  # a replay is always dry-run
             StateStore(self.settings.state_file),
             self.clock,
-            dry_run=True,
             retry_budget_sec=self.settings.write_retry_budget_sec,
             sleep=lambda _seconds: None,
         )

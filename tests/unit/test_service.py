@@ -17,6 +17,7 @@ import pytest
 from remediator.clock import FakeClock
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
+from remediator.daemon.kernel_files import DryRunFiles, KernelFiles
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import Service
 from remediator.daemon.state_store import StateStore
@@ -66,7 +67,11 @@ class Rig:
             environ={},
         )
         roots = self.kernel.roots
-        executor = Executor(roots, StateStore(settings.state_file), self.clock, dry_run=self.dry_run)
+        executor = Executor(
+            (DryRunFiles if self.dry_run else KernelFiles).under(roots),
+            StateStore(settings.state_file),
+            self.clock,
+        )
         watcher = Watcher(roots, self.clock, settings.sampling_interval_sec, arm=self.triggers.arm,
                           poll_factory=self.triggers.poll_factory)  # fmt: skip
         caps = probe(roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None))

@@ -1,0 +1,100 @@
+"""The kernel files the executor reads and writes, behind one interface: the real ones, or dry-run's overlay.
+
+``KernelFiles`` is the executor's only way to the knobs' files: it answers whether a file is there,
+reads it and writes it, through the confined writer (``remediator.daemon.confined_io``: the
+allow-list, the walk without symlinks). ``DryRunFiles`` is the same interface with the writes
+swallowed: nothing is opened for writing, and a read answers what the kernel would hold after the
+writes it swallowed, for as long as the kernel's own value is still the one the write fell on (once
+another writer changes the file, the kernel's value is the answer again, as it would be).
+
+Which of the two the executor is handed is chosen once, where it is built (``remediator.daemon.run``
+for the daemon, ``remediator.replay.engine`` for a replay, always dry-run): the executor and every
+knob write through what they are given and do not ask which one it is. ``swallows_writes`` is there
+for the words of the outcome only (a record's dry-run flag, the core's "would").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from remediator.daemon.confined_io import ConfinedIO, KernelFile
+from remediator.errors import RemediatorError
+from remediator.kernel.roots import KernelRoots
+
+
+class KernelFiles:
+    """The knobs' kernel files as they are: reads and writes reach the kernel (through ``io``)."""
+
+    swallows_writes = False
+
+    def __init__(self, io: ConfinedIO) -> None:
+        self._io = io
+
+    @classmethod
+    def under(cls, roots: KernelRoots) -> KernelFiles:
+        return cls(ConfinedIO(roots))
+
+    @property
+    def roots(self) -> KernelRoots:
+        return self._io.roots
+
+    def exists(self, target: KernelFile) -> bool:
+        return self._io.exists(target)
+
+    def read(self, target: KernelFile) -> str:
+        return self._io.read(target)
+
+    def write(self, target: KernelFile, data: bytes) -> None:
+        self._io.write(target, data)
+
+    def beneath(self, target: KernelFile) -> Optional[str]:
+        """The kernel's own value under a write this interface swallowed (None: none swallowed)."""
+        return None
+
+    def cgroup_exists(self, cgroup: str) -> bool:
+        return self._io.cgroup_exists(cgroup)
+
+    def cgroup_id(self, cgroup: str) -> int:
+        return self._io.cgroup_id(cgroup)
+
+
+@dataclass(frozen=True)
+class _Swallowed:
+    beneath: Optional[str]  # the kernel's value when the write was swallowed (None: unreadable)
+    written: str
+
+
+class DryRunFiles(KernelFiles):
+    """Dry-run's overlay: never writes; reads answer what the kernel would hold after the swallowed writes."""
+
+    swallows_writes = True
+
+    def __init__(self, io: ConfinedIO) -> None:
+        super().__init__(io)
+        self._swallowed: Dict[KernelFile, _Swallowed] = {}
+
+    def read(self, target: KernelFile) -> str:
+        kernel = self._io.read(target)
+        swallowed = self._swallowed.get(target)
+        if swallowed is None:
+            return kernel
+        if swallowed.beneath is None or kernel != swallowed.beneath:
+            # A file that cannot be read back holds nothing of ours; a changed one is another writer's.
+            del self._swallowed[target]
+            return kernel
+        return swallowed.written
+
+    def write(self, target: KernelFile, data: bytes) -> None:
+        try:
+            beneath: Optional[str] = self._io.read(target)
+        except RemediatorError:
+            beneath = None  # a write-only file (memory.reclaim): nothing to read back
+        self._swallowed[target] = _Swallowed(beneath, data.decode("ascii"))
+
+    def beneath(self, target: KernelFile) -> Optional[str]:
+        swallowed = self._swallowed.get(target)
+        return swallowed.beneath if swallowed is not None else None
+
+
+__all__ = ["DryRunFiles", "KernelFiles"]
