@@ -12,11 +12,12 @@ world again and acts, or says why it did not. Its rules:
 - **Restore only our own values.** A value is put back only if it is still
   the one we wrote; otherwise someone else owns it now.
 - **Dry-run is decided once, by whoever builds the executor.** It is handed
-  the kernel files (``remediator.daemon.kernel_files``): the real ones, or
-  dry-run's overlay, which opens nothing for writing and answers reads as the
-  kernel would after the writes it swallowed. The executor and the knobs go
-  the same way in both; in dry-run the state store is not touched (a private
-  in-memory ledger keeps the originals), so a sequence of actions produces the
+  the kernel files (``remediator.daemon.kernel_files``) and the state store:
+  the real ones, or dry-run's overlay, which opens nothing for writing and
+  answers reads as the kernel would after the writes it swallowed, and a
+  read-only store, which loads what a previous run left and keeps this run's
+  originals in memory. The executor and the knobs go the same way in both,
+  so a sequence of actions produces the
   same records as in enforcing mode, with ``dry_run=True`` (a reader sees
   result "would" and the message prefixed with "would ":
   ``remediator.records.presented``). The decision core therefore words
@@ -87,12 +88,11 @@ class Executor(ExecutorBase):
         Loads the state store (a bad file is quarantined, never trusted), then
         restores each recorded original under the usual rule (only if the
         kernel still holds our value), skipping cgroups that are gone. The store
-        is empty afterwards. In dry-run, reports what it would restore and
-        changes nothing, not even the store.
+        is empty afterwards. In dry-run (the overlay, a read-only store) it
+        reports what it would restore and changes nothing, not even the file.
         """
-        store = self._ledgers.real
-        records: List[Record] = list(store.load(quarantine=not self._dry_run))
-        for entry in store.entries():
+        records: List[Record] = list(self._ledger.load())
+        for entry in self._ledger.entries():
             records.extend(self._recover_entry(entry))
         return tuple(records)
 
@@ -219,13 +219,12 @@ class Executor(ExecutorBase):
             self._ledger.abandon_write(kind, name)
 
     def _restore_action(self, owned: OwnedKnob, name: str, ctx: ActionContext) -> Outcome:
-        ledger = self._ledger
-        entry = ledger.get(owned.kind, name)
+        entry = self._ledger.get(owned.kind, name)
         if entry is None:
             return self._finish(
                 ctx, "not_restored", detail="no original value recorded: nothing of ours to give back"
             )
-        return self._restored_outcome(ctx, self._restore_entry(entry, ledger))
+        return self._restored_outcome(ctx, self._restore_entry(entry))
 
     def _release(self, action: ReleaseOwnership, ctx: ActionContext) -> Outcome:
         """Forget a recorded original without writing (the core gave the value up)."""
@@ -236,20 +235,17 @@ class Executor(ExecutorBase):
         return self._finish(ctx, "applied")
 
     # ==== restoring ==============================================================
-    def _restore_entry(self, entry: OwnedValue, ledger: Optional[StateStore]) -> Restored:
-        """Put ``entry.original`` back if the kernel (as the files answer) still holds our value.
-
-        ``ledger`` None: forget nothing (dry-run recovery: the real store is not touched).
-        """
+    def _restore_entry(self, entry: OwnedValue) -> Restored:
+        """Put ``entry.original`` back if the kernel (as the files answer) still holds our value."""
         owned = owned_knob(entry.kind, entry.name)
         target = kernel_file(owned.target(entry.name))
         try:
             current = self._retry(lambda: self._read_value(owned, target))
         except CgroupGone:
-            self._forget(ledger, entry)
+            self._forget(entry)
             return Restored("gone", "", "", "the cgroup is gone")
         if owned.per_cgroup and not self._same_cgroup(entry):
-            self._forget(ledger, entry)
+            self._forget(entry)
             return Restored(
                 "gone",
                 "",
@@ -259,10 +255,10 @@ class Executor(ExecutorBase):
         before = limit_text(current)
         original = limit_text(entry.original)
         if current == entry.original:
-            unforgotten = self._forget(ledger, entry)
+            unforgotten = self._forget(entry)
             return Restored("restored", before, original, "already at its original value", unforgotten)
         if not entry.is_ours(current):
-            unforgotten = self._forget(ledger, entry)
+            unforgotten = self._forget(entry)
             return Restored(
                 "not_restored",
                 before,
@@ -276,15 +272,13 @@ class Executor(ExecutorBase):
         try:
             self._retry(lambda: self._files.write(target, data))
         except CgroupGone:
-            self._forget(ledger, entry)
+            self._forget(entry)
             return Restored("gone", before, "", "the cgroup is gone")
-        return Restored("restored", before, original, "", self._forget(ledger, entry))
+        return Restored("restored", before, original, "", self._forget(entry))
 
-    def _forget(self, ledger: Optional[StateStore], entry: OwnedValue) -> Optional[StateUnwritable]:
-        if ledger is None:
-            return None
+    def _forget(self, entry: OwnedValue) -> Optional[StateUnwritable]:
         try:
-            ledger.drop(entry.kind, entry.name)
+            self._ledger.drop(entry.kind, entry.name)
         except StateUnwritable as exc:
             return exc
         return None
@@ -312,8 +306,6 @@ class Executor(ExecutorBase):
         return Outcome(outcome.result, (*outcome.records, trouble))
 
     def _recover_entry(self, entry: OwnedValue) -> Tuple[Record, ...]:
-        store = self._ledgers.real
-        ledger = None if self._dry_run else store
         owned = owned_knob(entry.kind, entry.name)
         ctx = ActionContext(
             cause=Record(
@@ -328,16 +320,16 @@ class Executor(ExecutorBase):
             cgroup=entry.name if owned.per_cgroup else None,
         )
         if owned.per_cgroup and not self._files.cgroup_exists(entry.name):
-            self._forget(ledger, entry)
+            self._forget(entry)
             return self._finish(
                 ctx, "gone", detail="the cgroup no longer exists", priority=PRIORITY_DEBUG
             ).records
         try:
-            restored = self._restore_entry(entry, ledger)
+            restored = self._restore_entry(entry)
         except RemediatorError as exc:
             # The store is emptied anyway: the record carries the original so an
             # operator can put it back by hand.
-            self._forget(ledger, entry)
+            self._forget(entry)
             return self._error_outcome(ctx, exc).records
         return self._restored_outcome(ctx, restored, not_restored_type=RecordType.STATE_RECOVERED).records
 

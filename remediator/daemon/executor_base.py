@@ -2,7 +2,7 @@
 
 ``ExecutorBase`` holds what every action of ``remediator.daemon.executor.Executor``
 shares: the kernel files it was handed (``remediator.daemon.kernel_files``: the
-real ones, or dry-run's overlay), the state store (or dry-run's private one), the
+real ones, or dry-run's overlay), the state store (dry-run's is read-only), the
 clock, reading a value back, retrying transient errors within a time budget
 (tenacity, transient errors only), and completing an action's cause into the
 record of its outcome. Each knob's write is its module's (``remediator.knobs``);
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
@@ -99,14 +99,6 @@ class Restored:
     unforgotten: Optional[StateUnwritable] = None
 
 
-@dataclass
-class Ledgers:
-    """Where ownership is tracked: the real store, or the dry-run "as if" one."""
-
-    real: StateStore
-    simulated: StateStore = field(default_factory=StateStore.in_memory)
-
-
 class ExecutorBase:
     def __init__(
         self,
@@ -117,11 +109,12 @@ class ExecutorBase:
         *,
         sleep: Optional[Callable[[float], None]] = None,
     ) -> None:
-        # Real or dry-run's overlay: chosen once by whoever builds the executor, never asked here.
+        # Real, or dry-run's overlay and read-only store: chosen once by whoever builds the
+        # executor, never asked here.
         self._files = files
-        self._ledgers = Ledgers(real=store)
+        self._ledger = store
         self._clock = clock
-        # Only the words of outcomes and where ownership is kept follow the mode: what the files do not.
+        # Only the words of outcomes follow the mode (a record's dry-run flag, the core's "would").
         self._dry_run = files.swallows_writes
         self._retry_budget_sec = retry_budget_sec
         # Injected so tests drive retries with a FakeClock instead of sleeping.
@@ -130,11 +123,6 @@ class ExecutorBase:
     @property
     def dry_run(self) -> bool:
         return self._dry_run
-
-    @property
-    def _ledger(self) -> StateStore:
-        """The store that records ownership for this mode (never the real one in dry-run)."""
-        return self._ledgers.simulated if self._dry_run else self._ledgers.real
 
     # ==== kernel values ===========================================================
     def _read_value(self, owned: OwnedKnob, target: KernelFile) -> Optional[int]:

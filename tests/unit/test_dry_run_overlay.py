@@ -22,6 +22,7 @@ from remediator.daemon.executor import Executor, KnobIO
 from remediator.daemon.journal import CapturingWriter, record_fields
 from remediator.daemon.kernel_files import DryRunFiles, KernelFiles
 from remediator.daemon.notify import Notifier
+from remediator.daemon.run import build_executor
 from remediator.daemon.service import WRITTEN_FIELD, Service
 from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
@@ -154,7 +155,7 @@ def test_a_dry_run_of_each_knob_writes_nothing_and_records_as_enforcing_but_for_
     clock = FakeClock()
     real = Executor(KernelFiles.under(real_kernel.roots), StateStore(tmp_path / "e" / "state.json"), clock)
     io = WritesRefused(dry_kernel)
-    dry = Executor(DryRunFiles(io), StateStore(tmp_path / "d" / "state.json"), clock)
+    dry = Executor(DryRunFiles(io), StateStore.read_only(tmp_path / "d" / "state.json"), clock)
     real_before, dry_before = real_kernel.snapshot_files(), dry_kernel.snapshot_files()
 
     for action in _actions(knob):
@@ -208,8 +209,8 @@ def _names(path: Path) -> Iterator[str]:
 
 def test_the_overlay_is_chosen_only_where_the_executor_is_built() -> None:
     naming = {str(path.relative_to(PACKAGE)) for path in _modules(PACKAGE) if "DryRunFiles" in _names(path)}
-    # kernel_files.py defines it (a class statement, not a use): the daemon's wiring and the replay's use it.
-    assert naming == {"daemon/run.py", "replay/engine.py"}
+    # kernel_files.py defines it (a class statement, not a use); the replay builds its executor with run's.
+    assert naming == {"daemon/run.py"}
 
 
 # ---------------------------------------------------------------- the daemon's records
@@ -248,7 +249,7 @@ def test_a_dry_run_reclaim_record_carries_no_figures_of_work_not_done(tmp_path: 
         clock=clock,
         writer=writer,
         notifier=Notifier(environ={}),
-        executor=Executor(DryRunFiles.under(kernel.roots), StateStore(settings.state_file), clock),
+        executor=build_executor(settings, clock),
         watcher=Watcher(kernel.roots, clock, 2.0, arm=triggers.arm, poll_factory=triggers.poll_factory),
         capabilities=probe(kernel.roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None)),
     )

@@ -109,10 +109,11 @@ def make_rig(
     kernel = FakeKernel(base / "kernel")
     kernel.add_seed(APP)
     kernel.add_cgroup(OTHER, current=GiB, high=None)
-    store = StateStore(state_path or base / "state" / "state.json")
+    path = state_path or base / "state" / "state.json"
+    store = StateStore.read_only(path) if dry_run else StateStore(path)
     clock = FakeClock()
     io = ScriptedIO(kernel.roots, before_write)
-    files = DryRunFiles(io) if dry_run else KernelFiles(io)
+    files = DryRunFiles(io) if dry_run else KernelFiles(io)  # as run.build_executor chooses
     executor = Executor(files, store, clock, sleep=clock.advance)
     return Rig(kernel, store, clock, executor, io)
 
