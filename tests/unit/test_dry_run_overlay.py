@@ -277,3 +277,18 @@ def test_a_dry_run_reclaim_record_carries_no_figures_of_work_not_done(tmp_path: 
     assert "REMEDIATOR_RECLAIM_ASKED_BYTES" in fields  # the plan: the same in both modes
     for work in ("RECLAIM_COMPLETED_BYTES", "RECLAIM_REQUESTED_BYTES", WRITTEN_FIELD):
         assert "REMEDIATOR_" + work not in fields
+
+
+def test_the_daemon_reads_its_mode_from_the_settings_only_where_it_builds_the_executor() -> None:
+    # Beside the one choice, the setting is only shown (the metrics gauge, `remediator check`): the
+    # service, the executor and the knobs take the mode of the executor they were handed.
+    reading = {
+        str(path.relative_to(PACKAGE))
+        for path in _modules(PACKAGE)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "dry_run"
+        and isinstance(node.value, (ast.Name, ast.Attribute))
+        and (getattr(node.value, "id", None) or getattr(node.value, "attr", "")) == "settings"
+    }
+    assert reading == {"daemon/run.py", "daemon/metrics_feed.py", "commands/check.py"}
