@@ -17,10 +17,9 @@ world again and acts, or says why it did not. Its rules:
   answers reads as the kernel would after the writes it swallowed, and a
   read-only store, which loads what a previous run left and keeps this run's
   originals in memory. The executor and the knobs go the same way in both,
-  so a sequence of actions produces the
-  same records as in enforcing mode, with ``dry_run=True`` (a reader sees
-  result "would" and the message prefixed with "would ":
-  ``remediator.records.presented``). The decision core therefore words
+  so a sequence of actions produces the same records as in enforcing mode,
+  with ``dry_run=True`` (a reader sees result "would" and the message
+  prefixed with "would ": ``remediator.records.presented``). The decision core therefore words
   every ``cause.message`` as a lower-case verb phrase ("reclaim 512.0 MiB of
   page cache from ...", "set memory.high of ... to ...").
 - **Errors end here.** Every kernel error becomes an outcome and a record
@@ -48,7 +47,7 @@ from remediator.daemon.executor_base import (
     parse_uint_of,
 )
 from remediator.daemon.state_schema import OwnedValue
-from remediator.daemon.state_store import StateStore, StateUnwritable
+from remediator.daemon.state_store import StateUnwritable
 from remediator.errors import (
     CgroupGone,
     RemediatorError,
@@ -99,7 +98,7 @@ class Executor(ExecutorBase):
     def forget_gone_cgroups(self) -> Tuple[Record, ...]:
         """Drop the originals of cgroups that are gone (the service asks at every rescan), so a
         removed cgroup's entry leaves the state file within one rescan, whatever the churn."""
-        return self._drop_gone_cgroups(self._ledger)
+        return self._drop_gone_cgroups()
 
     # ==== actions ===============================================================
     def _set_owned(
@@ -121,7 +120,7 @@ class Executor(ExecutorBase):
             cgroup_id = self._retry(lambda: self._files.cgroup_id(name))
             existing = ledger.get(kind, name)
             if existing is None or existing.cgroup_id not in (None, cgroup_id):
-                records.extend(self._drop_gone_cgroups(ledger))
+                records.extend(self._drop_gone_cgroups())
         current = self._retry(lambda: self._read_value(owned, target))
         beneath = self._files.beneath(target) if check_expected and current != expected else None
         if beneath is not None and self._parse_value(owned, beneath, target) == expected:
@@ -179,10 +178,11 @@ class Executor(ExecutorBase):
         outcome = self._finish(ctx, "applied", before=limit_text(current), after=limit_text(value))
         return Outcome(outcome.result, outcome.records + tuple(records))
 
-    def _drop_gone_cgroups(self, ledger: StateStore) -> Tuple[Record, ...]:
+    def _drop_gone_cgroups(self) -> Tuple[Record, ...]:
         """Forget the originals of cgroups that are gone (or were created again) before a new one
         is recorded: the file then holds live clamps only, whatever the churn of pods around it."""
         records: List[Record] = []
+        ledger = self._ledger
         for entry in ledger.entries():
             owned = owned_of(entry.kind, entry.name)
             if owned is None or not owned.per_cgroup or self._same_cgroup(entry):
