@@ -86,6 +86,8 @@ class DryRunFiles(KernelFiles):
         return swallowed.written
 
     def write(self, target: KernelFile, data: bytes) -> None:
+        # Refused as the real write would be (allow-list, confined walk, the file there), opening nothing.
+        self._io.check_writable(target)
         try:
             beneath: Optional[str] = self._io.read(target)
         except RemediatorError:

@@ -9,15 +9,24 @@ only in their dry-run flag and, as a reader sees them, in the figures of work th
 from __future__ import annotations
 
 import ast
+import errno
+import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import pytest
 
 import remediator
 from remediator.clock import FakeClock
-from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile, ProcFile
+from remediator.daemon.confined_io import (
+    CgroupFile,
+    ConfinedIO,
+    KernelFile,
+    PathNotConfined,
+    ProcFile,
+    WriteNotAllowed,
+)
 from remediator.daemon.executor import Executor, KnobIO
 from remediator.daemon.journal import CapturingWriter, record_fields
 from remediator.daemon.kernel_files import DryRunFiles, KernelFiles
@@ -26,6 +35,7 @@ from remediator.daemon.run import build_executor
 from remediator.daemon.service import WRITTEN_FIELD, Service
 from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
+from remediator.errors import KernelError, KernelFileMissing, kernel_error_from_oserror
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
 from remediator.knobs.base import Action, KnobWriter
@@ -45,15 +55,22 @@ PACKAGE = Path(remediator.__file__).parent
 
 
 class WritesRefused(ConfinedIO):
-    """The confined writer with every write an error: whatever reaches it fails the test."""
+    """The confined writer with every write an error: whatever reaches it fails the test. The files
+    named in ``write_only`` cannot be read, as the kernel's memory.reclaim cannot."""
 
-    def __init__(self, kernel: FakeKernel) -> None:
+    def __init__(self, kernel: FakeKernel, write_only: Tuple[str, ...] = ()) -> None:
         super().__init__(kernel.roots)
         self.attempted: List[str] = []
+        self.write_only = write_only
 
     def write(self, target: KernelFile, data: bytes) -> None:
         self.attempted.append(target.describe())
         raise AssertionError(f"dry-run opened {target.describe()} for writing")
+
+    def read(self, target: KernelFile) -> str:
+        if target.describe().endswith(self.write_only):
+            raise kernel_error_from_oserror(OSError(errno.EACCES, "no read handler"), Path(target.describe()))
+        return super().read(target)
 
 
 def kernel_at(base: Path) -> FakeKernel:
@@ -104,16 +121,43 @@ def test_the_real_files_write_to_the_kernel_and_swallow_nothing(tmp_path: Path) 
 
 def test_the_overlay_swallows_a_write_to_a_file_it_cannot_read_back(tmp_path: Path) -> None:
     kernel = kernel_at(tmp_path)
-    io = WritesRefused(kernel)
+    io = WritesRefused(kernel, write_only=("memory.reclaim",))
     files = DryRunFiles(io)
-    drop = ProcFile("sys/vm/drop_caches")
-    (kernel.proc_root / "sys" / "vm" / "drop_caches").unlink()  # unreadable here: nothing to read back
+    reclaim = CgroupFile(APP, "memory.reclaim")
     before = kernel.snapshot_files()
-    files.write(drop, b"1")
-    files.write(CgroupFile(APP, "memory.reclaim"), str(64 * MiB).encode())
-    assert files.beneath(drop) is None
+    files.write(reclaim, str(64 * MiB).encode())
+    assert files.beneath(reclaim) is None
+    with pytest.raises(KernelError):
+        files.read(reclaim)  # a write-only file holds nothing to answer, swallowed or not
     assert io.attempted == []
     assert kernel.snapshot_files() == before
+
+
+def test_the_overlay_refuses_a_write_as_the_real_one_would_and_opens_nothing(tmp_path: Path) -> None:
+    kernel = kernel_at(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "memory.high").write_text("max\n")
+    high = kernel.cgroup_root / APP / "memory.high"
+    high.unlink()
+    os.symlink(outside / "memory.high", high)
+    io = WritesRefused(kernel)
+    files = DryRunFiles(io)
+
+    with pytest.raises(WriteNotAllowed):
+        files.write(CgroupFile(APP, "memory.max"), b"1")  # not a file remediator writes
+    with pytest.raises(PathNotConfined):
+        files.write(HIGH, b"1")  # a planted symlink
+    reclaim = kernel.cgroup_root / APP / "memory.reclaim"
+    reclaim.unlink()
+    os.link(outside / "memory.high", reclaim)
+    with pytest.raises(PathNotConfined, match="hard links"):
+        files.write(CgroupFile(APP, "memory.reclaim"), b"1")  # a planted hard link
+    (kernel.proc_root / "sys" / "vm" / "drop_caches").unlink()
+    with pytest.raises(KernelFileMissing):
+        files.write(ProcFile("sys/vm/drop_caches"), b"1")
+    assert io.attempted == []
+    assert (outside / "memory.high").read_text() == "max\n"
 
 
 # ---------------------------------------------------------------- each knob, both modes
@@ -292,3 +336,18 @@ def test_the_daemon_reads_its_mode_from_the_settings_only_where_it_builds_the_ex
         and (getattr(node.value, "id", None) or getattr(node.value, "attr", "")) == "settings"
     }
     assert reading == {"daemon/run.py", "daemon/metrics_feed.py", "commands/check.py"}
+
+
+def test_a_dry_run_write_the_kernel_would_refuse_is_recorded_as_enforcing_records_it(tmp_path: Path) -> None:
+    # drop_caches is write-only and never read first: before the overlay, dry-run said "would" here.
+    kernel = kernel_at(tmp_path)
+    (kernel.proc_root / "sys" / "vm" / "drop_caches").unlink()
+    outcomes = [
+        Executor(files_of(kernel.roots), StateStore.read_only(None), FakeClock()).execute(
+            _actions(Knob.DROP_CACHES)[0]
+        )
+        for files_of in (KernelFiles.under, DryRunFiles.under)
+    ]
+    enforced, simulated = outcomes
+    assert enforced.result == simulated.result == "declined"
+    assert [replace(r, dry_run=False) for r in simulated.records] == list(enforced.records)
