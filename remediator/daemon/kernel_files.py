@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional
 
-from remediator.daemon.confined_io import ConfinedIO, KernelFile
+from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.errors import RemediatorError
 from remediator.kernel.roots import KernelRoots
 
@@ -59,14 +59,25 @@ class KernelFiles:
         return self._io.cgroup_id(cgroup)
 
 
+# Past this many remembered writes, those of cgroups that are gone are forgotten at the next write.
+PRUNE_ABOVE = 1024
+
+
 @dataclass(frozen=True)
 class _Swallowed:
-    beneath: Optional[str]  # the kernel's value when the write was swallowed (None: unreadable)
+    beneath: str  # the kernel's own value when the write was swallowed
     written: str
+    cgroup_id: Optional[int]  # the cgroup's id then (None: a node-wide file)
 
 
 class DryRunFiles(KernelFiles):
-    """Dry-run's overlay: never writes; reads answer what the kernel would hold after the swallowed writes."""
+    """Dry-run's overlay: never writes; reads answer what the kernel would hold after the swallowed writes.
+
+    A swallowed write is answered while the kernel's own value is still the one it fell on, in the same
+    cgroup (not one created again under its name); then the kernel's value is the answer again, as it
+    would be after another writer's write. A write-only file (memory.reclaim) has nothing to answer,
+    and a write that puts the kernel's own value back leaves nothing to remember.
+    """
 
     swallows_writes = True
 
@@ -75,28 +86,53 @@ class DryRunFiles(KernelFiles):
         self._swallowed: Dict[KernelFile, _Swallowed] = {}
 
     def read(self, target: KernelFile) -> str:
-        kernel = self._io.read(target)
-        swallowed = self._swallowed.get(target)
-        if swallowed is None:
-            return kernel
-        if swallowed.beneath is None or kernel != swallowed.beneath:
-            # A file that cannot be read back holds nothing of ours; a changed one is another writer's.
-            del self._swallowed[target]
-            return kernel
+        try:
+            kernel = self._io.read(target)
+            swallowed = self._swallowed.get(target)
+            if swallowed is None:
+                return kernel
+            if kernel != swallowed.beneath or self._cgroup_id_of(target) != swallowed.cgroup_id:
+                del self._swallowed[target]  # another writer's value, or another cgroup
+                return kernel
+        except RemediatorError:
+            self._swallowed.pop(target, None)
+            raise
         return swallowed.written
 
     def write(self, target: KernelFile, data: bytes) -> None:
         # Refused as the real write would be (allow-list, confined walk, the file there), opening nothing.
         self._io.check_writable(target)
+        written = data.decode("ascii")
         try:
-            beneath: Optional[str] = self._io.read(target)
+            beneath = self._io.read(target)
+            cgroup_id = self._cgroup_id_of(target)
         except RemediatorError:
-            beneath = None  # a write-only file (memory.reclaim): nothing to read back
-        self._swallowed[target] = _Swallowed(beneath, data.decode("ascii"))
+            self._swallowed.pop(target, None)  # a write-only file: nothing the kernel would answer
+            return
+        if written.strip() == beneath.strip():
+            self._swallowed.pop(target, None)  # the kernel's own value, put back
+            return
+        if len(self._swallowed) > PRUNE_ABOVE:
+            self._forget_gone_cgroups()
+        self._swallowed[target] = _Swallowed(beneath, written, cgroup_id)
 
     def beneath(self, target: KernelFile) -> Optional[str]:
         swallowed = self._swallowed.get(target)
         return swallowed.beneath if swallowed is not None else None
+
+    @property
+    def remembered(self) -> int:
+        """How many swallowed writes are remembered (bounded: see ``PRUNE_ABOVE``)."""
+        return len(self._swallowed)
+
+    def _cgroup_id_of(self, target: KernelFile) -> Optional[int]:
+        return self._io.cgroup_id(target.cgroup) if isinstance(target, CgroupFile) else None
+
+    def _forget_gone_cgroups(self) -> None:
+        gone = {t.cgroup for t in self._swallowed if isinstance(t, CgroupFile)}
+        gone = {cgroup for cgroup in gone if not self._io.cgroup_exists(cgroup)}
+        for target in [t for t in self._swallowed if isinstance(t, CgroupFile) and t.cgroup in gone]:
+            del self._swallowed[target]
 
 
 __all__ = ["DryRunFiles", "KernelFiles"]

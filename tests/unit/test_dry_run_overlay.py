@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import errno
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -19,6 +20,7 @@ import pytest
 
 import remediator
 from remediator.clock import FakeClock
+from remediator.daemon import kernel_files
 from remediator.daemon.confined_io import (
     CgroupFile,
     ConfinedIO,
@@ -158,6 +160,46 @@ def test_the_overlay_refuses_a_write_as_the_real_one_would_and_opens_nothing(tmp
         files.write(ProcFile("sys/vm/drop_caches"), b"1")
     assert io.attempted == []
     assert (outside / "memory.high").read_text() == "max\n"
+
+
+def test_the_overlay_answers_a_cgroup_created_again_under_the_name_with_its_own_value(tmp_path: Path) -> None:
+    kernel = kernel_at(tmp_path)
+    files = DryRunFiles(WritesRefused(kernel))
+    original = kernel.read_file(APP, "memory.high")
+    files.write(HIGH, str(3 * GiB).encode())
+    # The pod went and came back under its name, with the same memory.high as the first had.
+    kernel.add_cgroup("replacement.scope", current=GiB, high=None)
+    shutil.rmtree(kernel.cgroup_root / APP)
+    os.rename(kernel.cgroup_root / "replacement.scope", kernel.cgroup_root / APP)
+    kernel.set_file(APP, "memory.high", original)
+    assert files.read(HIGH) == original
+    assert files.remembered == 0
+
+
+def test_the_overlay_remembers_only_what_the_kernel_would_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = kernel_at(tmp_path)
+    files = DryRunFiles(WritesRefused(kernel, write_only=("memory.reclaim",)))
+    original = kernel.read_file(APP, "memory.high")
+    files.write(CgroupFile(APP, "memory.reclaim"), str(64 * MiB).encode())
+    assert files.remembered == 0  # a write-only file has nothing to answer
+    files.write(HIGH, str(3 * GiB).encode())
+    files.write(HIGH, original.strip().encode())  # a restore puts the kernel's own value back
+    assert files.remembered == 0
+    # Past the bound, the writes of cgroups that are gone are forgotten.
+    monkeypatch.setattr(kernel_files, "PRUNE_ABOVE", 1)
+    gone = ["system.slice/a.service", "system.slice/b.service"]
+    for cgroup in gone:
+        kernel.add_cgroup(cgroup, current=GiB, high=None)
+        files.write(CgroupFile(cgroup, "memory.high"), str(GiB).encode())
+    files.write(HIGH, str(3 * GiB).encode())
+    assert files.remembered == 3
+    for cgroup in gone:
+        shutil.rmtree(kernel.cgroup_root / cgroup)
+    files.write(CgroupFile(APP, "memory.high"), str(2 * GiB).encode())
+    assert files.remembered == 1
+    assert files.read(HIGH) == str(2 * GiB)
 
 
 # ---------------------------------------------------------------- each knob, both modes
