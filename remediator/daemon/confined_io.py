@@ -142,6 +142,23 @@ class ConfinedIO:
         finally:
             os.close(fd)
 
+    def check_writable(self, target: KernelFile) -> None:
+        """Everything ``write`` checks before it opens the file, without opening it: the allow-list,
+        the confined walk, a regular file that is there (dry-run asks, so that a write it only
+        pretends is refused as the real one would be). Raises as ``write`` would."""
+        resolved = self._resolve(target, for_write=True)
+        dir_fd = self._walk(resolved)
+        try:
+            self._check_regular_file(resolved, dir_fd)
+            nlink = os.stat(resolved.filename, dir_fd=dir_fd, follow_symlinks=False).st_nlink
+        except OSError as exc:
+            raise kernel_error_from_oserror(exc, resolved.path, resolved.cgroup_dir) from exc
+        finally:
+            os.close(dir_fd)
+        if nlink > 1:
+            reason = f"{resolved.filename!r} has {nlink} hard links; a write would change another file"
+            raise PathNotConfined(str(resolved.path), reason)
+
     @staticmethod
     def _drop_stale_tail(fd: int, written: int) -> None:
         """Make a plain-file tree (tests, replays of a copied tree) hold the new

@@ -11,11 +11,15 @@ world again and acts, or says why it did not. Its rules:
   recorded the change is refused, because it could not be undone.
 - **Restore only our own values.** A value is put back only if it is still
   the one we wrote; otherwise someone else owns it now.
-- **Dry-run goes all the way down.** In dry-run nothing is opened for writing
-  and the state store is not touched; a private in-memory ledger remembers
-  what *would* have been written, so that a sequence of actions produces the
-  same records as in enforcing mode, with ``dry_run=True``, result "would"
-  and the message prefixed with "would ". The decision core therefore words
+- **Dry-run is decided once, by whoever builds the executor.** It is handed
+  the kernel files (``remediator.daemon.kernel_files``) and the state store:
+  the real ones, or dry-run's overlay, which opens nothing for writing and
+  answers reads as the kernel would after the writes it swallowed, and a
+  read-only store, which loads what a previous run left and keeps this run's
+  originals in memory. The executor and the knobs go the same way in both,
+  so a sequence of actions produces the same records as in enforcing mode,
+  with ``dry_run=True`` (a reader sees result "would" and the message
+  prefixed with "would ": ``remediator.records.presented``). The decision core therefore words
   every ``cause.message`` as a lower-case verb phrase ("reclaim 512.0 MiB of
   page cache from ...", "set memory.high of ... to ...").
 - **Errors end here.** Every kernel error becomes an outcome and a record
@@ -43,7 +47,7 @@ from remediator.daemon.executor_base import (
     parse_uint_of,
 )
 from remediator.daemon.state_schema import OwnedValue
-from remediator.daemon.state_store import StateStore, StateUnwritable
+from remediator.daemon.state_store import StateUnwritable
 from remediator.errors import (
     CgroupGone,
     RemediatorError,
@@ -83,19 +87,18 @@ class Executor(ExecutorBase):
         Loads the state store (a bad file is quarantined, never trusted), then
         restores each recorded original under the usual rule (only if the
         kernel still holds our value), skipping cgroups that are gone. The store
-        is empty afterwards. In dry-run, reports what it would restore and
-        changes nothing, not even the store.
+        is empty afterwards. In dry-run (the overlay, a read-only store) it
+        reports what it would restore and changes nothing, not even the file.
         """
-        store = self._ledgers.real
-        records: List[Record] = list(store.load(quarantine=not self._dry_run))
-        for entry in store.entries():
+        records: List[Record] = list(self._ledger.load())
+        for entry in self._ledger.entries():
             records.extend(self._recover_entry(entry))
         return tuple(records)
 
     def forget_gone_cgroups(self) -> Tuple[Record, ...]:
         """Drop the originals of cgroups that are gone (the service asks at every rescan), so a
         removed cgroup's entry leaves the state file within one rescan, whatever the churn."""
-        return self._drop_gone_cgroups(self._ledger)
+        return self._drop_gone_cgroups()
 
     # ==== actions ===============================================================
     def _set_owned(
@@ -114,17 +117,16 @@ class Executor(ExecutorBase):
         records: List[Record] = []
         cgroup_id: Optional[int] = None
         if owned.per_cgroup:
-            cgroup_id = self._retry(lambda: self._io.cgroup_id(name))
+            cgroup_id = self._retry(lambda: self._files.cgroup_id(name))
             existing = ledger.get(kind, name)
             if existing is None or existing.cgroup_id not in (None, cgroup_id):
-                records.extend(self._drop_gone_cgroups(ledger))
-        actual = self._retry(lambda: self._read_value(owned, target))
-        current = self._as_if(ledger.get(kind, name), actual)
-        if self._dry_run and check_expected and expected == actual:
-            # The core knows nothing was written in dry-run and may judge by the
-            # kernel's real value rather than the simulated one: no other writer
-            # changed it either way.
-            current = actual
+                records.extend(self._drop_gone_cgroups())
+        current = self._retry(lambda: self._read_value(owned, target))
+        beneath = self._files.beneath(target) if check_expected and current != expected else None
+        if beneath is not None and self._parse_value(owned, beneath, target) == expected:
+            # The core reads the kernel's own files: it may expect the value beneath a write the
+            # files swallowed (dry-run) rather than the one they answer. No other writer changed it.
+            current = expected
         if check_expected and current != expected:
             return self._finish(
                 ctx,
@@ -151,39 +153,36 @@ class Executor(ExecutorBase):
                 ),
             )
         # StateUnwritable from here means "refused": nothing has been written yet.
-        if self._dry_run:
-            ledger.record_original(kind, name, current, ctx.cause.policy, self._clock.wall(), cgroup_id)
+        ledger.record_and_begin_write(
+            kind, name, current, ctx.cause.policy, self._clock.wall(), value, cgroup_id
+        )
+        data = limit_text(value).encode("ascii")
+        try:
+            self._retry(lambda: self._files.write(target, data))
+        except CgroupGone:
+            # Nothing left to restore: do not keep an original for a dead cgroup.
+            with contextlib.suppress(StateUnwritable):
+                ledger.drop(kind, name)
+            raise
+        except Exception:
+            self._forget_pending(kind, name)
+            raise
+        try:
             ledger.update_ours(kind, name, value)
-        else:
-            ledger.record_and_begin_write(
-                kind, name, current, ctx.cause.policy, self._clock.wall(), value, cgroup_id
+        except StateUnwritable as exc:
+            # Written, and the announced value on disk still marks it as ours,
+            # so a restore (or a recovery after a crash) will still give it back.
+            records.append(
+                self._store_trouble(ctx, exc, "applied", "the write happened but could not be confirmed")
             )
-            data = limit_text(value).encode("ascii")
-            try:
-                self._retry(lambda: self._io.write(target, data))
-            except CgroupGone:
-                # Nothing left to restore: do not keep an original for a dead cgroup.
-                with contextlib.suppress(StateUnwritable):
-                    ledger.drop(kind, name)
-                raise
-            except Exception:
-                self._forget_pending(kind, name)
-                raise
-            try:
-                ledger.update_ours(kind, name, value)
-            except StateUnwritable as exc:
-                # Written, and the announced value on disk still marks it as ours,
-                # so a restore (or a recovery after a crash) will still give it back.
-                records.append(
-                    self._store_trouble(ctx, exc, "applied", "the write happened but could not be confirmed")
-                )
         outcome = self._finish(ctx, "applied", before=limit_text(current), after=limit_text(value))
         return Outcome(outcome.result, outcome.records + tuple(records))
 
-    def _drop_gone_cgroups(self, ledger: StateStore) -> Tuple[Record, ...]:
+    def _drop_gone_cgroups(self) -> Tuple[Record, ...]:
         """Forget the originals of cgroups that are gone (or were created again) before a new one
         is recorded: the file then holds live clamps only, whatever the churn of pods around it."""
         records: List[Record] = []
+        ledger = self._ledger
         for entry in ledger.entries():
             owned = owned_of(entry.kind, entry.name)
             if owned is None or not owned.per_cgroup or self._same_cgroup(entry):
@@ -209,7 +208,7 @@ class Executor(ExecutorBase):
     def _same_cgroup(self, entry: OwnedValue) -> bool:
         """Whether the cgroup an entry was recorded for is still there (not gone, not created again)."""
         try:
-            current_id = self._io.cgroup_id(entry.name)
+            current_id = self._files.cgroup_id(entry.name)
         except RemediatorError:
             return False
         return entry.cgroup_id is None or entry.cgroup_id == current_id
@@ -220,13 +219,12 @@ class Executor(ExecutorBase):
             self._ledger.abandon_write(kind, name)
 
     def _restore_action(self, owned: OwnedKnob, name: str, ctx: ActionContext) -> Outcome:
-        ledger = self._ledger
-        entry = ledger.get(owned.kind, name)
+        entry = self._ledger.get(owned.kind, name)
         if entry is None:
             return self._finish(
                 ctx, "not_restored", detail="no original value recorded: nothing of ours to give back"
             )
-        return self._restored_outcome(ctx, self._restore_entry(entry, ledger, simulated=self._dry_run))
+        return self._restored_outcome(ctx, self._restore_entry(entry))
 
     def _release(self, action: ReleaseOwnership, ctx: ActionContext) -> Outcome:
         """Forget a recorded original without writing (the core gave the value up)."""
@@ -237,37 +235,30 @@ class Executor(ExecutorBase):
         return self._finish(ctx, "applied")
 
     # ==== restoring ==============================================================
-    def _restore_entry(self, entry: OwnedValue, ledger: Optional[StateStore], simulated: bool) -> Restored:
-        """Put ``entry.original`` back if the kernel still holds our value.
-
-        ``ledger`` None: report only (dry-run recovery), forget nothing.
-        ``simulated``: the entry is from the dry-run ledger, so our value was
-        never really written and the kernel still holding the original counts
-        as holding ours.
-        """
+    def _restore_entry(self, entry: OwnedValue) -> Restored:
+        """Put ``entry.original`` back if the kernel (as the files answer) still holds our value."""
         owned = owned_knob(entry.kind, entry.name)
         target = kernel_file(owned.target(entry.name))
         try:
-            actual = self._retry(lambda: self._read_value(owned, target))
+            current = self._retry(lambda: self._read_value(owned, target))
         except CgroupGone:
-            self._forget(ledger, entry)
+            self._forget(entry)
             return Restored("gone", "", "", "the cgroup is gone")
         if owned.per_cgroup and not self._same_cgroup(entry):
-            self._forget(ledger, entry)
+            self._forget(entry)
             return Restored(
                 "gone",
                 "",
                 "",
                 "the cgroup it was recorded for is gone; this one was created again under its name",
             )
-        current = self._as_if(entry, actual) if simulated else actual
         before = limit_text(current)
         original = limit_text(entry.original)
         if current == entry.original:
-            unforgotten = self._forget(ledger, entry)
+            unforgotten = self._forget(entry)
             return Restored("restored", before, original, "already at its original value", unforgotten)
         if not entry.is_ours(current):
-            unforgotten = self._forget(ledger, entry)
+            unforgotten = self._forget(entry)
             return Restored(
                 "not_restored",
                 before,
@@ -277,20 +268,17 @@ class Executor(ExecutorBase):
                 "and it is theirs now",
                 unforgotten,
             )
-        if not self._dry_run:
-            data = original.encode("ascii")
-            try:
-                self._retry(lambda: self._io.write(target, data))
-            except CgroupGone:
-                self._forget(ledger, entry)
-                return Restored("gone", before, "", "the cgroup is gone")
-        return Restored("restored", before, original, "", self._forget(ledger, entry))
-
-    def _forget(self, ledger: Optional[StateStore], entry: OwnedValue) -> Optional[StateUnwritable]:
-        if ledger is None:
-            return None
+        data = original.encode("ascii")
         try:
-            ledger.drop(entry.kind, entry.name)
+            self._retry(lambda: self._files.write(target, data))
+        except CgroupGone:
+            self._forget(entry)
+            return Restored("gone", before, "", "the cgroup is gone")
+        return Restored("restored", before, original, "", self._forget(entry))
+
+    def _forget(self, entry: OwnedValue) -> Optional[StateUnwritable]:
+        try:
+            self._ledger.drop(entry.kind, entry.name)
         except StateUnwritable as exc:
             return exc
         return None
@@ -318,8 +306,6 @@ class Executor(ExecutorBase):
         return Outcome(outcome.result, (*outcome.records, trouble))
 
     def _recover_entry(self, entry: OwnedValue) -> Tuple[Record, ...]:
-        store = self._ledgers.real
-        ledger = None if self._dry_run else store
         owned = owned_knob(entry.kind, entry.name)
         ctx = ActionContext(
             cause=Record(
@@ -333,17 +319,17 @@ class Executor(ExecutorBase):
             action=owned.knob,
             cgroup=entry.name if owned.per_cgroup else None,
         )
-        if owned.per_cgroup and not self._io.cgroup_exists(entry.name):
-            self._forget(ledger, entry)
+        if owned.per_cgroup and not self._files.cgroup_exists(entry.name):
+            self._forget(entry)
             return self._finish(
                 ctx, "gone", detail="the cgroup no longer exists", priority=PRIORITY_DEBUG
             ).records
         try:
-            restored = self._restore_entry(entry, ledger, simulated=False)
+            restored = self._restore_entry(entry)
         except RemediatorError as exc:
             # The store is emptied anyway: the record carries the original so an
             # operator can put it back by hand.
-            self._forget(ledger, entry)
+            self._forget(entry)
             return self._error_outcome(ctx, exc).records
         return self._restored_outcome(ctx, restored, not_restored_type=RecordType.STATE_RECOVERED).records
 
@@ -357,10 +343,6 @@ class KnobIO:
         self._ctx = ctx
 
     @property
-    def dry_run(self) -> bool:
-        return self._executor._dry_run
-
-    @property
     def retry_budget_sec(self) -> float:
         return self._executor._retry_budget_sec
 
@@ -368,18 +350,18 @@ class KnobIO:
         return self._executor._clock.monotonic()
 
     def exists(self, target: KnobFile) -> bool:
-        return self._executor._io.exists(kernel_file(target))
+        return self._executor._files.exists(kernel_file(target))
 
     def read_uint(self, target: KnobFile) -> int:
         where = kernel_file(target)
-        io = self._executor._io
-        return self._executor._retry(lambda: parse_uint_of(io.read(where), where))
+        files = self._executor._files
+        return self._executor._retry(lambda: parse_uint_of(files.read(where), where))
 
     def write(
         self, target: KnobFile, text: str, retry_eagain: bool = True, budget_sec: Optional[float] = None
     ) -> None:
         where = kernel_file(target)
-        write = functools.partial(self._executor._io.write, where, text.encode("ascii"))
+        write = functools.partial(self._executor._files.write, where, text.encode("ascii"))
         self._executor._retry(write, retry_eagain=retry_eagain, budget_sec=budget_sec)
 
     def finish(

@@ -1,7 +1,8 @@
 """The executor's foundation: its ledgers and retries, and the words of its outcomes.
 
 ``ExecutorBase`` holds what every action of ``remediator.daemon.executor.Executor``
-shares: the confined writer, the state store (or dry-run's private one), the
+shares: the kernel files it was handed (``remediator.daemon.kernel_files``: the
+real ones, or dry-run's overlay), the state store (dry-run's is read-only), the
 clock, reading a value back, retrying transient errors within a time budget
 (tenacity, transient errors only), and completing an action's cause into the
 record of its outcome. Each knob's write is its module's (``remediator.knobs``);
@@ -14,24 +15,17 @@ from __future__ import annotations
 
 import errno as errno_mod
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
 from remediator.clock import Clock
-from remediator.daemon.confined_io import (
-    CgroupFile,
-    ConfinedIO,
-    ConfinementError,
-    KernelFile,
-    ProcFile,
-)
-from remediator.daemon.state_schema import OwnedValue
+from remediator.daemon.confined_io import CgroupFile, ConfinementError, KernelFile, ProcFile
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import CgroupGone, KernelError, KernelFileMissing, KernelTransient, RemediatorError
 from remediator.kernel.memory_limits import parse_bytes, parse_limit
-from remediator.kernel.roots import KernelRoots
 from remediator.knobs import owned_of, plugins
 from remediator.knobs.base import Action, KnobFile, KnobPlugin, OwnedKnob, ReleaseOwnership
 from remediator.records import PRIORITY_DEBUG, PRIORITY_ERR, Knob, Record, RecordType
@@ -105,30 +99,23 @@ class Restored:
     unforgotten: Optional[StateUnwritable] = None
 
 
-@dataclass
-class Ledgers:
-    """Where ownership is tracked: the real store, or the dry-run "as if" one."""
-
-    real: StateStore
-    simulated: StateStore = field(default_factory=StateStore.in_memory)
-
-
 class ExecutorBase:
     def __init__(
         self,
-        roots: KernelRoots,
+        files: KernelFiles,
         store: StateStore,
         clock: Clock,
-        dry_run: bool,
         retry_budget_sec: float = 2.0,
         *,
-        io: Optional[ConfinedIO] = None,
         sleep: Optional[Callable[[float], None]] = None,
     ) -> None:
-        self._io = io if io is not None else ConfinedIO(roots)
-        self._ledgers = Ledgers(real=store)
+        # Real, or dry-run's overlay and read-only store: chosen once by whoever builds the
+        # executor, never asked here.
+        self._files = files
+        self._ledger = store
         self._clock = clock
-        self._dry_run = dry_run
+        # Only the words of outcomes follow the mode (a record's dry-run flag, the core's "would").
+        self._dry_run = files.swallows_writes
         self._retry_budget_sec = retry_budget_sec
         # Injected so tests drive retries with a FakeClock instead of sleeping.
         self._sleep: Callable[[float], None] = sleep if sleep is not None else time.sleep
@@ -137,22 +124,13 @@ class ExecutorBase:
     def dry_run(self) -> bool:
         return self._dry_run
 
-    @property
-    def _ledger(self) -> StateStore:
-        """The store that records ownership for this mode (never the real one in dry-run)."""
-        return self._ledgers.simulated if self._dry_run else self._ledgers.real
-
     # ==== kernel values ===========================================================
     def _read_value(self, owned: OwnedKnob, target: KernelFile) -> Optional[int]:
-        text = self._io.read(target)
-        return parse_limit_of(text, target) if owned.limit else parse_uint_of(text, target)
+        return self._parse_value(owned, self._files.read(target), target)
 
-    def _as_if(self, entry: Optional[OwnedValue], actual: Optional[int]) -> Optional[int]:
-        """In dry-run, what the kernel would hold had we written: our value while
-        the real one is still the original we recorded; otherwise what is there."""
-        if not self._dry_run or entry is None:
-            return actual
-        return entry.ours if actual == entry.original else actual
+    @staticmethod
+    def _parse_value(owned: OwnedKnob, text: str, target: KernelFile) -> Optional[int]:
+        return parse_limit_of(text, target) if owned.limit else parse_uint_of(text, target)
 
     def _retry(
         self, operation: Callable[[], T], retry_eagain: bool = True, budget_sec: Optional[float] = None

@@ -20,6 +20,7 @@ from remediator.clock import Clock, SystemClock
 from remediator.daemon.executor import Executor
 from remediator.daemon.flight_recorder import FlightRecorder
 from remediator.daemon.journal import JsonLinesWriter, StderrWriter, make_writer
+from remediator.daemon.kernel_files import DryRunFiles, KernelFiles
 from remediator.daemon.metrics_feed import MetricsFeed
 from remediator.daemon.notify import Notifier
 from remediator.daemon.pid_file import PidFileError, pid_file_path, remove_pid_file, write_pid_file
@@ -50,15 +51,26 @@ def _install_signal_handlers(service: Service) -> int:
     return read_fd
 
 
+def build_executor(
+    settings: Settings, clock: Clock, sleep: Optional[Callable[[float], None]] = None
+) -> Executor:
+    """The one place dry-run is decided (the daemon's and a replay's): the real kernel files and state
+    store, or dry-run's overlay and read-only store. ``dry_run`` is a restart-only setting, so a reload
+    keeps this executor; the executor and the knobs go through what they are handed and never ask."""
+    roots = KernelRoots(settings.cgroup_root, settings.proc_root)
+    if settings.dry_run:
+        files, store = DryRunFiles.under(roots), StateStore.read_only(settings.state_file)
+    else:
+        files, store = KernelFiles.under(roots), StateStore(settings.state_file)
+    return Executor(files, store, clock, retry_budget_sec=settings.write_retry_budget_sec, sleep=sleep)
+
+
 def build_service(
     settings: Settings, clock: Clock, reload_settings: Optional[Callable[[], Settings]]
 ) -> Service:
     roots = KernelRoots(settings.cgroup_root, settings.proc_root)
     writer = make_writer(settings.log_target)
-    store = StateStore(settings.state_file)
-    executor = Executor(
-        roots, store, clock, dry_run=settings.dry_run, retry_budget_sec=settings.write_retry_budget_sec
-    )
+    executor = build_executor(settings, clock)
     capabilities = probe(roots)
     # Trigger strings go only into the kernel's own files: a copied tree is sampled (issue 12 item 4).
     watcher = Watcher(
@@ -137,4 +149,4 @@ def run_service(
             remove_pid_file(pid_file)
 
 
-__all__ = ["build_service", "raise_open_file_limit", "run_service"]
+__all__ = ["build_executor", "build_service", "raise_open_file_limit", "run_service"]

@@ -113,7 +113,8 @@ class Service:
 
     @property
     def dry_run(self) -> bool:
-        return self.settings.dry_run
+        # The executor's mode, chosen once where it was built (``run.build_executor``).
+        return self.executor.dry_run
 
     def identify(self, cgroup: str) -> Identity:
         return self.identities.identify(cgroup) if self.identities is not None else parse_cgroup(cgroup)

@@ -133,8 +133,13 @@ class StateStore:
     ``StateUnwritable`` and the in-memory view is unchanged.
     """
 
-    def __init__(self, path: Optional[Path], max_bytes: int = MAX_STATE_FILE_BYTES) -> None:
+    def __init__(
+        self, path: Optional[Path], max_bytes: int = MAX_STATE_FILE_BYTES, *, read_only: bool = False
+    ) -> None:
         self._path = path
+        # Dry-run's store: the file is loaded (and distrusted) as ever, but nothing is moved aside
+        # and every change stays in memory.
+        self._read_only = read_only
         # One limit for what is written and what is loaded: the writer never makes a file
         # the loader would refuse (and quarantine, losing the originals of live clamps).
         self._max_bytes = max_bytes
@@ -143,9 +148,10 @@ class StateStore:
         self._foreign: Optional[str] = None
 
     @classmethod
-    def in_memory(cls) -> StateStore:
-        """A store that never touches the disk: the dry-run executor's "as if" ledger."""
-        return cls(None)
+    def read_only(cls, path: Optional[Path], max_bytes: int = MAX_STATE_FILE_BYTES) -> StateStore:
+        """Dry-run's store: what a previous run left is loaded and reported, never moved or changed;
+        the originals of this run are kept in memory only."""
+        return cls(path, max_bytes, read_only=True)
 
     @property
     def path(self) -> Optional[Path]:
@@ -229,11 +235,11 @@ class StateStore:
             self._commit(remaining)
 
     # ---- loading ------------------------------------------------------------
-    def load(self, quarantine: bool = True) -> Tuple[Record, ...]:
+    def load(self) -> Tuple[Record, ...]:
         """Read the file, replacing the in-memory view. A missing file is an empty store.
 
-        An invalid, corrupt or suspicious file is moved aside (``quarantine``
-        False: only reported, for dry-run) and a STATE_QUARANTINED record is
+        An invalid, corrupt or suspicious file is moved aside (a read-only
+        store only reports it, for dry-run) and a STATE_QUARANTINED record is
         returned; nothing in it is trusted. Only a file that carries a state
         file's header (or is empty) is moved: anything else at the path (an
         operator's typo naming another file) is left in place, and then no
@@ -251,7 +257,7 @@ class StateStore:
             return ()
         except _InvalidStateFile as exc:
             if carries_state_header(self._path):
-                return (self._quarantine(str(exc), quarantine),)
+                return (self._quarantine(str(exc), move=not self._read_only),)
             return (self._leave_foreign(str(exc)),)
         return ()
 
@@ -373,8 +379,8 @@ class StateStore:
         return entry
 
     def _commit(self, entries: Dict[StoreKey, OwnedValue]) -> None:
-        """Persist ``entries``, then adopt them; on failure nothing changes."""
-        if self._path is not None:
+        """Persist ``entries`` (a read-only store does not), then adopt them; on failure nothing changes."""
+        if self._path is not None and not self._read_only:
             if self._foreign is not None:
                 raise StateUnwritable(
                     self._path,

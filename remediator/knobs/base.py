@@ -187,15 +187,13 @@ class KnobFile:
 
 
 class KnobWriter(Protocol, Generic[OutcomeT_co]):
-    """The executor's services a knob's write uses, bound to one action (its record and its mode).
+    """The executor's services a knob's write uses, bound to one action (its record). A knob does not
+    know whether it runs dry: the writer's files are the real ones or dry-run's overlay.
 
     ``OutcomeT_co`` is the executor's outcome type: a knob returns what ``finish``, ``set_owned`` or
     ``restore`` gave it.
     Every kernel error raised here is turned into an outcome by the executor.
     """
-
-    @property
-    def dry_run(self) -> bool: ...
 
     @property
     def retry_budget_sec(self) -> float: ...
@@ -211,7 +209,7 @@ class KnobWriter(Protocol, Generic[OutcomeT_co]):
     def write(
         self, target: KnobFile, text: str, retry_eagain: bool = True, budget_sec: Optional[float] = None
     ) -> None:
-        """Write ``text`` (nothing in dry-run is the caller's decision), retrying transient errors."""
+        """Write ``text``, retrying transient errors (in dry-run the files it goes to swallow it)."""
         ...
 
     def set_owned(

@@ -55,6 +55,5 @@ class DropCaches(KnobPlugin):
         if action.value not in MODES:
             return writer.finish("refused", detail=f"vm.drop_caches takes 1, 2 or 3, not {action.value}")
         # A write-only trigger: nothing to read back, nothing to own or restore.
-        if not writer.dry_run:
-            writer.write(FILE, str(action.value))
+        writer.write(FILE, str(action.value))
         return writer.finish("applied", after=str(action.value))

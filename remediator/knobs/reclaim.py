@@ -182,25 +182,23 @@ class ReclaimKnob(KnobPlugin):
         partial_detail = ""
         while remaining > 0:
             chunk = min(remaining, RECLAIM_CHUNK_BYTES)
-            if not writer.dry_run:
-                try:
-                    writer.write(
-                        reclaim_file,
-                        str(chunk),
-                        retry_eagain=False,
-                        budget_sec=max(0.0, min(writer.retry_budget_sec, deadline - writer.monotonic())),
-                    )
-                except KernelTransient as exc:
-                    if exc.errno != errno_mod.EAGAIN:
-                        raise
-                    # EAGAIN: the kernel reclaimed less than this chunk. Asking again
-                    # at once would only burn CPU in reclaim.
-                    requested += chunk
-                    partial_detail = (
-                        f"partial: the kernel could not reclaim all of a {format_bytes(chunk)} "
-                        "request (EAGAIN)"
-                    )
-                    break
+            try:
+                writer.write(
+                    reclaim_file,
+                    str(chunk),
+                    retry_eagain=False,
+                    budget_sec=max(0.0, min(writer.retry_budget_sec, deadline - writer.monotonic())),
+                )
+            except KernelTransient as exc:
+                if exc.errno != errno_mod.EAGAIN:
+                    raise
+                # EAGAIN: the kernel reclaimed less than this chunk. Asking again
+                # at once would only burn CPU in reclaim.
+                requested += chunk
+                partial_detail = (
+                    f"partial: the kernel could not reclaim all of a {format_bytes(chunk)} request (EAGAIN)"
+                )
+                break
             requested += chunk
             completed += chunk
             remaining -= chunk

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Set, Tuple
 
 from remediator.clock import FakeClock
-from remediator.daemon.executor import Executor
 from remediator.daemon.notify import Notifier
+from remediator.daemon.run import build_executor
 from remediator.daemon.service import Service
-from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
@@ -167,14 +166,8 @@ class _Replay:
             poll_factory=self.triggers.poll_factory,
             close_fd=self.triggers.close_fd,
         )
-        executor = Executor(
-            roots,
-            StateStore(self.settings.state_file),
-            self.clock,
-            dry_run=True,
-            retry_budget_sec=self.settings.write_retry_budget_sec,
-            sleep=lambda _seconds: None,
-        )
+        # The daemon's own choice, on settings that say dry-run: a replay writes nothing.
+        executor = build_executor(self.settings, self.clock, sleep=lambda _seconds: None)
         capabilities = probe(
             roots, trigger_checker=lambda _path, spec: _trigger_check(header, spec.window_us < 2_000_000)
         )

@@ -284,8 +284,8 @@ def state_file(data: bytes) -> Verdict:
     path = directory / "state.json"
     path.write_bytes(data)
     path.chmod(0o600)
-    store = StateStore(path)
-    records = store.load(quarantine=False)
+    store = StateStore.read_only(path)
+    records = store.load()
     if records:
         require([r.type for r in records] == [RecordType.STATE_QUARANTINED], f"records {records}")
         require(store.entries() == (), "a quarantined file left entries behind")

@@ -35,6 +35,7 @@ import pytest
 
 from remediator.clock import FakeClock
 from remediator.daemon.executor import Executor
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import Service
 from remediator.daemon.state_store import StateStore
@@ -184,7 +185,7 @@ def churn(base: Path, total: int, live: int, mode: str = "triggers", per_step: i
     watcher = Watcher(kernel.roots, clock, settings.sampling_interval_sec, arm=triggers.arm)
     service = Service(
         settings=settings, clock=clock, writer=writer, notifier=Notifier(environ={}),
-        executor=Executor(kernel.roots, StateStore(settings.state_file), clock, dry_run=False),
+        executor=Executor(KernelFiles.under(kernel.roots), StateStore(settings.state_file), clock),
         watcher=watcher,
         capabilities=probe(kernel.roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None)),
     )  # fmt: skip

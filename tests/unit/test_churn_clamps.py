@@ -18,6 +18,7 @@ from typing import Dict, List
 from remediator.clock import FakeClock
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import Service
 from remediator.daemon.state_store import StateStore
@@ -75,7 +76,7 @@ def test_a_thousand_clamped_and_removed_cgroups_leave_only_live_clamps_in_the_st
     watcher = Watcher(kernel.roots, clock, settings.sampling_interval_sec, arm=_refuse)
     service = Service(
         settings=settings, clock=clock, writer=writer, notifier=Notifier(environ={}),
-        executor=Executor(kernel.roots, StateStore(settings.state_file), clock, dry_run=False),
+        executor=Executor(KernelFiles.under(kernel.roots), StateStore(settings.state_file), clock),
         watcher=watcher,
         capabilities=probe(kernel.roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None)),
     )  # fmt: skip

@@ -15,6 +15,7 @@ import pytest
 from remediator.clock import FakeClock
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.daemon.executor import Executor, Outcome
+from remediator.daemon.kernel_files import DryRunFiles, KernelFiles
 from remediator.daemon.state_schema import KIND_MEMORY_HIGH, KIND_SYSCTL
 from remediator.daemon.state_store import StateStore
 from remediator.kernel.roots import KernelRoots
@@ -108,10 +109,12 @@ def make_rig(
     kernel = FakeKernel(base / "kernel")
     kernel.add_seed(APP)
     kernel.add_cgroup(OTHER, current=GiB, high=None)
-    store = StateStore(state_path or base / "state" / "state.json")
+    path = state_path or base / "state" / "state.json"
+    store = StateStore.read_only(path) if dry_run else StateStore(path)
     clock = FakeClock()
     io = ScriptedIO(kernel.roots, before_write)
-    executor = Executor(kernel.roots, store, clock, dry_run=dry_run, io=io, sleep=clock.advance)
+    files = DryRunFiles(io) if dry_run else KernelFiles(io)  # as run.build_executor chooses
+    executor = Executor(files, store, clock, sleep=clock.advance)
     return Rig(kernel, store, clock, executor, io)
 
 
@@ -119,9 +122,7 @@ def make_rig_on(previous: Rig) -> Rig:
     """A fresh executor (a restarted daemon) on the same kernel tree and state file."""
     store = StateStore(previous.store_path)
     io = ScriptedIO(previous.kernel.roots)
-    executor = Executor(
-        previous.kernel.roots, store, previous.clock, dry_run=False, io=io, sleep=previous.clock.advance
-    )
+    executor = Executor(KernelFiles(io), store, previous.clock, sleep=previous.clock.advance)
     return Rig(previous.kernel, store, previous.clock, executor, io)
 
 

@@ -15,11 +15,10 @@ from typing import Any, Iterator, List, Optional
 import pytest
 
 from remediator.clock import FakeClock
-from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
 from remediator.daemon.notify import Notifier
+from remediator.daemon.run import build_executor
 from remediator.daemon.service import Service
-from remediator.daemon.state_store import StateStore
 from remediator.daemon.watcher import Watcher
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
@@ -66,7 +65,7 @@ class Rig:
             environ={},
         )
         roots = self.kernel.roots
-        executor = Executor(roots, StateStore(settings.state_file), self.clock, dry_run=self.dry_run)
+        executor = build_executor(settings, self.clock)  # the daemon's one choice of mode
         watcher = Watcher(roots, self.clock, settings.sampling_interval_sec, arm=self.triggers.arm,
                           poll_factory=self.triggers.poll_factory)  # fmt: skip
         caps = probe(roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None))

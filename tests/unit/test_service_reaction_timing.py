@@ -17,6 +17,7 @@ import pytest
 from remediator.clock import FakeClock
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import DECIDED_FIELD, WOKEN_FIELD, WRITTEN_FIELD, Service
 from remediator.daemon.state_store import StateStore
@@ -70,7 +71,7 @@ class _Rig:
             clock=self.clock,
             writer=self.writer,
             notifier=Notifier(environ={}),
-            executor=Executor(roots, StateStore(settings.state_file), self.clock, dry_run=False),
+            executor=Executor(KernelFiles.under(roots), StateStore(settings.state_file), self.clock),
             watcher=Watcher(
                 roots,
                 self.clock,

@@ -180,10 +180,13 @@ def test_missing_file_is_an_empty_store(state_path: Path) -> None:
     assert store.entries() == ()
 
 
-def test_in_memory_store_never_touches_the_disk(tmp_path: Path) -> None:
-    store = StateStore.in_memory()
+def test_a_read_only_store_keeps_changes_in_memory_and_never_touches_the_disk(tmp_path: Path) -> None:
+    state_path = tmp_path / "run" / "state.json"
+    store = StateStore.read_only(state_path)
     store.record_original(KIND_MEMORY_HIGH, APP, None, "p", WALL)
     store.update_ours(KIND_MEMORY_HIGH, APP, 1 << 30)
+    owned = store.get(KIND_MEMORY_HIGH, APP)
+    assert owned is not None and owned.ours == 1 << 30
     assert list(tmp_path.iterdir()) == []
     assert store.load() == ()  # nothing to load, and the view starts over
 
@@ -287,7 +290,7 @@ def test_state_file_that_is_a_symlink_is_quarantined(state_path: Path, tmp_path:
 def test_load_without_quarantine_reports_but_leaves_the_file(state_path: Path) -> None:
     write_state(state_path, [good_entry(cgroup="../../etc")])
     before = state_path.read_bytes()
-    records = StateStore(state_path).load(quarantine=False)
+    records = StateStore.read_only(state_path).load()
     assert [r.type for r in records] == [RecordType.STATE_QUARANTINED]
     assert records[0].dry_run
     assert state_path.read_bytes() == before

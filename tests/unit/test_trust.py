@@ -23,6 +23,7 @@ from remediator.cli import main
 from remediator.clock import FakeClock
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import Service, StartRefused
 from remediator.daemon.state_store import StateStore
@@ -350,7 +351,7 @@ class RunRig:
         watcher = Watcher(roots, clock, 2.0, arm=self.triggers.arm, poll_factory=self.triggers.poll_factory)
         self.service = Service(
             settings=settings, clock=clock, writer=self.writer, notifier=Notifier(environ={}),
-            executor=Executor(roots, StateStore(settings.state_file), clock, dry_run=False),
+            executor=Executor(KernelFiles.under(roots), StateStore(settings.state_file), clock),
             watcher=watcher,
             capabilities=probe(roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None)),
         )  # fmt: skip

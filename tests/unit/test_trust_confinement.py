@@ -31,6 +31,7 @@ from remediator.daemon.confined_io import (
 from remediator.daemon.discovery import desired_targets
 from remediator.daemon.executor import Executor
 from remediator.daemon.journal import CapturingWriter
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import Service
 from remediator.daemon.state_store import StateStore
@@ -206,7 +207,7 @@ def test_daemon_keeps_running_when_a_cgroup_with_a_newline_appears(
     writer = CapturingWriter()
     service = Service(
         settings=settings_, clock=clock, writer=writer, notifier=Notifier(environ={}),
-        executor=Executor(kernel.roots, StateStore(settings_.state_file), clock, dry_run=False),
+        executor=Executor(KernelFiles.under(kernel.roots), StateStore(settings_.state_file), clock),
         watcher=Watcher(kernel.roots, clock, 2.0, arm=triggers.arm, poll_factory=triggers.poll_factory),
         capabilities=probe(kernel.roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None)),
     )  # fmt: skip

@@ -27,6 +27,7 @@ from remediator.daemon.journal import (
     StderrWriter,
     record_fields,
 )
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.notify import Notifier
 from remediator.daemon.service import Service
 from remediator.daemon.state_store import StateStore
@@ -223,7 +224,7 @@ def test_daemon_records_about_a_hostile_cgroup_stay_one_line_each(tmp_path: Path
     tee = TeeWriter()
     service = Service(
         settings=settings_, clock=clock, writer=tee, notifier=Notifier(environ={}),
-        executor=Executor(kernel.roots, StateStore(settings_.state_file), clock, dry_run=False),
+        executor=Executor(KernelFiles.under(kernel.roots), StateStore(settings_.state_file), clock),
         watcher=Watcher(kernel.roots, clock, 2.0, arm=triggers.arm, poll_factory=triggers.poll_factory),
         capabilities=probe(kernel.roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None)),
     )  # fmt: skip

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from remediator.clock import FakeClock
 from remediator.daemon.executor import Executor
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.state_schema import KIND_MEMORY_HIGH, MAX_STATE_FILE_BYTES, OWNABLE_SYSCTLS
 from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.kernel.roots import normalize_cgroup
@@ -220,7 +221,7 @@ def test_executor_refuses_a_change_it_could_only_record_in_a_shared_directory(
     state_path.parent.mkdir(parents=True)
     state_path.parent.chmod(0o777)
     clock = FakeClock()
-    executor = Executor(kernel.roots, StateStore(state_path), clock, dry_run=False, sleep=clock.advance)
+    executor = Executor(KernelFiles.under(kernel.roots), StateStore(state_path), clock, sleep=clock.advance)
     cause = Record(RecordType.ACTION_APPLIED, f"set memory.high of {APP} to 1.0 GiB", policy="p", cgroup=APP)
 
     outcome = executor.execute(SetMemoryHigh(APP, 1 << 30, None, cause))
@@ -236,7 +237,7 @@ def test_executor_refuses_a_change_it_could_only_record_in_a_shared_directory(
 
 def recover(kernel: FakeKernel, state_path: Path) -> List[Record]:
     clock = FakeClock()
-    executor = Executor(kernel.roots, StateStore(state_path), clock, dry_run=False, sleep=clock.advance)
+    executor = Executor(KernelFiles.under(kernel.roots), StateStore(state_path), clock, sleep=clock.advance)
     return list(executor.recover())
 
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Tuple
 from remediator.clock import SystemClock
 from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
 from remediator.daemon.executor import Executor, Outcome
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.state_store import StateStore
 from remediator.errors import KernelTransient
 from remediator.kernel.roots import KernelRoots
@@ -103,7 +104,7 @@ def new_executor(
 ) -> Tuple[Executor, StateStore, HookedIO]:
     store = StateStore(WORKDIR / case / "state.json")
     io = HookedIO(hook)
-    return Executor(ROOTS, store, SystemClock(), dry_run=False, io=io), store, io
+    return Executor(KernelFiles(io), store, SystemClock()), store, io
 
 
 def removed_before_write() -> Dict[str, Any]:

@@ -36,6 +36,7 @@ from typing import Any, Dict, List
 from remediator.clock import SystemClock
 from remediator.daemon.confined_io import ConfinedIO, KernelFile
 from remediator.daemon.executor import Executor, Outcome
+from remediator.daemon.kernel_files import KernelFiles
 from remediator.daemon.state_store import StateStore
 from remediator.kernel.roots import KernelRoots
 from remediator.knobs.reclaim import Reclaim
@@ -87,7 +88,7 @@ def removed_during_reclaim(cache_mib: int) -> Dict[str, Any]:
     roots = KernelRoots(lib.CGROUP_ROOT, Path("/proc"))
     io = SignallingIO(roots)
     store = StateStore(WORKDIR / "removed" / "state.json")
-    executor = Executor(roots, store, SystemClock(), dry_run=False, io=io)
+    executor = Executor(KernelFiles(io), store, SystemClock())
     cause = Record(RecordType.ACTION_APPLIED, f"reclaim from {cgroup}", policy="races", cgroup=cgroup)
     outcome: List[Outcome] = []
     failure: List[str] = []
