@@ -336,8 +336,10 @@ def _record(
     duration = f"for {request.duration_sec:g} s" if request.duration_sec is not None else "until interrupted"
     every = f"every {request.interval_sec:g} s"
     err.write(f"remediator: recording the node and {what} {every} {duration} into {output}\n")
-    if triggers is not None and not triggers.not_armed:
-        err.write(f"remediator: record: {_count(triggers.armed, 'PSI trigger')} of the policies armed\n")
+    if triggers is not None:
+        if not triggers.not_armed:
+            err.write(f"remediator: record: {_count(triggers.armed, 'PSI trigger')} of the policies armed\n")
+        triggers.say_pending()
     progress = _Progress()
     recorder = _Recorder(request, writer, clock, err, progress, triggers)
     end_reason = EndReason.DURATION

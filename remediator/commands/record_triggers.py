@@ -123,9 +123,11 @@ class TriggerRecorder:
         self._refused: Dict[TargetKey, str] = {}
         self._said: Set[Tuple[str, str]] = set()
         self._writer: Optional[TraceWriter] = None
+        # What is said before the recording's first line is held until it (say_pending).
+        self._pending: Optional[List[str]] = []
         self.events = 0
         if not may_arm:
-            self._err.write(
+            self._say(
                 f"remediator: record: no PSI trigger armed: {self.not_armed}; sampling only, as the daemon "
                 "would (a replay works the trigger events out from the samples)\n"
             )
@@ -158,10 +160,22 @@ class TriggerRecorder:
         self._watcher.drop(key)  # sampled by the recorder anyway: no timer of the watcher's
         if change.kind == "fallback" and (key.policy, change.errno_name or reason) not in self._said:
             self._said.add((key.policy, change.errno_name or reason))
-            self._err.write(
+            self._say(
                 f"remediator: record: policy {key.policy}: {reason} on {_where(key)}; its pressure is "
                 "only sampled there, as the daemon would sample it\n"
             )
+
+    def _say(self, line: str) -> None:
+        if self._pending is not None:
+            self._pending.append(line)
+        else:
+            self._err.write(line)
+
+    def say_pending(self) -> None:
+        """Say what arming found before the recording started, and from now on at once."""
+        for line in self._pending or ():
+            self._err.write(line)
+        self._pending = None
 
     def header_field(self) -> TraceTriggers:
         """What is armed now (call after the first ``sync``): the header's ``triggers``."""
