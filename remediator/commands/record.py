@@ -162,32 +162,48 @@ class _Recorder:
             self.say_once("", f"cannot walk the cgroup tree: {exc}")
             return None
 
-    def sample(self) -> None:
-        roots = self.request.roots
+    def _read_node(self) -> None:
         # Every record is stamped with the time its read began, as the daemon stamps its observations.
         now = self.clock.monotonic()
         try:
-            node = read_node_snapshot(roots)
+            node = read_node_snapshot(self.request.roots)
         except (KernelError, KernelParseError) as exc:
             self.say_once("/", f"node readings unavailable: {exc}")
         else:
             self.writer.node(now, node)
+
+    def _read_cgroup(self, cgroup: str) -> bool:
+        """Read and write one cgroup; False when it is gone."""
+        now = self.clock.monotonic()
+        try:
+            snapshot = read_cgroup_snapshot(self.request.roots, cgroup)
+        except CgroupGone:
+            return False
+        except (KernelError, KernelParseError) as exc:
+            # Still there (a file it cannot read is not a removal): no gone record.
+            self.say_once(cgroup, f"{cgroup}: {exc}")
+            return True
+        self.writer.cgroup(now, snapshot)
+        self.progress.cgroups.add(cgroup)
+        return True
+
+    def sample_fired(self, cgroups: Set[Optional[str]]) -> None:
+        """A trigger event: read the node and the recorded cgroups it fired on at once, as the
+        daemon reads a target at its event (the replay then has the counters at the event itself,
+        not a line between two samples a second apart)."""
+        self._read_node()
+        for cgroup in sorted(c for c in cgroups if c is not None):
+            if cgroup in self.writer.cgroups:
+                self._read_cgroup(cgroup)
+        self.writer.flush()
+
+    def sample(self) -> None:
+        self._read_node()
         selected = self.selection()
         present: Set[str] = set()
         for cgroup in selected or ():
-            now = self.clock.monotonic()
-            try:
-                snapshot = read_cgroup_snapshot(roots, cgroup)
-            except CgroupGone:
-                continue
-            except (KernelError, KernelParseError) as exc:
-                # Still there (a file it cannot read is not a removal): no gone record.
+            if self._read_cgroup(cgroup):
                 present.add(cgroup)
-                self.say_once(cgroup, f"{cgroup}: {exc}")
-                continue
-            present.add(cgroup)
-            self.writer.cgroup(now, snapshot)
-            self.progress.cgroups.add(cgroup)
         if selected is not None:
             now = self.clock.monotonic()
             for cgroup in self.writer.cgroups:
@@ -342,6 +358,8 @@ def _record(
         triggers.say_pending()
     progress = _Progress()
     recorder = _Recorder(request, writer, clock, err, progress, triggers)
+    if triggers is not None:
+        triggers.on_event = recorder.sample_fired
     end_reason = EndReason.DURATION
     try:
         slot = 0

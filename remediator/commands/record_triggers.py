@@ -7,7 +7,9 @@ the end of an episode, cannot be worked out from samples a second apart. So
 enabled policies' ``trigger`` on each recorded cgroup they select, the node
 policies' on ``/proc/pressure/memory``) through the daemon's own ``Watcher``
 and ``kernel.psi_trigger``, and writes a ``trigger`` record each time one
-fires, stamped on the samples' monotonic clock when ``poll()`` returned.
+fires, stamped on the samples' monotonic clock when ``poll()`` returned, then
+reads the node and the cgroup it fired on at once, as the daemon reads a
+target at its event.
 
 It degrades as the daemon does. Where the trigger strings may not be written
 at all (``Capabilities.triggers_may_be_armed``: a copied tree, a kernel that
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 import select
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol, Sequence, Set, TextIO, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Set, TextIO, Tuple
 
 from remediator.clock import Clock
 from remediator.core.state import TargetKey
@@ -123,6 +125,8 @@ class TriggerRecorder:
         self._refused: Dict[TargetKey, str] = {}
         self._said: Set[Tuple[str, str]] = set()
         self._writer: Optional[TraceWriter] = None
+        # Called with the targets (cgroup, None: the node) of the events just written.
+        self.on_event: Optional[Callable[[Set[Optional[str]]], None]] = None
         # What is said before the recording's first line is held until it (say_pending).
         self._pending: Optional[List[str]] = []
         self.events = 0
@@ -206,15 +210,17 @@ class TriggerRecorder:
             self._inner.wait(seconds)
             events = self._watcher.wait(None)
         now = self._clock.monotonic()
-        wrote = False
+        fired: Set[Optional[str]] = set()
         for event in events:
             if isinstance(event, Fired) and self._writer is not None:
                 self._writer.trigger(now, event.key.cgroup, event.key.policy)
                 self.events += 1
-                wrote = True
+                fired.add(event.key.cgroup)
             elif isinstance(event, (Gone, Woken)):
                 pass  # Gone: the cgroup went (its fd is closed); Woken: the loop looks at its stop flag
-        if wrote and self._writer is not None:
+        if fired and self._writer is not None:
+            if self.on_event is not None:
+                self.on_event(fired)
             self._writer.flush()
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from remediator.commands.record_triggers import TriggerKernel
 from remediator.policy.loader import load_policy_dir
 from remediator.replay.engine import replay_trace
 from remediator.settings import load_settings
-from remediator.trace.format import TargetTrigger, TraceEnd, TriggerFired
+from remediator.trace.format import CgroupSample, TargetTrigger, TraceEnd, TriggerFired
 from remediator.trace.reader import read_trace
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import FakeKernel
@@ -151,7 +151,7 @@ def test_named_cgroups_get_only_the_triggers_of_the_policies_that_select_them(
     ]
 
 
-def test_an_event_is_written_with_the_time_it_fired_on_the_samples_clock(
+def test_an_event_is_written_with_the_time_it_fired_and_its_cgroup_is_read_at_once(
     kernel: FakeKernel, triggers: FakeTriggers, tmp_path: Path
 ) -> None:
     output = tmp_path / "event.trace.gz"
@@ -161,9 +161,17 @@ def test_an_event_is_written_with_the_time_it_fired_on_the_samples_clock(
     assert (event.t, event.cgroup, event.policy) == (1.25, SEED, "services-cache")
     _, items, truncation = read_trace(output)
     assert truncation is None
-    # In time order among the samples: after the one at 1.0 s, before the one at 2.0 s.
+    # In time order among the samples: after the one at 1.0 s; then the node and the cgroup it fired on
+    # are read at once, as the daemon reads them at its event; then the sample at 2.0 s.
     index = items.index(event)
-    assert items[index - 1].t == 1.0 and items[index + 1].t == 2.0
+    assert items[index - 1].t == 1.0
+    after = items[index + 1 : index + 4]
+    assert [(type(i).__name__, i.t) for i in after] == [
+        ("NodeSample", 1.25),
+        ("CgroupSample", 1.25),
+        ("NodeSample", 2.0),
+    ]
+    assert isinstance(after[1], CgroupSample) and after[1].snapshot.cgroup == SEED
 
 
 def test_a_node_event_is_written_with_no_cgroup(
