@@ -1,6 +1,8 @@
 """``remediator record``: sample cgroups and the node into a trace (``remediator.trace/v1``).
 
-Read-only towards the kernel: the cgroup and proc files are only read, so the
+It changes nothing in the kernel: the cgroup and proc files are only read,
+and a PSI trigger (a write to a pressure file) lives only as long as its fd
+and is armed only where the daemon would arm it, never on a copied tree; so the
 command works on a copied tree (``--cgroup-root``, ``--proc-root``) as well as
 on a live node. It writes exactly one file, which it creates (never an
 existing one).
@@ -11,11 +13,12 @@ cgroup: the named ones, or what the loaded policies select, walked again at
 every sample so that a cgroup created later is recorded from the next sample
 on. A recorded cgroup that is no longer there gets a ``gone`` record.
 Between samples it waits on the PSI triggers the daemon would arm on what it
-records, and writes a ``trigger`` record for each event
-(``remediator.commands.record_triggers``; ``--no-triggers``: samples only).
-SIGINT and SIGTERM end the recording cleanly: an ``end`` record, then the
-file is closed (a gzip file with its end marker). The file is flushed after
-every sample, so even a recorder killed with SIGKILL leaves a trace that
+records, writes a ``trigger`` record for each event and reads the node and
+the cgroup it fired on at once (``remediator.commands.record_triggers``;
+``--no-triggers``: samples only). SIGINT and SIGTERM end the recording (and
+that wait) cleanly: an ``end`` record, then the file is closed (a gzip file
+with its end marker). The file is flushed after every sample and every
+event, so even a recorder killed with SIGKILL leaves a trace that
 reads up to its last sample.
 """
 
