@@ -14,7 +14,8 @@ every sample so that a cgroup created later is recorded from the next sample
 on. A recorded cgroup that is no longer there gets a ``gone`` record.
 Between samples it waits on the PSI triggers the daemon would arm on what it
 records, writes a ``trigger`` record for each event and reads the node and
-the cgroup it fired on at once (``remediator.commands.record_triggers``;
+the cgroup it fired on at once and again the policy's ``verify_sec`` later
+(``remediator.commands.record_triggers``;
 ``--no-triggers``: samples only). SIGINT and SIGTERM end the recording (and
 that wait) cleanly: an ``end`` record, then the file is closed (a gzip file
 with its end marker). The file is flushed after every sample and every
@@ -190,10 +191,9 @@ class _Recorder:
         self.progress.cgroups.add(cgroup)
         return True
 
-    def sample_fired(self, cgroups: Set[Optional[str]]) -> None:
-        """A trigger event: read the node and the recorded cgroups it fired on at once, as the
-        daemon reads a target at its event (the replay then has the counters at the event itself,
-        not a line between two samples a second apart)."""
+    def read_now(self, cgroups: Set[Optional[str]]) -> None:
+        """Read the node and these recorded cgroups (None: the node only) now: at a trigger event
+        and at the daemon's look verify_sec after it (record_triggers.TriggerRecorder.wait)."""
         self._read_node()
         for cgroup in sorted(c for c in cgroups if c is not None):
             if cgroup in self.writer.cgroups:
@@ -362,7 +362,7 @@ def _record(
     progress = _Progress()
     recorder = _Recorder(request, writer, clock, err, progress, triggers)
     if triggers is not None:
-        triggers.on_event = recorder.sample_fired
+        triggers.on_read = recorder.read_now
     end_reason = EndReason.DURATION
     try:
         slot = 0

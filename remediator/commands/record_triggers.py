@@ -9,7 +9,8 @@ policies' on ``/proc/pressure/memory``) through the daemon's own ``Watcher``
 and ``kernel.psi_trigger``, and writes a ``trigger`` record each time one
 fires, stamped on the samples' monotonic clock when ``poll()`` returned, then
 reads the node and the cgroup it fired on at once, as the daemon reads a
-target at its event.
+target at its event, and again the policy's ``verify_sec`` later, where the
+daemon looks again after acting on an event.
 
 It degrades as the daemon does. Where the trigger strings may not be written
 at all (``Capabilities.triggers_may_be_armed``: a copied tree, a kernel that
@@ -22,6 +23,7 @@ from the trace alone.
 
 from __future__ import annotations
 
+import heapq
 import os
 import select
 from dataclasses import dataclass
@@ -125,8 +127,11 @@ class TriggerRecorder:
         self._refused: Dict[TargetKey, str] = {}
         self._said: Set[Tuple[str, str]] = set()
         self._writer: Optional[TraceWriter] = None
-        # Called with the targets (cgroup, None: the node) of the events just written.
-        self.on_event: Optional[Callable[[Set[Optional[str]]], None]] = None
+        # Reads the node and these cgroups (None: the node only) now: at an event, and at the
+        # look the daemon takes verify_sec after acting on it.
+        self.on_read: Optional[Callable[[Set[Optional[str]]], None]] = None
+        self._verify_sec = {policy.name: policy.verify_sec for policy in self._policies}
+        self._looks: List[Tuple[float, str]] = []  # a heap of (when, cgroup or "" for the node)
         # What is said before the recording's first line is held until it (say_pending).
         self._pending: Optional[List[str]] = []
         self.events = 0
@@ -202,25 +207,38 @@ class TriggerRecorder:
     # ---- waiting -----------------------------------------------------------
     def wait(self, seconds: float) -> None:
         """Wait up to ``seconds`` for trigger events, writing each; return early on a stop signal
-        (the wakeup fd) or after an event (the record loop calls again until its slot)."""
+        (the wakeup fd), after an event or a look's read (the record loop calls again until its slot).
+
+        At an event the node and the cgroup it fired on are read at once, as the daemon reads a
+        target at its event, and again ``verify_sec`` (the policy's) later, where the daemon looks
+        again after acting on it: a replay's looks there then read counters measured there, not a
+        line between samples a second apart (tests/vm/test_vm_replay.py)."""
+        start = self._clock.monotonic()
+        until = start + max(0.0, seconds)
+        if self._looks:
+            until = min(until, self._looks[0][0])
         if self._clock.passes_while_waiting:
-            events = self._watcher.wait(self._clock.monotonic() + max(0.0, seconds))
+            events = self._watcher.wait(until)
         else:
             # A simulated clock does not move in poll(): the inner waiter moves it (tests).
-            self._inner.wait(seconds)
+            self._inner.wait(until - start)
             events = self._watcher.wait(None)
         now = self._clock.monotonic()
-        fired: Set[Optional[str]] = set()
+        reads: Set[Optional[str]] = set()
         for event in events:
             if isinstance(event, Fired) and self._writer is not None:
                 self._writer.trigger(now, event.key.cgroup, event.key.policy)
                 self.events += 1
-                fired.add(event.key.cgroup)
+                reads.add(event.key.cgroup)
+                look = now + self._verify_sec.get(event.key.policy, 0.0)
+                heapq.heappush(self._looks, (look, event.key.cgroup or ""))
             elif isinstance(event, (Gone, Woken)):
                 pass  # Gone: the cgroup went (its fd is closed); Woken: the loop looks at its stop flag
-        if fired and self._writer is not None:
-            if self.on_event is not None:
-                self.on_event(fired)
+        while self._looks and self._looks[0][0] <= now:
+            reads.add(heapq.heappop(self._looks)[1] or None)
+        if reads and self._writer is not None:
+            if self.on_read is not None:
+                self.on_read(reads)
             self._writer.flush()
 
     def close(self) -> None:

@@ -174,6 +174,22 @@ def test_an_event_is_written_with_the_time_it_fired_and_its_cgroup_is_read_at_on
     assert isinstance(after[1], CgroupSample) and after[1].snapshot.cgroup == SEED
 
 
+def test_the_fired_cgroup_is_read_again_at_the_daemons_verify_look(
+    kernel: FakeKernel, triggers: FakeTriggers, tmp_path: Path
+) -> None:
+    # services-cache's verify_sec is 2: the daemon looks again 2 s after acting on the event at 1.25 s.
+    output = tmp_path / "verify.trace"
+    code, _ = record(request(kernel, output, duration_sec=5.0), triggers, {1.25: lambda: triggers.fire(SEED)})
+    assert code == 0
+    _, items, _ = read_trace(output)
+    reads = [
+        (type(i).__name__, getattr(getattr(i, "snapshot", None), "cgroup", None))
+        for i in items
+        if i.t == 3.25
+    ]
+    assert reads == [("NodeSample", None), ("CgroupSample", SEED)]
+
+
 def test_a_node_event_is_written_with_no_cgroup(
     kernel: FakeKernel, triggers: FakeTriggers, tmp_path: Path
 ) -> None:
