@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--duration", type=float, metavar="SEC", help="default: until SIGINT/SIGTERM")
     record.add_argument("--interval", type=float, default=1.0, metavar="SEC", help="default 1")
     record.add_argument(
+        "--no-triggers", action="store_true",
+        help="sample only: arm no PSI trigger (a replay works the events out from the samples)",
+    )  # fmt: skip
+    record.add_argument(
         "-o", "--output", type=Path, default=None, metavar="FILE",
         help="the trace to create (gzip if it ends in .gz; default remediator-<UTC time>.trace.gz)",
     )  # fmt: skip
@@ -273,6 +277,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             output=args.output,
             interval_sec=args.interval,
             duration_sec=args.duration,
+            triggers=not args.no_triggers,
         )
         return run_record(request, SystemClock(), sys.stdout, sys.stderr)
     if args.command == "replay":

@@ -1,6 +1,8 @@
 """``remediator record``: sample cgroups and the node into a trace (``remediator.trace/v1``).
 
-Read-only towards the kernel: the cgroup and proc files are only read, so the
+It changes nothing in the kernel: the cgroup and proc files are only read,
+and a PSI trigger (a write to a pressure file) lives only as long as its fd
+and is armed only where the daemon would arm it, never on a copied tree; so the
 command works on a copied tree (``--cgroup-root``, ``--proc-root``) as well as
 on a live node. It writes exactly one file, which it creates (never an
 existing one).
@@ -10,9 +12,14 @@ overruns skips the slots it missed) it reads the node and each selected
 cgroup: the named ones, or what the loaded policies select, walked again at
 every sample so that a cgroup created later is recorded from the next sample
 on. A recorded cgroup that is no longer there gets a ``gone`` record.
-SIGINT and SIGTERM end the recording cleanly: an ``end`` record, then the
-file is closed (a gzip file with its end marker). The file is flushed after
-every sample, so even a recorder killed with SIGKILL leaves a trace that
+Between samples it waits on the PSI triggers the daemon would arm on what it
+records, writes a ``trigger`` record for each event and reads the node and
+the cgroup it fired on at once and again the policy's ``verify_sec`` later
+(``remediator.commands.record_triggers``;
+``--no-triggers``: samples only). SIGINT and SIGTERM end the recording (and
+that wait) cleanly: an ``end`` record, then the file is closed (a gzip file
+with its end marker). The file is flushed after every sample and every
+event, so even a recorder killed with SIGKILL leaves a trace that
 reads up to its last sample.
 """
 
@@ -28,13 +35,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import Callable, List, Optional, Protocol, Sequence, Set, TextIO, Tuple
+from typing import Callable, List, Optional, Sequence, Set, TextIO, Tuple
 
 from remediator import __version__
 from remediator.clock import Clock
+from remediator.commands.record_triggers import (
+    KERNEL_TRIGGERS,
+    TriggerKernel,
+    TriggerRecorder,
+    Waiter,
+)
 from remediator.commands.status import select_cgroups
 from remediator.errors import CgroupGone, KernelError, KernelParseError
-from remediator.kernel.capabilities import probe
+from remediator.kernel.capabilities import Capabilities, probe
 from remediator.kernel.roots import InvalidCgroupName, KernelRoots, normalize_cgroup
 from remediator.kernel.snapshot import read_cgroup_snapshot, read_node_snapshot
 from remediator.policy.compiled import Policy
@@ -60,11 +73,6 @@ _SLOT_EPSILON = 1e-9
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Waiter(Protocol):
-    def wait(self, seconds: float) -> None:
-        """Return after ``seconds``, or earlier when a stop signal arrived."""
-
-
 class SignalWaiter:
     """Sleeps in ``select`` on a pipe the signal machinery writes to (``signal.set_wakeup_fd``),
     so SIGINT/SIGTERM end the wait at once instead of after the interval (PEP 475 resumes a plain
@@ -75,6 +83,11 @@ class SignalWaiter:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+
+    @property
+    def fd(self) -> int:
+        """The end a poll() waits on: readable once a signal arrived."""
+        return self._read
 
     def wait(self, seconds: float) -> None:
         ready, _, _ = select.select([self._read], [], [], max(0.0, seconds))
@@ -101,6 +114,7 @@ class RecordRequest:
     output: Optional[Path]  # None: remediator-<UTC time>.trace.gz in the working directory
     interval_sec: float = DEFAULT_INTERVAL_SEC
     duration_sec: Optional[float] = None  # None: until SIGINT/SIGTERM
+    triggers: bool = True  # arm the policies' PSI triggers and record their events (--no-triggers: False)
 
 
 @dataclass
@@ -124,13 +138,20 @@ def default_output(wall: float) -> Path:
 
 class _Recorder:
     def __init__(
-        self, request: RecordRequest, writer: TraceWriter, clock: Clock, err: TextIO, progress: _Progress
+        self,
+        request: RecordRequest,
+        writer: TraceWriter,
+        clock: Clock,
+        err: TextIO,
+        progress: _Progress,
+        triggers: Optional[TriggerRecorder],
     ) -> None:
         self.request = request
         self.writer = writer
         self.clock = clock
         self.err = err
         self.progress = progress
+        self.triggers = triggers
 
     def say_once(self, subject: str, problem: str) -> None:
         if (subject, problem) not in self.progress.said:
@@ -139,39 +160,53 @@ class _Recorder:
 
     def selection(self) -> Optional[List[str]]:
         """The cgroups to read now; None when the tree could not be walked (then nothing is gone)."""
-        request = self.request
         try:
-            return select_cgroups(request.roots, request.cgroups, request.all_cgroups, request.policies)
+            return _select(self.request)
         except KernelError as exc:
             self.say_once("", f"cannot walk the cgroup tree: {exc}")
             return None
 
-    def sample(self) -> None:
-        roots = self.request.roots
+    def _read_node(self) -> None:
         # Every record is stamped with the time its read began, as the daemon stamps its observations.
         now = self.clock.monotonic()
         try:
-            node = read_node_snapshot(roots)
+            node = read_node_snapshot(self.request.roots)
         except (KernelError, KernelParseError) as exc:
             self.say_once("/", f"node readings unavailable: {exc}")
         else:
             self.writer.node(now, node)
+
+    def _read_cgroup(self, cgroup: str) -> bool:
+        """Read and write one cgroup; False when it is gone."""
+        now = self.clock.monotonic()
+        try:
+            snapshot = read_cgroup_snapshot(self.request.roots, cgroup)
+        except CgroupGone:
+            return False
+        except (KernelError, KernelParseError) as exc:
+            # Still there (a file it cannot read is not a removal): no gone record.
+            self.say_once(cgroup, f"{cgroup}: {exc}")
+            return True
+        self.writer.cgroup(now, snapshot)
+        self.progress.cgroups.add(cgroup)
+        return True
+
+    def read_now(self, cgroups: Set[Optional[str]]) -> None:
+        """Read the node and these recorded cgroups (None: the node only) now: at a trigger event
+        and at the daemon's look verify_sec after it (record_triggers.TriggerRecorder.wait)."""
+        self._read_node()
+        for cgroup in sorted(c for c in cgroups if c is not None):
+            if cgroup in self.writer.cgroups:
+                self._read_cgroup(cgroup)
+        self.writer.flush()
+
+    def sample(self) -> None:
+        self._read_node()
         selected = self.selection()
         present: Set[str] = set()
         for cgroup in selected or ():
-            now = self.clock.monotonic()
-            try:
-                snapshot = read_cgroup_snapshot(roots, cgroup)
-            except CgroupGone:
-                continue
-            except (KernelError, KernelParseError) as exc:
-                # Still there (a file it cannot read is not a removal): no gone record.
+            if self._read_cgroup(cgroup):
                 present.add(cgroup)
-                self.say_once(cgroup, f"{cgroup}: {exc}")
-                continue
-            present.add(cgroup)
-            self.writer.cgroup(now, snapshot)
-            self.progress.cgroups.add(cgroup)
         if selected is not None:
             now = self.clock.monotonic()
             for cgroup in self.writer.cgroups:
@@ -179,6 +214,13 @@ class _Recorder:
                     self.progress.gone += 1
         self.writer.flush()
         self.progress.samples += 1
+        if self.triggers is not None:
+            # After the reads: a cgroup new in this sample is armed now (the daemon at its rescan).
+            self.triggers.sync(selected)
+
+
+def _select(request: RecordRequest) -> List[str]:
+    return select_cgroups(request.roots, request.cgroups, request.all_cgroups, request.policies)
 
 
 def _install_stop_handlers(stop: _Stop) -> Callable[[], None]:
@@ -219,9 +261,11 @@ def run_record(
     out: TextIO,
     err: TextIO,
     waiter: Optional[Waiter] = None,
+    trigger_kernel: TriggerKernel = KERNEL_TRIGGERS,
 ) -> int:
     """Record until the duration ends or SIGINT/SIGTERM; 0 then, 1 when the file cannot be
-    created or written, 2 for bad arguments. ``waiter`` replaces the real sleep (tests)."""
+    created or written, 2 for bad arguments. ``waiter`` replaces the real sleep and
+    ``trigger_kernel`` the kernel's triggers (tests)."""
     problem = _validate(request)
     if problem is not None:
         err.write(f"remediator: record: {problem}\n")
@@ -233,6 +277,41 @@ def run_record(
             f"{request.roots.cgroup_root}; recording the node only. {caps.explanation()}\n"
         )
     output = request.output or default_output(clock.wall())
+    stop = _Stop()
+    restore = _install_stop_handlers(stop)
+    own_waiter: Optional[SignalWaiter] = None
+    triggers: Optional[TriggerRecorder] = None
+    try:
+        if waiter is None:
+            own_waiter = waiter = SignalWaiter()
+        if request.triggers:
+            wakeup = own_waiter.fd if own_waiter is not None else None
+            triggers = TriggerRecorder(
+                request.roots, request.policies, clock, caps, err, waiter, wakeup, trigger_kernel
+            )
+            # Armed before the header, which says what is armed; the first sample is the baseline.
+            with contextlib.suppress(KernelError):  # said at the first sample
+                triggers.sync(_select(request))
+        return _start(request, caps, clock, stop, triggers or waiter, triggers, output, out, err)
+    finally:
+        if triggers is not None:
+            triggers.close()
+        if own_waiter is not None:
+            own_waiter.close()
+        restore()
+
+
+def _start(
+    request: RecordRequest,
+    caps: Capabilities,
+    clock: Clock,
+    stop: _Stop,
+    waiter: Waiter,
+    triggers: Optional[TriggerRecorder],
+    output: Path,
+    out: TextIO,
+    err: TextIO,
+) -> int:
     start = clock.monotonic()
     header = TraceHeader(
         node=node_name(request.roots),
@@ -244,24 +323,17 @@ def run_record(
         source=TraceSource.RECORD,
         interval_sec=request.interval_sec,
         remediator_version=__version__,
+        triggers=None if triggers is None else triggers.header_field(),
     )
-    stop = _Stop()
-    restore = _install_stop_handlers(stop)
-    own_waiter: Optional[SignalWaiter] = None
     try:
-        if waiter is None:
-            own_waiter = waiter = SignalWaiter()
-        try:
-            writer = TraceWriter.create(output, header)
-        except OSError as exc:
-            reason = "exists (a trace is never overwritten)" if exc.errno == errno.EEXIST else exc.strerror
-            err.write(f"remediator: record: cannot create {output}: {reason or exc}\n")
-            return EXIT_FAILED
-        return _record(request, writer, clock, stop, waiter, output, start, out, err)
-    finally:
-        if own_waiter is not None:
-            own_waiter.close()
-        restore()
+        writer = TraceWriter.create(output, header)
+    except OSError as exc:
+        reason = "exists (a trace is never overwritten)" if exc.errno == errno.EEXIST else exc.strerror
+        err.write(f"remediator: record: cannot create {output}: {reason or exc}\n")
+        return EXIT_FAILED
+    if triggers is not None:
+        triggers.attach(writer)
+    return _record(request, writer, clock, stop, waiter, triggers, output, start, out, err)
 
 
 def _record(
@@ -270,6 +342,7 @@ def _record(
     clock: Clock,
     stop: _Stop,
     waiter: Waiter,
+    triggers: Optional[TriggerRecorder],
     output: Path,
     start: float,
     out: TextIO,
@@ -282,8 +355,14 @@ def _record(
     duration = f"for {request.duration_sec:g} s" if request.duration_sec is not None else "until interrupted"
     every = f"every {request.interval_sec:g} s"
     err.write(f"remediator: recording the node and {what} {every} {duration} into {output}\n")
+    if triggers is not None:
+        if not triggers.not_armed:
+            err.write(f"remediator: record: {_count(triggers.armed, 'PSI trigger')} of the policies armed\n")
+        triggers.say_pending()
     progress = _Progress()
-    recorder = _Recorder(request, writer, clock, err, progress)
+    recorder = _Recorder(request, writer, clock, err, progress, triggers)
+    if triggers is not None:
+        triggers.on_read = recorder.read_now
     end_reason = EndReason.DURATION
     try:
         slot = 0
@@ -314,7 +393,10 @@ def _record(
     size = output.stat().st_size
     samples = _count(progress.samples, "sample")
     cgroups = _count(len(progress.cgroups), "cgroup")
+    armed = triggers is not None and not triggers.not_armed
+    events = f", {_count(triggers.events, 'trigger event')}" if triggers is not None and armed else ""
     out.write(
-        f"{output}: {samples} of the node and {cgroups} ({progress.gone} gone), {format_bytes(size)}; {why}\n"
+        f"{output}: {samples} of the node and {cgroups} ({progress.gone} gone){events}, "
+        f"{format_bytes(size)}; {why}\n"
     )
     return EXIT_OK

@@ -64,14 +64,27 @@ def _introduction(trace: Path, result: ReplayResult, policies: str, policies_dir
         f"replay of {trace}: node {header.node or '?'}, kernel {header.kernel_release or 'unknown'}, "
         f"recorded {_when(header)} by {header.source.value}{every}, {result.end_t:.1f} s",
         f"policies: {policies_dir} ({policies})",
-        "PSI triggers: "
-        + (
-            "fired where the recorded stall counters cross their thresholds "
-            "(the trace has no trigger records)"
-            if result.synthesized_triggers
-            else "fired as the trace records them"
-        ),
+        "PSI triggers: " + _triggers_text(result),
     ]
+
+
+_NO_RECORDS = "(the trace has no trigger records)"
+
+
+def _triggers_text(result: ReplayResult) -> str:
+    recorded = result.header.triggers
+    if recorded is not None:
+        armed = sum(1 for t in recorded.targets if t.armed)
+        text = (
+            f"fired as the trace records them where the recorder armed them ({armed} of "
+            f"{len(recorded.targets)} targets at its start"
+        )
+        if not result.synthesized_triggers:
+            return text + ")"
+        return text + "); elsewhere where the recorded stall counters cross their thresholds"
+    if result.synthesized_triggers:
+        return "fired where the recorded stall counters cross their thresholds " + _NO_RECORDS
+    return "fired as the trace records them"
 
 
 def _owned_text(summary: CgroupSummary) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from remediator.clock import FakeClock
 from remediator.daemon.notify import Notifier
@@ -136,6 +136,23 @@ def _trigger_check(header: TraceHeader, short: bool) -> TriggerCheck:
     return TriggerCheck(True, "")
 
 
+def _synthesis(
+    header: TraceHeader, items: Sequence[TraceItem]
+) -> Tuple[bool, Callable[[Optional[str]], bool]]:
+    """Whether any trigger events are worked out from the counters, and for which cgroups."""
+    recorded = header.triggers
+    if recorded is not None:
+        # `remediator record` armed triggers: an armed target's events are its records, and no others.
+        def worked_out(cgroup: Optional[str]) -> bool:
+            return not recorded.events_recorded(cgroup)
+
+        return any(not t.armed for t in recorded.targets), worked_out
+    # No such field (an older trace, --no-triggers, the flight recorder's): trigger records, if any,
+    # are every event; without any, every event is worked out from the counters.
+    synthesize = not any(isinstance(item, TriggerFired) for item in items)
+    return synthesize, lambda _cgroup: synthesize
+
+
 class _Replay:
     def __init__(
         self, header: TraceHeader, items: Sequence[TraceItem], settings: Settings, base: Path
@@ -152,9 +169,9 @@ class _Replay:
             update={"dry_run": True, "cgroup_root": roots.cgroup_root, "proc_root": roots.proc_root,
                     "state_file": base / "run" / "state.json", "log_target": "stderr"}
         )  # fmt: skip
-        synthesize = not any(isinstance(item, TriggerFired) for item in items)
+        synthesize, synthesize_for = _synthesis(header, items)
         self.triggers = ScriptedTriggers(
-            roots, self.clock, self.curves, header.capabilities, self.tree.incarnation, synthesize
+            roots, self.clock, self.curves, header.capabilities, self.tree.incarnation, synthesize_for
         )
         paths = ((str(roots.cgroup_root), "/sys/fs/cgroup"), (str(roots.proc_root), "/proc"))
         self.writer = _TimingWriter(self.clock, header.start_monotonic, paths)

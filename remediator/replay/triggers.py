@@ -5,10 +5,12 @@ The watcher arms triggers and polls them through two functions it is given
 stand-ins instead of pressure file fds, and nothing reaches the operating
 system.
 
-When does a trigger fire? A trace written by the daemon's flight recorder
-says (its ``trigger`` records): each one fires the triggers armed on that
-cgroup at that time. A trace of ``remediator record`` has none (it arms
-nothing), so the firing is worked out from the recorded stall counters as
+When does a trigger fire? Where the trace says (``trigger`` records), each
+one fires the triggers armed on that cgroup at that time: the flight
+recorder's events, and those of the targets ``remediator record`` armed (its
+header's ``triggers``; a target armed there that never fired has no event).
+Elsewhere (a trace of ``record`` without that field, or a target it could not
+arm) the firing is worked out from the recorded stall counters as
 the kernel works it out (kernel/sched/psi.c of 6.1, psi_poll_work and
 update_triggers): the kernel looks at a cgroup's triggers only on its
 polling ticks, which start one jiffy after stall appears (the window counts
@@ -106,8 +108,10 @@ class ScriptedTriggers:
         curves: StallCurves,
         capabilities: TraceCapabilities,
         incarnation_of: Callable[[Optional[str]], int],
-        synthesize: bool,
+        synthesize: Callable[[Optional[str]], bool],
     ) -> None:
+        """``synthesize(cgroup)``: whether the events of triggers on that cgroup (None: the node)
+        are worked out from the counters; False: the trace's ``trigger`` records are all there are."""
         self._roots = roots
         self._clock = clock
         self._curves = curves
@@ -214,7 +218,7 @@ class ScriptedTriggers:
         return min(windows, default=trigger.spec.window_us) / 1e6 / UPDATES_PER_WINDOW + JIFFY_SEC
 
     def _schedule(self, trigger: _Trigger) -> None:
-        trigger.next_fire = self._next_event(trigger) if self._synthesize else None
+        trigger.next_fire = self._next_event(trigger) if self._synthesize(trigger.target) else None
         if trigger.next_fire is not None:
             heapq.heappush(self._heap, (trigger.next_fire, trigger.fd))
 

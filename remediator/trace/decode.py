@@ -30,11 +30,13 @@ from remediator.trace.format import (
     SCHEMA_PREFIX,
     NodeWatchMode,
     PolicyDigest,
+    TargetTrigger,
     TraceCapabilities,
     TraceError,
     TraceHeader,
     TraceRecordType,
     TraceSource,
+    TraceTriggers,
 )
 
 _UINT_LIMIT = 1 << 64
@@ -185,7 +187,33 @@ def decode_header(check: Checker, record: Mapping[str, Any]) -> TraceHeader:
         remediator_version=check.string(record.get("remediator_version", ""), "remediator_version"),
         stat_keys=tuple(check.string(k, f"stat_keys[{i}]") for i, k in enumerate(stat_keys)),
         schema=SCHEMA,
+        triggers=None if record.get("triggers") is None else decode_triggers(check, record["triggers"]),
     )
+
+
+def decode_triggers(check: Checker, value: Any) -> TraceTriggers:
+    """The header's optional ``triggers`` (what ``remediator record`` armed)."""
+    field = "triggers"
+    triggers = check.obj(value, field)
+    raw_targets = triggers.get("targets")
+    if not isinstance(raw_targets, list):
+        raise check.fail(f"{field}.targets", "expected a list")
+    targets: List[TargetTrigger] = []
+    for i, raw in enumerate(raw_targets):
+        where = f"{field}.targets[{i}]"
+        entry = check.obj(raw, where)
+        cgroup = entry.get("cgroup")
+        targets.append(
+            TargetTrigger(
+                policy=check.string(entry.get("policy"), f"{where}.policy"),
+                cgroup=None if cgroup is None else check.cgroup(cgroup, f"{where}.cgroup"),
+                trigger=check.string(entry.get("trigger"), f"{where}.trigger"),
+                armed=bool(check.boolean(entry.get("armed"), f"{where}.armed")),
+                reason=check.string(entry.get("reason", ""), f"{where}.reason"),
+            )
+        )
+    armed_later = check.boolean(triggers.get("armed_later"), f"{field}.armed_later")
+    return TraceTriggers(targets=tuple(targets), armed_later=bool(armed_later))
 
 
 def apply_changes(

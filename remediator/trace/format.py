@@ -158,6 +158,35 @@ class PolicyDigest:
 
 
 @dataclass(frozen=True)
+class TargetTrigger:
+    """One policy's PSI trigger on one target at the start of a recording (``cgroup`` None: the node)."""
+
+    policy: str
+    cgroup: Optional[str]
+    trigger: str  # in the kernel's terms: "full 100000 2000000"
+    armed: bool
+    reason: str = ""  # why it was not armed
+
+
+@dataclass(frozen=True)
+class TraceTriggers:
+    """The header's ``triggers``: the policies' PSI triggers ``remediator record`` armed, so that
+    a replay takes the events of an armed target from the trace alone (docs/trace-format.md)."""
+
+    targets: Tuple[TargetTrigger, ...]  # every target at the start, armed or not
+    # The recorder armed the triggers of the targets it found after the start too.
+    armed_later: bool
+
+    def events_recorded(self, cgroup: Optional[str]) -> bool:
+        """Whether the trace holds every event of the triggers on ``cgroup`` (None: the node): a
+        target armed at the start, or found later while the recorder armed what it found."""
+        listed = [t for t in self.targets if t.cgroup == cgroup]
+        if listed:
+            return any(t.armed for t in listed)
+        return self.armed_later
+
+
+@dataclass(frozen=True)
 class TraceHeader:
     node: str
     kernel_release: str
@@ -171,6 +200,9 @@ class TraceHeader:
     remediator_version: str
     stat_keys: Tuple[str, ...] = STAT_KEYS
     schema: str = SCHEMA
+    # What `remediator record` armed; None: no trigger was armed (older traces, --no-triggers,
+    # the flight recorder's, whose trigger records are the daemon's own events).
+    triggers: Optional[TraceTriggers] = None
 
     def monotonic_at(self, t: float) -> float:
         """The recorder's monotonic clock at record time ``t``."""

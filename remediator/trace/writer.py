@@ -22,6 +22,7 @@ from remediator.trace.format import (
     JsonObject,
     TraceHeader,
     TraceRecordType,
+    TraceTriggers,
     cgroup_fields,
     delta_fields,
     node_fields,
@@ -34,7 +35,7 @@ GZIP_SUFFIX = ".gz"
 def header_json(header: TraceHeader) -> JsonObject:
     caps = header.capabilities
     start = datetime.fromtimestamp(header.start_wall, tz=timezone.utc)
-    return {
+    record: JsonObject = {
         "schema": header.schema,
         "type": TraceRecordType.HEADER.value,
         "node": header.node,
@@ -56,6 +57,24 @@ def header_json(header: TraceHeader) -> JsonObject:
         "policies": [{"file": p.file, "sha256": p.sha256} for p in header.policies],
         "stat_keys": list(header.stat_keys),
     }
+    if header.triggers is not None:
+        record["triggers"] = triggers_json(header.triggers)
+    return record
+
+
+def triggers_json(triggers: TraceTriggers) -> JsonObject:
+    targets = []
+    for target in triggers.targets:
+        entry: JsonObject = {
+            "policy": target.policy,
+            "cgroup": target.cgroup,
+            "trigger": target.trigger,
+            "armed": target.armed,
+        }
+        if target.reason:
+            entry["reason"] = target.reason
+        targets.append(entry)
+    return {"armed_later": triggers.armed_later, "targets": targets}
 
 
 def encode_line(record: JsonObject) -> bytes:

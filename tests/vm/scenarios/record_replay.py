@@ -4,10 +4,11 @@ The seed in small: ``system.slice/vmt-seed.service`` (memory.max 128 MiB, so the
 ``services-cache`` policy selects it) reads a 192 MiB file from an ext4 drive in a loop
 (real, clean page cache reclaimed at the limit: full stall), for ``PRESSURE_SEC``, then
 stops, so that the calm is recorded too. The daemon runs the SHIPPED services-cache
-policy in dry-run; the recorder samples the service and the node every second into
-``$VM_OUT/record_replay.trace.gz``. The host replays that trace with the same policy and
-compares the decisions with the daemon's records (tests/vm/test_vm_replay.py); the same
-run made the committed fixture tests/fixtures/traces/seed-dry-run.trace.gz.
+policy in dry-run; the recorder samples the service and the node every second, and writes
+the events of the same PSI trigger the daemon arms, into ``$VM_OUT/record_replay.trace.gz``.
+The host replays that trace with the same policy and compares the decisions with the
+daemon's records (tests/vm/test_vm_replay.py); the same run made the committed fixture
+tests/fixtures/traces/seed-dry-run.trace.gz (before record armed triggers).
 
 Usage: ``python -m tests.vm.scenarios.record_replay DEVICE`` (an ext4 drive holding DISK_FILES_MIB).
 """
