@@ -67,10 +67,6 @@ class KernelFiles:
         """A snapshot the readers took, as these files answer: as it is (nothing is swallowed)."""
         return snapshot
 
-    def beneath(self, target: KernelFile) -> Optional[str]:
-        """The kernel's own value under a write this interface swallowed (None: none swallowed)."""
-        return None
-
     def cgroup_exists(self, cgroup: str) -> bool:
         return self._io.cgroup_exists(cgroup)
 
@@ -163,10 +159,6 @@ class DryRunFiles(KernelFiles):
         value = parse_limit(text, source) if owned.limit else parse_sysctl_int(text, source)
         shown: Dict[str, Any] = {field: value}
         return replace(snapshot, **shown)
-
-    def beneath(self, target: KernelFile) -> Optional[str]:
-        swallowed = self._swallowed.get(target)
-        return swallowed.beneath if swallowed is not None else None
 
     @property
     def remembered(self) -> int:
