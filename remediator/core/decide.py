@@ -47,9 +47,9 @@ The behaviour, step by step (this is the product's behaviour; tests pin it):
    and the next pressure starts at rung 0 again, subject to cooldowns).
    Observations before the verify time never escalate.
 6. Other writers. On every observation of a target whose memory.high (or, for
-   the owner, vm.vfs_cache_pressure) we own, a value different from ours (from
-   the value before our write, in dry-run) means another writer took over:
-   STOOD_BACK + ReleaseOwnership, and it is never restored.
+   the owner, vm.vfs_cache_pressure) we own, a value different from ours (in
+   dry-run too: its snapshots show what it swallowed) means another writer
+   took over: STOOD_BACK + ReleaseOwnership, and it is never restored.
 7. Back-off. memory.high throttling is itself memory stall: when, verify_sec
    or more after our write, memory.events.local ``high`` grew since the write
    and the stall rate over the whole time since the write is above the rate we

@@ -27,12 +27,12 @@ def note_outcome(state: CoreState, action: Action, result: str, now: float) -> N
     stood_back, gone, restored, not_restored.
 
     Each knob says what it remembers (``KnobPlugin.note`` in ``remediator.knobs``):
-    a write of memory.high or vm.vfs_cache_pressure, applied or partial, makes
-    the target own the value; would (dry-run) does the same but marks it
-    simulated (the kernel still holds the old value, and the other-writer check
-    compares with that); a restore drops ownership, except failed (the value is
-    still ours, so the restore is asked again at the next calm observation that
-    finds the calm period complete). Reclaim ends a follow-up that reclaimed
+    a write of memory.high or vm.vfs_cache_pressure, applied, partial or would
+    (dry-run), makes the target own the value (dry-run's snapshots show the
+    value its overlay swallowed, so the core knows nothing of the mode); a
+    restore drops ownership, except failed (the value is still ours, so the
+    restore is asked again at the next calm observation that finds the calm
+    period complete). Reclaim ends a follow-up that reclaimed
     nothing; drop_caches and ReleaseOwnership leave nothing to remember. A target
     no longer held (forgotten) stays forgotten.
     """

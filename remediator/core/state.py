@@ -121,7 +121,6 @@ class ChangedValue:
 
     ours: int
     before: Optional[int]  # the value before our first write (None = "max")
-    simulated: bool  # dry-run: the kernel still holds ``before``
     written_at: float
     stall_rate_at_write: float
     events_high_at_write: Optional[int]  # None when unknown: no back-off judgement possible
@@ -129,11 +128,6 @@ class ChangedValue:
     # the write was decided, not over the last (possibly milliseconds-long) interval.
     stall_baseline: Optional[Tuple[float, int]] = None
     restore_requested: bool = False  # a restore is in flight; do not ask twice
-
-    @property
-    def expected(self) -> Optional[int]:
-        """What the kernel file should read if nobody else touched it."""
-        return self.before if self.simulated else self.ours
 
 
 @dataclass(frozen=True)

@@ -122,11 +122,6 @@ class Executor(ExecutorBase):
             if existing is None or existing.cgroup_id not in (None, cgroup_id):
                 records.extend(self._drop_gone_cgroups())
         current = self._retry(lambda: self._read_value(owned, target))
-        beneath = self._files.beneath(target) if check_expected and current != expected else None
-        if beneath is not None and self._parse_value(owned, beneath, target) == expected:
-            # The core reads the kernel's own files: it may expect the value beneath a write the
-            # files swallowed (dry-run) rather than the one they answer. No other writer changed it.
-            current = expected
         if check_expected and current != expected:
             return self._finish(
                 ctx,

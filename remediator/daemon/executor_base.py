@@ -22,7 +22,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 
 from remediator.clock import Clock
 from remediator.daemon.confined_io import CgroupFile, ConfinementError, KernelFile, ProcFile
-from remediator.daemon.kernel_files import KernelFiles
+from remediator.daemon.kernel_files import KernelFiles, SnapshotT
 from remediator.daemon.state_store import StateStore, StateUnwritable
 from remediator.errors import CgroupGone, KernelError, KernelFileMissing, KernelTransient, RemediatorError
 from remediator.kernel.memory_limits import parse_bytes, parse_limit
@@ -124,6 +124,11 @@ class ExecutorBase:
     def dry_run(self) -> bool:
         return self._dry_run
 
+    def seen(self, snapshot: SnapshotT) -> SnapshotT:
+        """A snapshot as the files this executor writes through answer (``KernelFiles.seen``): what the
+        service decides on, so that in dry-run it is what the kernel would hold after our writes."""
+        return self._files.seen(snapshot)
+
     # ==== kernel values ===========================================================
     def _read_value(self, owned: OwnedKnob, target: KernelFile) -> Optional[int]:
         return self._parse_value(owned, self._files.read(target), target)
@@ -195,7 +200,9 @@ class ExecutorBase:
         one place that words it for a reader ("would ...", result ``would``,
         no figures of work not done) is ``remediator.records.presented``, which
         every writer applies. The outcome's result tells the core "would" for
-        a write dry-run only pretended, so it remembers the value as simulated.
+        a write dry-run only pretended: it owns the value as after a write (its
+        snapshots show what the overlay answers), and a reclaim that did no work
+        ends its follow-up.
         """
         base = ctx.base()
         message = base.message + (f": {detail}" if detail else "")

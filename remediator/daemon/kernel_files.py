@@ -7,6 +7,13 @@ swallowed: nothing is opened for writing, and a read answers what the kernel wou
 writes it swallowed, for as long as the kernel's own value is still the one the write fell on (once
 another writer changes the file, the kernel's value is the answer again, as it would be).
 
+The snapshot readers see the same files: the service passes every snapshot it reads through
+``seen`` (the real files: the snapshot as read; the overlay: with the field of each file it swallowed
+a write to as its ``read`` answers; each knob names the field that shows its file,
+``OwnedKnob.snapshot_field``, and the value is parsed here, as the snapshot readers parse it, because
+knobs import no kernel module), so the decision core decides on what the kernel would hold and
+knows nothing of dry-run.
+
 Which of the two the executor is handed is chosen once, where it is built (``remediator.daemon.run``
 for the daemon, ``remediator.replay.engine`` for a replay, always dry-run): the executor and every
 knob write through what they are given and do not ask which one it is. ``swallows_writes`` is there
@@ -15,12 +22,20 @@ for the words of the outcome only (a record's dry-run flag, the core's "would").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Optional, TypeVar
 
-from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile
+from remediator.daemon.confined_io import CgroupFile, ConfinedIO, KernelFile, ProcFile
 from remediator.errors import RemediatorError
+from remediator.kernel.memory_limits import parse_limit
 from remediator.kernel.roots import KernelRoots
+from remediator.kernel.sysctl_vm import parse_sysctl_int
+from remediator.knobs import plugins
+from remediator.knobs.base import OwnedKnob
+from remediator.readings import CgroupSnapshot, NodeSnapshot
+
+# A snapshot the readers took: a cgroup's or the node's.
+SnapshotT = TypeVar("SnapshotT", CgroupSnapshot, NodeSnapshot)
 
 
 class KernelFiles:
@@ -48,9 +63,9 @@ class KernelFiles:
     def write(self, target: KernelFile, data: bytes) -> None:
         self._io.write(target, data)
 
-    def beneath(self, target: KernelFile) -> Optional[str]:
-        """The kernel's own value under a write this interface swallowed (None: none swallowed)."""
-        return None
+    def seen(self, snapshot: SnapshotT) -> SnapshotT:
+        """A snapshot the readers took, as these files answer: as it is (nothing is swallowed)."""
+        return snapshot
 
     def cgroup_exists(self, cgroup: str) -> bool:
         return self._io.cgroup_exists(cgroup)
@@ -116,9 +131,34 @@ class DryRunFiles(KernelFiles):
             self._forget_gone_cgroups()
         self._swallowed[target] = _Swallowed(beneath, written, cgroup_id)
 
-    def beneath(self, target: KernelFile) -> Optional[str]:
-        swallowed = self._swallowed.get(target)
-        return swallowed.beneath if swallowed is not None else None
+    def seen(self, snapshot: SnapshotT) -> SnapshotT:
+        """The snapshot with each file this overlay swallowed a write to as ``read`` answers it."""
+        if not self._swallowed:
+            return snapshot
+        cgroup = snapshot.cgroup if isinstance(snapshot, CgroupSnapshot) else None
+        for plugin in plugins():
+            owned = plugin.owned
+            if owned is None or owned.snapshot_field is None or owned.per_cgroup != (cgroup is not None):
+                continue
+            file = owned.target(cgroup if cgroup is not None else plugin.knob)
+            target = CgroupFile(cgroup, file.file) if cgroup is not None else ProcFile(file.file)
+            if target in self._swallowed:
+                snapshot = self._overlaid(snapshot, owned, target)
+        return snapshot
+
+    def _overlaid(self, snapshot: SnapshotT, owned: OwnedKnob, target: KernelFile) -> SnapshotT:
+        field = owned.snapshot_field
+        assert field is not None
+        if getattr(snapshot, field) is None and not owned.limit:
+            return snapshot  # not read (a node snapshot without it): nothing to show instead
+        try:
+            text = self.read(target)
+        except RemediatorError:
+            return snapshot  # gone or unreadable now: the snapshot's own reading stands
+        source = target.describe()
+        value = parse_limit(text, source) if owned.limit else parse_sysctl_int(text, source)
+        shown: Dict[str, Any] = {field: value}
+        return replace(snapshot, **shown)
 
     @property
     def remembered(self) -> int:

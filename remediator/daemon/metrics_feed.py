@@ -79,15 +79,14 @@ def watched_counts(modes: Iterable[Tuple[TargetKey, Optional[str]]]) -> Dict[Tup
     return counts
 
 
-def owned_counts(state: CoreState) -> Dict[str, int]:
-    """Values changed and not given back, per knob. Dry-run's simulated values changed nothing."""
-    memory_high = sum(
-        1 for t in state.targets.values() if t.memory_high is not None and not t.memory_high.simulated
-    )
-    vfs = state.node.vfs_cache_pressure
+def owned_counts(state: CoreState, dry_run: bool) -> Dict[str, int]:
+    """Values changed and not given back, per knob. A dry-run changed none: the values the core holds
+    as ours are its overlay's (the mode is the executor's, ``Service.dry_run``; the core has none)."""
+    memory_high = sum(1 for t in state.targets.values() if t.memory_high is not None)
+    vfs = int(state.node.vfs_cache_pressure is not None)
     return {
-        Knob.MEMORY_HIGH.value: memory_high,
-        Knob.VFS_CACHE_PRESSURE.value: int(vfs is not None and not vfs.simulated),
+        Knob.MEMORY_HIGH.value: 0 if dry_run else memory_high,
+        Knob.VFS_CACHE_PRESSURE.value: 0 if dry_run else vfs,
     }
 
 
@@ -147,11 +146,15 @@ class MetricsFeed:
         self.metrics.reload_failed()
 
     def refresh(
-        self, modes: Iterable[Tuple[TargetKey, Optional[str]]], state: CoreState, identify: Identify
+        self,
+        modes: Iterable[Tuple[TargetKey, Optional[str]]],
+        state: CoreState,
+        identify: Identify,
+        dry_run: bool,
     ) -> None:
-        """The gauges from the service's state now."""
+        """The gauges from the service's state now (``dry_run``: the executor's mode)."""
         self.metrics.set_watched_targets(watched_counts(modes))
-        self.metrics.set_owned_values(owned_counts(state))
+        self.metrics.set_owned_values(owned_counts(state, dry_run))
         self.metrics.set_cgroup_pressure(
             CgroupPressure(identify(cgroup), full) for cgroup, full in cgroups_under_action(state).items()
         )

@@ -277,7 +277,7 @@ class Service:
         if not tick.node_read:
             tick.node_read = True
             try:
-                tick.node = read_node_snapshot(self.roots)
+                tick.node = self.executor.seen(read_node_snapshot(self.roots))  # dry-run: as overlaid
             except (KernelError, KernelParseError):
                 tick.node = None
         return tick.node
@@ -300,7 +300,7 @@ class Service:
                     return
                 snapshot: Union[CgroupSnapshot, NodeSnapshot] = node
             else:
-                snapshot = read_cgroup_snapshot(self.roots, key.cgroup)
+                snapshot = self.executor.seen(read_cgroup_snapshot(self.roots, key.cgroup))
         except CgroupGone:
             self.watcher.drop(key)
             self._forget(key, "gone")
@@ -402,7 +402,7 @@ class Service:
     def _refresh_metrics(self) -> None:
         if self.metrics is not None and self.metrics.path is not None:
             modes = [(key, self.watcher.mode_of(key)) for key in list(self.watcher.keys())]
-            self.metrics.refresh(modes, self.state, self.identify)
+            self.metrics.refresh(modes, self.state, self.identify, self.dry_run)
 
     def write_metrics_now(self) -> None:
         """Write the metrics file whatever the interval: at stop and at the end of ``--once``."""

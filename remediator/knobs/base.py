@@ -249,6 +249,9 @@ class OwnedKnob:
     format: Callable[[Optional[int]], str]  # a value in messages
     describe: Callable[[str], str]  # the value of ``name`` in messages
     refuse_zero: bool = False  # an original of 0 is someone's deliberate choice: never ours to change
+    # The snapshot field that shows the file (of ``CgroupSnapshot`` if per_cgroup, else of ``NodeSnapshot``):
+    # dry-run's overlay puts there what it answers for the file (``DryRunFiles.seen``). None: not shown.
+    snapshot_field: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ OWNED = OwnedKnob(
     limit=True,
     format=format_bytes,
     describe=lambda cgroup: f"memory.high of {cgroup}",
+    snapshot_field="high_bytes",
 )
 
 
@@ -91,9 +92,8 @@ class MemoryHigh(KnobPlugin):
         return _plan(cast(MemoryHighAction, spec), index, ctx)
 
     def note(self, target: TargetState, node: NodeState, action: Action, result: str, now: float) -> Holding:
-        """A write (applied, partial, or dry-run's would) makes the target own the value (simulated
-        in dry-run: the kernel still holds the old one, and the other-writer check compares with
-        that); a restore drops it, except a failed one (asked again at the next calm look)."""
+        """A write (applied, partial, or dry-run's would) makes the target own the value; a restore
+        drops it, except a failed one (asked again at the next calm look)."""
         if isinstance(action, SetMemoryHigh):
             return Holding(_note_write(target, action, result, now), node)
         assert isinstance(action, RestoreMemoryHigh)
@@ -124,12 +124,12 @@ class MemoryHigh(KnobPlugin):
             owned is None
             or owned.restore_requested
             or not isinstance(snapshot, CgroupSnapshot)
-            or snapshot.high_bytes == owned.expected
+            or snapshot.high_bytes == owned.ours
         ):
             return Holding(target, node)
         cause = look.record(
             RecordType.STOOD_BACK,
-            f"memory.high of {look.where} changed from {format_bytes(owned.expected)} to "
+            f"memory.high of {look.where} changed from {format_bytes(owned.ours)} to "
             f"{format_bytes(snapshot.high_bytes)} by another writer; releasing it, not restoring",
             MEMORY_HIGH,
         )
@@ -355,7 +355,6 @@ def _note_write(target: TargetState, action: SetMemoryHigh, result: str, now: fl
         ours=action.value,
         # A second, lower write keeps the original of the first one.
         before=previous.before if previous is not None else action.expected,
-        simulated=result == SIMULATED,
         written_at=now,
         stall_rate_at_write=proposal.stall_rate if proposal is not None else 0.0,
         events_high_at_write=proposal.events_high if proposal is not None else None,

@@ -55,6 +55,7 @@ OWNED = OwnedKnob(
     format=plain_value,
     describe=lambda name: f"vm.{name}",
     refuse_zero=True,
+    snapshot_field="vfs_cache_pressure",
 )
 
 
@@ -78,7 +79,7 @@ class VfsCachePressure(KnobPlugin):
                 f"vm.vfs_cache_pressure is being managed by policy {other.policy} for "
                 f"{describe_target(other.cgroup)}; one owner at a time",
             )
-        # In dry-run the kernel still shows the old value: judge by what we (would have) set.
+        # What we set when we own it, else what the node shows.
         current = ctx.owned_vfs.ours if ctx.owned_vfs is not None else node.vfs_cache_pressure
         if current >= vfs.value:
             return RungDecline(
@@ -130,12 +131,12 @@ class VfsCachePressure(KnobPlugin):
             or vfs.restore_requested
             or readings is None
             or readings.vfs_cache_pressure is None
-            or readings.vfs_cache_pressure == vfs.expected
+            or readings.vfs_cache_pressure == vfs.ours
         ):
             return Holding(target, node)
         cause = look.record(
             RecordType.STOOD_BACK,
-            f"vm.vfs_cache_pressure changed from {vfs.expected} to {readings.vfs_cache_pressure} "
+            f"vm.vfs_cache_pressure changed from {vfs.ours} to {readings.vfs_cache_pressure} "
             "by another writer; releasing it, not restoring",
             VFS_CACHE_PRESSURE,
         )
@@ -227,7 +228,6 @@ def _note_write(node: NodeState, action: SetSysctl, result: str, now: float) -> 
     owned = ChangedValue(
         ours=action.value,
         before=proposal.before,
-        simulated=result == SIMULATED,
         written_at=now,
         stall_rate_at_write=proposal.write.stall_rate,
         events_high_at_write=None,

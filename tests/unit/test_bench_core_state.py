@@ -62,7 +62,6 @@ def _table(n: int) -> Tuple[CoreState, TargetKey]:
     held = ChangedValue(
         ours=3 << 30,
         before=None,
-        simulated=False,
         written_at=0.0,
         stall_rate_at_write=0.5,
         events_high_at_write=0,

@@ -208,7 +208,7 @@ class Driver:
     state: CoreState = field(default_factory=initial_state)
     snapshot_overrides: Dict[str, object] = field(default_factory=dict)
     node_vfs: Optional[int] = 100
-    kernel_high: Optional[int] = None  # what memory.high reads in the (imaginary) kernel
+    kernel_high: Optional[int] = None  # what memory.high reads in the (imaginary) kernel, or overlay
     total_us: int = 0
     last_now: Optional[float] = None
     events_high: int = 0
@@ -244,23 +244,22 @@ class Driver:
         return decision
 
     def execute(self, action: Action, now: float) -> None:
+        # In mode "would" this plays dry-run's overlay too (``DryRunFiles``): the files read what was
+        # written, as in enforcing, though nothing reached a kernel.
         result = self.mode
         if isinstance(action, SetMemoryHigh):
-            if self.mode == "applied":
-                self.kernel_high = action.value
+            self.kernel_high = action.value
         elif isinstance(action, RestoreMemoryHigh):
             result = "restored" if self.mode == "applied" else "would"
-            if self.mode == "applied":
-                owned = self.state.target(self.key).memory_high
-                self.kernel_high = owned.before if owned is not None else None
+            owned = self.state.target(self.key).memory_high
+            self.kernel_high = owned.before if owned is not None else None
         elif isinstance(action, SetSysctl):
-            if self.mode == "applied" and action.name == "vfs_cache_pressure":
+            if action.name == "vfs_cache_pressure":
                 self.node_vfs = action.value
         elif isinstance(action, RestoreSysctl):
             result = "restored" if self.mode == "applied" else "would"
-            if self.mode == "applied":
-                vfs = self.state.node.vfs_cache_pressure
-                self.node_vfs = vfs.before if vfs is not None else self.node_vfs
+            vfs = self.state.node.vfs_cache_pressure
+            self.node_vfs = vfs.before if vfs is not None else self.node_vfs
         elif isinstance(action, (Reclaim, ReleaseOwnership)):
             pass
         note_outcome(self.state, action, result, now)

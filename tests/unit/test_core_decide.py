@@ -557,13 +557,13 @@ def test_other_writer_taking_memory_high_stands_back_and_never_restores() -> Non
         assert not any(isinstance(a, RestoreMemoryHigh) for a in later.actions)
 
 
-def test_dry_run_stands_back_when_the_value_differs_from_the_original() -> None:
+def test_dry_run_stands_back_when_the_value_differs_from_ours() -> None:
     driver = Driver(make_policy(memory_high_rung()), mode="would")
     driver.observe(0.0)
     driver.observe(10.0, share=0.5, fired=True)
     owned = driver.state.target(driver.key).memory_high
-    assert owned is not None and owned.simulated
-    # In dry-run the kernel still shows the original: that is no other writer.
+    # Dry-run's overlay answers the value it swallowed: the core sees ours, as when enforcing.
+    assert owned is not None and driver.kernel_high == owned.ours
     assert driver.observe(20.0, share=0.5, fired=True).actions == ()
     driver.kernel_high = 2 * GiB
     decision = driver.observe(25.0, share=0.5, fired=True)

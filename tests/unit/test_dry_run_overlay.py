@@ -12,7 +12,8 @@ import ast
 import errno
 import os
 import shutil
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -40,12 +41,16 @@ from remediator.daemon.watcher import Watcher
 from remediator.errors import KernelError, KernelFileMissing, kernel_error_from_oserror
 from remediator.kernel.capabilities import probe
 from remediator.kernel.psi_trigger import TriggerCheck
+from remediator.kernel.snapshot import read_cgroup_snapshot, read_node_snapshot
+from remediator.knobs import plugins
 from remediator.knobs.base import Action, KnobWriter
 from remediator.knobs.memory_high import RestoreMemoryHigh, SetMemoryHigh
 from remediator.knobs.reclaim import Reclaim
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
-from remediator.records import WORK_FIELDS, Knob, Record, RecordType, presented
+from remediator.readings import CgroupSnapshot, NodeSnapshot
+from remediator.records import DRY_RUN_PREFIX, WORK_FIELDS, Knob, Record, RecordType, presented
 from remediator.settings import load_settings
+from remediator.sizes import format_bytes
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import SEED_PRESSURE, FakeKernel
 
@@ -92,10 +97,11 @@ def test_the_overlay_answers_a_read_with_the_value_it_swallowed(tmp_path: Path) 
 
     files.write(HIGH, str(3 * GiB).encode())
     assert files.read(HIGH) == str(3 * GiB)
-    assert files.beneath(HIGH) == kernel_value
+    assert files.remembered == 1
     files.write(HIGH, str(2 * GiB).encode())  # a second write lands on the first, as in the kernel
     assert files.read(HIGH) == str(2 * GiB)
-    assert files.beneath(HIGH) == kernel_value  # the kernel's own value is still the one beneath
+    assert files.remembered == 1  # the kernel's own value is still the one beneath
+    assert kernel.read_file(APP, "memory.high") == kernel_value
     assert kernel.snapshot_files() == before
 
 
@@ -106,7 +112,7 @@ def test_the_overlay_gives_way_when_another_writer_changes_the_file(tmp_path: Pa
     files.write(HIGH, str(3 * GiB).encode())
     kernel.set_file(APP, "memory.high", f"{5 * GiB}\n")
     assert files.read(HIGH) == f"{5 * GiB}\n"  # that write came after ours: the kernel holds theirs
-    assert files.beneath(HIGH) is None
+    assert files.remembered == 0
     kernel.set_file(APP, "memory.high", original)
     assert files.read(HIGH) == original  # ours is gone for good, as it would be in the kernel
 
@@ -117,7 +123,6 @@ def test_the_real_files_write_to_the_kernel_and_swallow_nothing(tmp_path: Path) 
     files.write(HIGH, str(3 * GiB).encode())
     assert kernel.read_file(APP, "memory.high").strip() == str(3 * GiB)
     assert files.read(HIGH).strip() == str(3 * GiB)
-    assert files.beneath(HIGH) is None
     assert (KernelFiles.swallows_writes, DryRunFiles.swallows_writes) == (False, True)
 
 
@@ -128,7 +133,7 @@ def test_the_overlay_swallows_a_write_to_a_file_it_cannot_read_back(tmp_path: Pa
     reclaim = CgroupFile(APP, "memory.reclaim")
     before = kernel.snapshot_files()
     files.write(reclaim, str(64 * MiB).encode())
-    assert files.beneath(reclaim) is None
+    assert files.remembered == 0
     with pytest.raises(KernelError):
         files.read(reclaim)  # a write-only file holds nothing to answer, swallowed or not
     assert io.attempted == []
@@ -312,19 +317,45 @@ SEED = "system.slice/seed.service"
 SEED_FULL_TOTAL = 45112887
 
 
-def test_a_dry_run_reclaim_record_carries_no_figures_of_work_not_done(tmp_path: Path) -> None:
-    kernel = FakeKernel(tmp_path / "kernel")
+@dataclass
+class _Daemon:
+    """The service on a fake tree, with its mode chosen where the daemon chooses it (build_executor)."""
+
+    kernel: FakeKernel
+    clock: FakeClock
+    triggers: FakeTriggers
+    writer: CapturingWriter
+    service: Service
+
+    def pressure(self, added_us: int) -> None:
+        """Full stall on the seed grows by ``added_us``, and its trigger fires."""
+        total = SEED_FULL_TOTAL + added_us
+        self.kernel.set_pressure(SEED, SEED_PRESSURE.replace(f"total={SEED_FULL_TOTAL}", f"total={total}"))
+        self.triggers.fire(SEED)
+
+    def step(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.service.step()
+
+    def close(self) -> None:
+        self.service.watcher.close()
+        self.triggers.close()
+
+
+@contextmanager
+def _daemon(base: Path, policy: str, dry_run: bool) -> Iterator[_Daemon]:
+    kernel = FakeKernel(base / "kernel")
     kernel.add_seed(SEED)
-    policies = tmp_path / "policies.d"
+    policies = base / "policies.d"
     policies.mkdir()
-    (policies / "seed.yaml").write_text(POLICY)
+    (policies / "seed.yaml").write_text(policy)
     overrides = {
         "cgroup_root": kernel.cgroup_root,
         "proc_root": kernel.proc_root,
         "policies_dir": policies,
-        "state_file": tmp_path / "run" / "state.json",
+        "state_file": base / "run" / "state.json",
         "log_target": "stderr",
-        "dry_run": True,
+        "dry_run": dry_run,
     }
     settings = load_settings(None, False, overrides, environ={})
     clock = FakeClock()
@@ -339,21 +370,24 @@ def test_a_dry_run_reclaim_record_carries_no_figures_of_work_not_done(tmp_path: 
         watcher=Watcher(kernel.roots, clock, 2.0, arm=triggers.arm, poll_factory=triggers.poll_factory),
         capabilities=probe(kernel.roots, trigger_checker=lambda _p, _s: TriggerCheck(True, "", None)),
     )
+    daemon = _Daemon(kernel, clock, triggers, writer, service)
     try:
         service.start()
+        yield daemon
+    finally:
+        daemon.close()
+
+
+def test_a_dry_run_reclaim_record_carries_no_figures_of_work_not_done(tmp_path: Path) -> None:
+    with _daemon(tmp_path, POLICY, dry_run=True) as daemon:
+        kernel, writer = daemon.kernel, daemon.writer
         before = kernel.snapshot_files()
-        total = SEED_FULL_TOTAL + 500_000
-        kernel.set_pressure(SEED, SEED_PRESSURE.replace(f"total={SEED_FULL_TOTAL}", f"total={total}"))
-        triggers.fire(SEED)
-        clock.advance(2)
-        service.step()
+        daemon.pressure(500_000)
+        daemon.step(2)
         pressure_only = {
             name: data for name, data in kernel.snapshot_files().items() if "pressure" not in name
         }
         assert pressure_only == {name: data for name, data in before.items() if "pressure" not in name}
-    finally:
-        service.watcher.close()
-        triggers.close()
 
     (applied,) = [r for r in writer.records if r.type is RecordType.ACTION_APPLIED]
     fields = dict(record_fields(applied))
@@ -393,3 +427,136 @@ def test_a_dry_run_write_the_kernel_would_refuse_is_recorded_as_enforcing_record
     enforced, simulated = outcomes
     assert enforced.result == simulated.result == "declined"
     assert [replace(r, dry_run=False) for r in simulated.records] == list(enforced.records)
+
+
+# ---------------------------------------------------------------- what the core sees in dry-run
+
+HIGH_POLICY = """\
+target: {kind: cgroups, include: ["system.slice/*.service"]}
+trigger: {pressure: full, stall_ms: 100, window_ms: 2000}
+actions:
+  - {kind: memory_high, relative_to: max, fraction: 0.9}
+verify_sec: 2
+rollback: {calm_sec: 10}
+"""
+
+
+def _memory_high_then_calm(daemon: _Daemon) -> None:
+    """Pressure, memory.high set; pressure at its next looks (the ladder ends); calm; the rollback."""
+    daemon.pressure(500_000)
+    daemon.step(2)
+    daemon.pressure(1_000_000)
+    daemon.step(1)
+    daemon.pressure(1_500_000)
+    daemon.step(2)
+    for _ in range(10):
+        daemon.step(2)
+
+
+def _as_enforcing_words_it(record: Record) -> Record:
+    """A record without what may differ between the modes: the flag, "would", a write's result (applied,
+    restored), the figures of work done (``WORK_FIELDS``)."""
+    written = record.result in ("would", "applied", "restored", "partial")
+    return replace(
+        record,
+        dry_run=False,
+        message=record.message.removeprefix(DRY_RUN_PREFIX) if record.dry_run else record.message,
+        result="written" if written else record.result,
+        extra=_without_work(record.extra),
+    )
+
+
+def _since_first_pressure(records: Sequence[Record]) -> List[Record]:
+    # The start's records name the mode and the temporary directories.
+    first = next(i for i, r in enumerate(records) if r.type is RecordType.PRESSURE_CONFIRMED)
+    return list(records[first:])
+
+
+def test_a_dry_run_records_what_enforcing_records_through_memory_highs_next_looks_and_rollback(
+    tmp_path: Path,
+) -> None:
+    runs: Dict[bool, List[Record]] = {}
+    for dry_run in (False, True):
+        with _daemon(tmp_path / str(dry_run), HIGH_POLICY, dry_run) as daemon:
+            before = daemon.kernel.read_file(SEED, "memory.high")
+            _memory_high_then_calm(daemon)
+            after = daemon.kernel.read_file(SEED, "memory.high")
+            assert after.strip() == before.strip() == "max"  # rolled back, or never written
+        runs[dry_run] = _since_first_pressure(daemon.writer.records)
+
+    enforcing, dry = runs[False], runs[True]
+    assert [r.type for r in enforcing] == [
+        RecordType.PRESSURE_CONFIRMED,
+        RecordType.ACTION_APPLIED,  # memory.high set
+        RecordType.ESCALATED,  # its next looks: still ours, pressure still there
+        RecordType.ACTION_DECLINED,  # ladder exhausted
+        RecordType.ROLLED_BACK,  # calm: given back
+    ]
+    assert [_as_enforcing_words_it(r) for r in dry] == [_as_enforcing_words_it(r) for r in enforcing]
+    written = (RecordType.ACTION_APPLIED, RecordType.ROLLED_BACK)
+    assert [r.result for r in dry if r.type in written] == ["would", "would"]
+    assert [r.result for r in enforcing if r.type in written] == ["applied", "restored"]
+    assert all(r.dry_run for r in dry) and not any(r.dry_run for r in enforcing)
+
+
+def test_a_dry_run_does_not_stand_back_from_its_own_swallowed_write_but_from_another_writers(
+    tmp_path: Path,
+) -> None:
+    with _daemon(tmp_path, HIGH_POLICY, dry_run=True) as daemon:
+        original = daemon.kernel.read_file(SEED, "memory.high")
+        daemon.pressure(500_000)
+        daemon.step(2)
+        (key,) = daemon.service.state.targets
+        owned = daemon.service.state.targets[key].memory_high
+        assert owned is not None and original.strip() == "max"  # the kernel still holds its own
+        daemon.pressure(1_000_000)
+        daemon.step(1)
+        assert not [r for r in daemon.writer.records if r.type is RecordType.STOOD_BACK]
+        assert daemon.service.state.targets[key].memory_high == owned  # still ours: the overlay shows it
+
+        daemon.kernel.set_file(SEED, "memory.high", f"{3 * GiB}\n")  # systemd, an operator
+        daemon.pressure(1_500_000)
+        daemon.step(2)
+        (stood_back,) = [r for r in daemon.writer.records if r.type is RecordType.STOOD_BACK]
+        assert "by another writer; releasing it, not restoring" in stood_back.message
+        assert f"to {format_bytes(3 * GiB)}" in stood_back.message
+        assert daemon.service.state.targets[key].memory_high is None
+        for _ in range(10):
+            daemon.step(2)
+        assert not [r for r in daemon.writer.records if r.type is RecordType.ROLLED_BACK]  # theirs now
+        assert daemon.kernel.read_file(SEED, "memory.high") == f"{3 * GiB}\n"
+
+
+def test_the_snapshots_show_the_files_as_the_overlay_answers_them(tmp_path: Path) -> None:
+    kernel = kernel_at(tmp_path)
+    vfs = ProcFile("sys/vm/vfs_cache_pressure")
+    real = KernelFiles.under(kernel.roots)
+    files = DryRunFiles(WritesRefused(kernel))
+    cgroup, node = read_cgroup_snapshot(kernel.roots, APP), read_node_snapshot(kernel.roots)
+    assert files.seen(cgroup) == cgroup and files.seen(node) == node  # nothing swallowed yet
+
+    files.write(HIGH, str(3 * GiB).encode())
+    files.write(vfs, b"200")
+    cgroup, node = read_cgroup_snapshot(kernel.roots, APP), read_node_snapshot(kernel.roots)
+    assert (cgroup.high_bytes, node.vfs_cache_pressure) == (None, 100)  # the kernel's own
+    assert files.seen(cgroup) == replace(cgroup, high_bytes=3 * GiB)
+    assert files.seen(node) == replace(node, vfs_cache_pressure=200)
+    assert real.seen(cgroup) is cgroup and real.seen(node) is node
+
+    kernel.set_file(APP, "memory.high", f"{5 * GiB}\n")  # another writer: the kernel's value again
+    cgroup = read_cgroup_snapshot(kernel.roots, APP)
+    assert files.seen(cgroup) == cgroup
+
+
+def test_each_knob_that_names_its_files_snapshot_field_names_one_of_the_right_snapshot() -> None:
+    named = {
+        plugin.knob: (plugin.owned.per_cgroup, plugin.owned.snapshot_field)
+        for plugin in plugins()
+        if plugin.owned is not None and plugin.owned.snapshot_field is not None
+    }
+    assert named == {
+        Knob.MEMORY_HIGH: (True, "high_bytes"),
+        Knob.VFS_CACHE_PRESSURE: (False, "vfs_cache_pressure"),
+    }
+    for per_cgroup, field in named.values():
+        assert field in {f.name for f in fields(CgroupSnapshot if per_cgroup else NodeSnapshot)}

@@ -614,21 +614,24 @@ def test_dry_run_records_match_enforcing_apart_from_mode_result_and_would(tmp_pa
         assert simulated.result == ("would" if written else e.result)
 
 
-def test_dry_run_accepts_the_kernels_real_value_as_expected_after_a_simulated_write(tmp_path: Path) -> None:
-    # The core knows a dry-run wrote nothing and may pass the kernel's value as expected.
+def test_dry_run_expects_after_a_swallowed_write_what_enforcing_expects(tmp_path: Path) -> None:
+    # The core decides on the overlaid snapshot (tests/unit/test_dry_run_overlay.py): after a swallowed
+    # write it expects ours, as enforcing does, and the files answer ours; the kernel's value is no
+    # longer what they answer, so expecting it is standing back, as enforcing would.
     rig = make_rig(tmp_path, dry_run=True)
     before = rig.kernel.snapshot_files()
     assert rig.executor.execute(set_high(3 * GiB, expected=None)).result == "would"
-    second = rig.executor.execute(set_high(2 * GiB, expected=None))
+    assert rig.executor.execute(set_high(2 * GiB, expected=None)).result == "stood_back"
+    second = rig.executor.execute(set_high(2 * GiB, expected=3 * GiB))
     assert second.result == "would"
-    assert (only(second).before, only(second).after) == ("max", str(2 * GiB))
+    assert (only(second).before, only(second).after) == (str(3 * GiB), str(2 * GiB))
     restored = rig.executor.execute(restore_high(2 * GiB))
     assert restored.result == "would"
     assert (only(restored).before, only(restored).after) == (str(2 * GiB), "max")
     assert rig.kernel.snapshot_files() == before
 
 
-@pytest.mark.parametrize("expected", [3 * GiB, None], ids=["simulated", "real"])
+@pytest.mark.parametrize("expected", [3 * GiB, None], ids=["ours", "the-kernels-before"])
 def test_dry_run_still_stands_back_from_another_writer(tmp_path: Path, expected: Optional[int]) -> None:
     rig = make_rig(tmp_path, dry_run=True)
     rig.executor.execute(set_high(3 * GiB, expected=None))
