@@ -15,7 +15,7 @@ from remediator.knobs.base import ReleaseOwnership
 from remediator.knobs.memory_high import RestoreMemoryHigh, SetMemoryHigh
 from remediator.knobs.reclaim import Reclaim
 from remediator.knobs.sysctl import RestoreSysctl, SetSysctl
-from remediator.policy.compiled import Conditions, ReclaimFollowUp
+from remediator.policy.compiled import ActionSpec, Conditions, ReclaimFollowUp
 from remediator.readings import CgroupSnapshot, MemoryEvents, MemoryStat, Pressure, PressureLine
 from remediator.records import RecordType
 from tests.fakefs import SEED_EVENTS, SEED_PRESSURE, SEED_STAT
@@ -402,16 +402,7 @@ def test_reclaim_whose_room_was_refaulted_working_set_escalates() -> None:
 
 
 def test_a_follow_up_reclaim_is_judged_against_the_relieved_pressures_rate() -> None:
-    policy = make_policy(
-        reclaim_rung(cooldown_sec=2.0, follow_up=FOLLOW_UP),
-        memory_high_rung(cooldown_sec=2.0),
-        verify_sec=2.0,
-    )
-    driver = Driver(policy)
-    driver.observe(0.0)
-    driver.observe(10.0, share=0.5, fired=True)
-    driver.snapshot_overrides["current"] = 2 * GiB
-    driver.observe(12.0)  # relieved: the period carries the 50 % it relieved
+    driver = follow_up_driver(memory_high_rung(cooldown_sec=2.0))  # the period carries the 50 % it relieved
     driver.snapshot_overrides["current"] = int(3.6 * GiB)
     assert [type(a) for a in driver.observe(14.0).actions] == [Reclaim]  # a follow-up, on a calm look
     (action,) = driver.observe(16.0, share=0.2, fired=True).actions
@@ -670,11 +661,11 @@ def test_no_back_off_when_stall_fell_after_our_write() -> None:
 FOLLOW_UP = ReclaimFollowUp(every_sec=1.0, min_usage_fraction_of_max=0.85, for_sec=60.0)
 
 
-def follow_up_driver(mode: str = "applied", cooldown_sec: float = 2.0) -> Driver:
-    # A reclaim for a pressure at 10, judged helpful (calm) at its verify time 12.
-    driver = Driver(
-        make_policy(reclaim_rung(cooldown_sec=cooldown_sec, follow_up=FOLLOW_UP), verify_sec=2.0), mode=mode
-    )
+def follow_up_driver(*above: ActionSpec, mode: str = "applied", cooldown_sec: float = 2.0) -> Driver:
+    # A reclaim for a pressure at 10, judged helpful (calm) at its verify time 12; ``above``: the
+    # rungs over it.
+    rungs = (reclaim_rung(cooldown_sec=cooldown_sec, follow_up=FOLLOW_UP), *above)
+    driver = Driver(make_policy(*rungs, verify_sec=2.0), mode=mode)
     driver.observe(0.0)
     assert [type(a) for a in driver.observe(10.0, share=0.5, fired=True).actions] == [Reclaim]
     driver.snapshot_overrides["current"] = 2 * GiB  # the reclaim made room
@@ -739,16 +730,7 @@ def test_no_follow_up_without_the_policy_option() -> None:
 
 
 def test_follow_up_reclaim_that_does_not_keep_pressure_off_escalates_at_its_verify_time() -> None:
-    policy = make_policy(
-        reclaim_rung(cooldown_sec=2.0, follow_up=FOLLOW_UP),
-        memory_high_rung(cooldown_sec=2.0),
-        verify_sec=2.0,
-    )
-    driver = Driver(policy)
-    driver.observe(0.0)
-    driver.observe(10.0, share=0.5, fired=True)
-    driver.snapshot_overrides["current"] = 2 * GiB
-    driver.observe(12.0)
+    driver = follow_up_driver(memory_high_rung(cooldown_sec=2.0))
     driver.snapshot_overrides["current"] = int(3.6 * GiB)
     assert [type(a) for a in driver.observe(14.0).actions] == [Reclaim]
     decision = driver.observe(16.0, share=0.5, fired=True)

@@ -53,6 +53,7 @@ from remediator.settings import load_settings
 from remediator.sizes import format_bytes
 from tests.fake_triggers import FakeTriggers
 from tests.fakefs import SEED_PRESSURE, FakeKernel
+from tests.unit.test_service_reaction_timing import POLICY, SEED
 
 APP = "system.slice/app.service"
 GiB = 1 << 30
@@ -306,14 +307,6 @@ def test_the_overlay_is_chosen_only_where_the_executor_is_built() -> None:
 
 # ---------------------------------------------------------------- the daemon's records
 
-POLICY = """\
-target: {kind: cgroups, include: ["system.slice/*.service"]}
-trigger: {pressure: full, stall_ms: 100, window_ms: 2000}
-actions:
-  - kind: reclaim
-verify_sec: 10
-"""
-SEED = "system.slice/seed.service"
 SEED_FULL_TOTAL = 45112887
 
 

@@ -24,7 +24,6 @@ from remediator.cli import main
 from remediator.clock import FakeClock, SystemClock
 from remediator.commands.record import RecordRequest, run_record
 from remediator.commands.record_triggers import TriggerKernel
-from remediator.policy.loader import load_policy_dir
 from remediator.replay.engine import replay_trace
 from remediator.settings import load_settings
 from remediator.trace.format import CgroupSample, TargetTrigger, TraceEnd, TriggerFired
@@ -33,6 +32,7 @@ from tests.fake_triggers import FakeTriggers
 from tests.fakefs import FakeKernel
 from tests.replay_traces import SEED as REPLAY_SEED
 from tests.replay_traces import SeedScript, stall, write_trace
+from tests.unit.test_record_command import request
 
 SEED = "system.slice/seed.service"
 OTHER = "system.slice/other.service"
@@ -74,21 +74,6 @@ def triggers(kernel: FakeKernel) -> Iterator[FakeTriggers]:
     fake = FakeTriggers(kernel.roots)
     yield fake
     fake.close()
-
-
-def request(kernel: FakeKernel, output: Path, **changes: object) -> RecordRequest:
-    fields: Dict[str, object] = {
-        "roots": kernel.roots,
-        "policies": load_policy_dir(REPO_POLICIES, allow_untrusted=True).enabled,
-        "policies_dir": REPO_POLICIES,
-        "cgroups": (),
-        "all_cgroups": False,
-        "output": output,
-        "interval_sec": 1.0,
-        "duration_sec": 3.0,
-    }
-    fields.update(changes)
-    return RecordRequest(**fields)  # type: ignore[arg-type]
 
 
 def record(
